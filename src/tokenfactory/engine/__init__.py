@@ -1,0 +1,1 @@
+"""Engine: requests in, tokens out, with continuous batching over a paged KV cache."""

@@ -1,0 +1,36 @@
+"""EngineConfig: one dataclass of knobs that flows from the CLI down to every engine part."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    """Engine knobs. Defaults suit the embedded model on a small CPU."""
+
+    block_size: int = 16  # tokens per KV block
+    # KV cache size: an explicit block count wins, then a byte budget, then a share of free memory.
+    num_kv_blocks: int | None = None
+    kv_cache_bytes: int | None = None
+    kv_cache_memory_fraction: float = 0.25
+    max_num_seqs: int = 256  # sequences in one step
+    max_num_batched_tokens: int = 2048  # tokens (prefill + decode) in one step
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # None: the model's own context length
+    policy: str = "fcfs"
+    device: str = "cpu"
+    dtype: str = "auto"  # "auto" | "bfloat16" | "float32" | "float16"
+    num_threads: int | None = None  # None: every core
+    seed: int = 0  # for random weights and unseeded sampling
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be at least 1")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be at least 1")
+        if not 0.0 < self.kv_cache_memory_fraction <= 0.95:
+            raise ValueError("kv_cache_memory_fraction must be in (0, 0.95]")

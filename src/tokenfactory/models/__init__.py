@@ -1,0 +1,1 @@
+"""Models: the Llama-family network, its loaders, tokenizer and chat template."""
