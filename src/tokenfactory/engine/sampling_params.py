@@ -69,9 +69,7 @@ class SamplingParams:
                 "frequency_penalty", f"must be between -2 and 2, got {self.frequency_penalty}"
             )
         if not 0.0 < self.repetition_penalty <= 2.0:
-            raise bad(
-                "repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}"
-            )
+            raise bad("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
         if len(self.stop) > 4:

@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass
 class RopeScaling:
-    """RoPE frequency scaling. Only `llama3` and `linear` change frequencies; None means plain RoPE."""
+    """RoPE frequency scaling (`llama3` or `linear`); a config without one uses plain RoPE."""
 
     kind: str  # "llama3" | "linear"
     factor: float = 1.0

@@ -1,0 +1,284 @@
+"""The `tokenfactory` command line: chat, generate and benchmark, thinly over the engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.errors import InvalidRequestError
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.models.errors import ModelLoadError
+
+app = typer.Typer(
+    help="tokenfactory: an LLM token factory. Runs the embedded SmolLM2 model out of the box.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Measure the engine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="GGUF file or Hugging Face directory (default: embedded)"),
+]
+RandomOpt = Annotated[
+    str | None,
+    typer.Option(help="Use a named architecture with random weights (e.g. llama-3.1-8b)"),
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto")]
+DtypeOpt = Annotated[str, typer.Option(help="auto, bfloat16, float32 or float16")]
+KvOpt = Annotated[
+    float | None,
+    typer.Option("--kv-cache-gb", help="KV cache size in GiB (default: share of free)"),
+]
+LenOpt = Annotated[int | None, typer.Option(help="Context window cap in tokens")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads (default: every core)")]
+
+
+def _engine_config(
+    device: str,
+    dtype: str,
+    kv_cache_gb: float | None,
+    max_model_len: int | None,
+    threads: int | None,
+    **extra: object,
+) -> EngineConfig:
+    return EngineConfig(
+        device=device,
+        dtype=dtype,
+        kv_cache_bytes=int(kv_cache_gb * 2**30) if kv_cache_gb else None,
+        max_model_len=max_model_len,
+        num_threads=threads,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _load_engine(model: str | None, random_weights: str | None, config: EngineConfig):
+    from tokenfactory.engine.engine import Engine
+
+    try:
+        if random_weights:
+            return Engine.from_random_weights(random_weights, config)
+        with err.status("loading model..."):
+            return Engine.from_model_path(model, config)
+    except (ModelLoadError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None,
+    system: Annotated[str | None, typer.Option(help="System prompt")] = None,
+    temperature: float = 0.7,
+    max_tokens: Annotated[int, typer.Option(help="Longest reply in tokens")] = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    kv_cache_gb: KvOpt = None,
+    max_model_len: LenOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Talk to the model in the terminal; replies stream token by token. /reset, /exit."""
+    engine = _load_engine(
+        model, None, _engine_config(device, dtype, kv_cache_gb, max_model_len, threads)
+    )
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    err.print(
+        f"[bold]{engine.model_name}[/bold] on {engine.device} ({str(engine.dtype)[6:]}). "
+        "Type a message; /reset clears the conversation, /exit or Ctrl-D quits."
+    )
+    while True:
+        try:
+            line = input("> " if sys.stdin.isatty() else "")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            history = history[:1] if system else []
+            err.print("[dim](conversation cleared)[/dim]")
+            continue
+        history.append({"role": "user", "content": line})
+        params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
+        try:
+            reply, stats = _stream_reply(engine, engine.chat_prompt(history), params)
+        except InvalidRequestError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": reply})
+        err.print(f"[dim]{stats}[/dim]")
+
+
+def _stream_reply(engine, prompt: str, params: SamplingParams) -> tuple[str, str]:
+    rid = engine.add_request(prompt, params)
+    start = time.monotonic()
+    first = None
+    parts: list[str] = []
+    n = 0
+    try:
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.request_id != rid:
+                    continue
+                if first is None:
+                    first = time.monotonic()
+                n = out.completion_tokens
+                parts.append(out.text)
+                sys.stdout.write(out.text)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        engine.abort(rid)
+    print()
+    end = time.monotonic()
+    ttft = (first or end) - start
+    speed = (n - 1) / (end - first) if first and n > 1 and end > first else 0.0
+    return "".join(parts), f"{n} tokens, TTFT {ttft * 1000:.0f} ms, {speed:.1f} tokens/s"
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str], typer.Argument(help="One or more prompts (batched together)")],
+    model: ModelOpt = None,
+    chat_template: Annotated[
+        bool, typer.Option("--chat/--raw", help="Wrap each prompt as a user chat message")
+    ] = True,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    max_tokens: int = 128,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    kv_cache_gb: KvOpt = None,
+    max_model_len: LenOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Complete prompts offline and print the results."""
+    engine = _load_engine(
+        model, None, _engine_config(device, dtype, kv_cache_gb, max_model_len, threads)
+    )
+    try:
+        params = SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            max_tokens=max_tokens,
+            stop=list(stop or []),
+        )
+        texts = [
+            engine.chat_prompt([{"role": "user", "content": p}]) if chat_template else p
+            for p in prompt
+        ]
+        start = time.monotonic()
+        results = engine.generate(texts, params)
+    except InvalidRequestError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    elapsed = time.monotonic() - start
+    for p, r in zip(prompt, results, strict=True):
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "prompt": p,
+                        "text": r.text,
+                        "finish_reason": r.finish_reason.value if r.finish_reason else None,
+                        "prompt_tokens": r.prompt_tokens,
+                        "completion_tokens": len(r.token_ids),
+                    }
+                )
+            )
+        else:
+            print(r.text)
+            if len(prompt) > 1:
+                print("-" * 40)
+    total = sum(len(r.token_ids) for r in results)
+    err.print(f"[dim]{total} tokens in {elapsed:.2f} s ({total / elapsed:.1f} tokens/s)[/dim]")
+
+
+@bench_app.command("engine")
+def bench_engine(
+    model: ModelOpt = None,
+    random_weights: RandomOpt = None,
+    num_requests: Annotated[
+        int | None, typer.Option(help="Offline requests (CPU: 64, GPU: 256)")
+    ] = None,
+    input_len: Annotated[str | None, typer.Option(help="Input length range MIN..MAX")] = None,
+    output_len: Annotated[str | None, typer.Option(help="Output length range MIN..MAX")] = None,
+    batch_sizes: Annotated[str | None, typer.Option(help="Decode sweep, e.g. 1,16,64")] = None,
+    sweep_context: Annotated[int, typer.Option(help="Context length in the decode sweep")] = 256,
+    prefill_len: Annotated[
+        int | None, typer.Option(help="Prompt length for the prefill test")
+    ] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option(help="Skip a part: offline, sweep, prefill")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
+    seed: int = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    kv_cache_gb: KvOpt = None,
+    max_model_len: LenOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Offline throughput, a decode sweep over batch sizes, prefill speed, against the roofline."""
+    from tokenfactory.bench.engine_bench import BenchOptions, run_engine_bench
+
+    config = _engine_config(
+        device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=512, seed=seed
+    )
+    engine = _load_engine(model, random_weights, config)
+    cpu = engine.device.type == "cpu"
+    opts = BenchOptions(
+        num_requests=num_requests or (64 if cpu else 256),
+        input_len=_range(input_len or ("100..512" if cpu else "100..1024")),
+        output_len=_range(output_len or ("100..256" if cpu else "100..1024")),
+        batch_sizes=[
+            int(b)
+            for b in (batch_sizes or ("1,4,16,64,128,256" if cpu else "1,16,64,128,256")).split(",")
+        ],
+        sweep_context=sweep_context,
+        prefill_len=prefill_len or (512 if cpu else 2048),
+        skip=set(skip or []),
+        seed=seed,
+    )
+    result = run_engine_bench(engine, opts, console=err)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        err.print(f"wrote {out}")
+
+
+def _range(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition("..")
+        a, b = int(lo), int(hi or lo)
+    except ValueError:
+        raise typer.BadParameter(f"expected MIN..MAX, got {text!r}") from None
+    if not 1 <= a <= b:
+        raise typer.BadParameter(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return a, b
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+"""Engine: the offline step loop. Requests in, token deltas out, one `step()` at a time.
+
+Each step: the scheduler picks a batch, the runner computes logits, the sampler picks tokens,
+and each request's detokenizer and stop checker turn tokens into text and decide when it ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from tokenfactory.engine.attention import KVCache
+from tokenfactory.engine.block_manager import BlockManager
+from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.errors import ContextLengthExceededError, InvalidRequestError
+from tokenfactory.engine.hardware import (
+    available_memory_bytes,
+    configure_threads,
+    resolve_device,
+    resolve_dtype,
+)
+from tokenfactory.engine.policy import make_policy
+from tokenfactory.engine.runner import ModelRunner
+from tokenfactory.engine.sampler import Sampler, TokenLogprob
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.scheduler import Scheduler
+from tokenfactory.engine.sequence import FinishReason, Sequence
+from tokenfactory.engine.stats import StatsLog, StepStats
+from tokenfactory.engine.stop_checker import StopChecker
+from tokenfactory.models.config import ModelConfig
+from tokenfactory.models.errors import ModelTooLargeError
+from tokenfactory.models.llama import LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from tokenfactory.models.tokenizer import Tokenizer
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: a delta, plus totals so far."""
+
+    request_id: str
+    token_ids: list[int]  # new tokens this step
+    text: str  # new text this step (held back near a possible stop string)
+    logprobs: list[TokenLogprob] | None
+    finished: bool
+    finish_reason: FinishReason | None
+    stop_reason: str | int | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    arrival_time: float
+    first_token_time: float | None
+    finished_time: float | None
+
+
+@dataclass
+class Completion:
+    """A whole finished request, as `Engine.generate` returns it."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None
+    stop_reason: str | int | None
+    prompt_tokens: int
+    cached_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class _RequestState:
+    seq: Sequence
+    stop: StopChecker
+    detokenizer: object | None  # IncrementalDetokenizer, absent for tokenizer-less models
+
+
+class Engine:
+    """A model, its KV cache, a scheduler and a sampler, driven one step at a time."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        tokenizer: Tokenizer | None,
+        config: EngineConfig | None = None,
+        model_name: str = "model",
+    ):
+        self.config = config or EngineConfig()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.model_config: ModelConfig = model.config
+        self.device = model.device
+        self.dtype = model.dtype
+        num_blocks = self._num_kv_blocks()
+        cache = KVCache.allocate(
+            self.model_config, num_blocks, self.config.block_size, self.dtype, self.device
+        )
+        self.num_kv_blocks = num_blocks
+        self.max_model_len = min(
+            self.config.max_model_len or model.rotary.max_positions, model.rotary.max_positions
+        )
+        self.block_manager = BlockManager(
+            num_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.config, self.block_manager, make_policy(self.config.policy))
+        self.runner = ModelRunner(model, cache)
+        self.sampler = Sampler(seed=self.config.seed)
+        self.stats = StatsLog()
+        self.eos_token_ids: list[int] = list(
+            (tokenizer.eos_token_ids if tokenizer else None) or self.model_config.eos_token_ids
+        )
+        self._requests: dict[str, _RequestState] = {}
+        self._ids = itertools.count()
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_model_path(
+        cls, path: str | Path | None = None, config: EngineConfig | None = None
+    ) -> Engine:
+        """Load a GGUF file or Hugging Face directory; None loads the embedded default model."""
+        from tokenfactory.models.loader import load_model_files
+
+        config = config or EngineConfig()
+        loaded = load_model_files(path)
+        model = build_model(loaded.config, config, state_dict=loaded.state_dict)
+        name = loaded.config.name or Path(str(loaded.source)).stem
+        return cls(model, loaded.tokenizer, config, model_name=name)
+
+    @classmethod
+    def from_random_weights(
+        cls,
+        architecture: str,
+        config: EngineConfig | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> Engine:
+        """A named architecture with random weights, for speed measurements."""
+        from tokenfactory.models.architectures import get_architecture
+
+        config = config or EngineConfig()
+        model_config = get_architecture(architecture)
+        model = build_model(model_config, config, state_dict=None)
+        return cls(model, tokenizer, config, model_name=f"{architecture}-random")
+
+    def _num_kv_blocks(self) -> int:
+        cfg = self.config
+        per_block = KVCache.bytes_per_block(self.model_config, cfg.block_size, self.dtype)
+        if cfg.num_kv_blocks is not None:
+            return cfg.num_kv_blocks
+        if cfg.kv_cache_bytes is not None:
+            budget = cfg.kv_cache_bytes
+        else:
+            free = available_memory_bytes(self.device)
+            budget = int((free or 4 << 30) * cfg.kv_cache_memory_fraction)
+        # No point in more blocks than every sequence slot at full context could use.
+        max_len = cfg.max_model_len or self.model.rotary.max_positions
+        useful = cfg.max_num_seqs * -(-max_len // cfg.block_size)
+        blocks = min(budget // per_block, useful)
+        if blocks < 2:
+            raise ModelTooLargeError(
+                f"the KV cache budget ({budget / 2**20:.1f} MiB) holds fewer than 2 blocks of "
+                f"{per_block / 2**20:.2f} MiB: give more memory (--kv-cache-gb) or a smaller model"
+            )
+        return int(blocks)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        metadata: dict | None = None,
+    ) -> str:
+        """Queue a request; raises InvalidRequestError for anything that cannot be served."""
+        params = params or SamplingParams()
+        prompt_ids = self._tokenize(prompt)
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        n = len(prompt_ids)
+        room = self.max_model_len - n
+        if room < 1:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.max_model_len} tokens; the prompt "
+                f"has {n} tokens, leaving no room for output."
+            )
+        capacity = self.num_kv_blocks * self.config.block_size
+        if n + 1 > capacity:
+            raise ContextLengthExceededError(
+                f"The prompt has {n} tokens but the KV cache holds only {capacity} tokens."
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            # OpenAI rejects this; so do we, naming the numbers.
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.max_model_len} tokens; "
+                f"{n} in the prompt plus max_tokens={params.max_tokens} exceeds it.",
+                param="max_tokens",
+            )
+        seq = Sequence(request_id, prompt_ids, params, metadata=dict(metadata or {}))
+        stop = StopChecker(params, self.eos_token_ids, self.max_model_len, n)
+        if params.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a model with a tokenizer", "stop")
+        detok = self.tokenizer.detokenizer(prompt_ids) if self.tokenizer else None
+        self._requests[request_id] = _RequestState(seq, stop, detok)
+        self.scheduler.add(seq)
+        return request_id
+
+    def _tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidRequestError("this model has no tokenizer: pass token ids", "prompt")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, list | tuple):
+            ids = list(prompt)
+            vocab = self.model_config.vocab_size
+            if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
+                raise InvalidRequestError(
+                    f"prompt token ids must be integers in [0, {vocab})", "prompt"
+                )
+        else:
+            raise InvalidRequestError("the prompt must be a string or a list of token ids", "prompt")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        return ids
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request at any point; everything it held is freed. False if unknown."""
+        state = self._requests.pop(request_id, None)
+        if state is None:
+            return False
+        self.scheduler.abort(request_id)
+        return True
+
+    def unfinished_request_ids(self) -> list[str]:
+        return list(self._requests)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self._requests)
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration: schedule, compute, sample, detokenize, stop. Returns deltas."""
+        started = time.monotonic()
+        plan = self.scheduler.schedule(started)
+        outputs = [self._finished_by_scheduler(seq, started) for seq in plan.finished]
+        if plan.is_empty:
+            return outputs
+        logits = self.runner.execute(plan)
+        sampling = [c.seq for c in plan.chunks if c.samples]
+        sampled = self.sampler(logits, sampling) if sampling else None
+        now = time.monotonic()
+        if sampled is not None:
+            for seq, token in zip(sampling, sampled.token_ids, strict=True):
+                seq.output_token_ids.append(token)
+                if seq.first_token_time is None:
+                    seq.first_token_time = now
+        self.scheduler.on_step_done(plan)
+
+        if sampled is not None:
+            for i, seq in enumerate(sampling):
+                lp = sampled.logprobs[i]
+                outputs.append(self._postprocess(seq, sampled.token_ids[i], lp, now))
+        kv_read = sum(c.start + c.num_tokens for c in plan.chunks)
+        step_stats = StepStats(
+            started_at=started,
+            duration_s=time.monotonic() - started,
+            num_seqs=len(plan.chunks),
+            num_decode_tokens=plan.num_decode_tokens,
+            num_prefill_tokens=plan.num_prefill_tokens,
+            num_kv_tokens_read=kv_read,
+            num_sampled=len(sampling),
+            num_preempted=len(plan.preempted),
+            num_waiting=self.scheduler.num_waiting,
+            num_running=self.scheduler.num_running,
+            kv_usage=self.block_manager.usage,
+        )
+        self.stats.record(step_stats)
+        self.scheduler.policy.on_step(step_stats)
+        return outputs
+
+    def _finished_by_scheduler(self, seq: Sequence, now: float) -> RequestOutput:
+        """A request the scheduler ended itself (it cannot fit in the whole KV cache)."""
+        state = self._requests.pop(seq.request_id)
+        seq.finished_time = now
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=[],
+            text=state.stop.flush(),
+            logprobs=None,
+            finished=True,
+            finish_reason=seq.finish_reason or FinishReason.LENGTH,
+            stop_reason=None,
+            prompt_tokens=seq.num_prompt_tokens,
+            cached_tokens=seq.num_cached_tokens,
+            completion_tokens=seq.num_output_tokens,
+            arrival_time=seq.arrival_time,
+            first_token_time=seq.first_token_time,
+            finished_time=now,
+        )
+
+    def _postprocess(
+        self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float
+    ) -> RequestOutput:
+        state = self._requests[seq.request_id]
+        decision = state.stop.check_token(token, seq.num_output_tokens)
+        text = ""
+        # EOS and stop tokens end the request without showing their text; a length stop
+        # still shows the last token, whose text may itself complete a stop string.
+        stopped_by_token = decision.finished and decision.reason is FinishReason.STOP
+        if not stopped_by_token and state.detokenizer is not None:
+            delta = state.detokenizer.add(token)  # type: ignore[attr-defined]
+            text, text_decision = state.stop.add_text(delta)
+            if text_decision.finished:
+                decision = text_decision
+        if decision.finished:
+            if not isinstance(decision.stop_reason, str):
+                text += state.stop.flush()
+            seq.finish_reason = decision.reason
+            seq.stop_reason = decision.stop_reason
+            seq.finished_time = now
+            assert decision.reason is not None
+            self.scheduler.finish(seq, decision.reason)
+            del self._requests[seq.request_id]
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=[token],
+            text=text,
+            logprobs=[logprob] if logprob is not None else None,
+            finished=decision.finished,
+            finish_reason=decision.reason if decision.finished else None,
+            stop_reason=decision.stop_reason if decision.finished else None,
+            prompt_tokens=seq.num_prompt_tokens,
+            cached_tokens=seq.num_cached_tokens,
+            completion_tokens=seq.num_output_tokens,
+            arrival_time=seq.arrival_time,
+            first_token_time=seq.first_token_time,
+            finished_time=seq.finished_time,
+        )
+
+    # -- convenience -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[int]] | str,
+        params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Run prompts to completion together (continuous batching) and return them in order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise InvalidRequestError("one SamplingParams per prompt, or one for all", "params")
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
+        results = {rid: Completion(rid, "", [], None, None, 0, 0) for rid in ids}
+        while self.has_unfinished():
+            for out in self.step():
+                r = results.get(out.request_id)
+                if r is None:
+                    continue
+                r.text += out.text
+                r.token_ids += out.token_ids
+                if out.logprobs:
+                    r.logprobs += out.logprobs
+                r.prompt_tokens, r.cached_tokens = out.prompt_tokens, out.cached_tokens
+                if out.finished:
+                    r.finish_reason, r.stop_reason = out.finish_reason, out.stop_reason
+        return [results[rid] for rid in ids]
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        if self.tokenizer is None:
+            raise InvalidRequestError("this model has no tokenizer or chat template", "messages")
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def build_model(
+    model_config: ModelConfig,
+    config: EngineConfig,
+    state_dict: dict[str, torch.Tensor] | None,
+) -> LlamaForCausalLM:
+    """Instantiate the network on the configured device and dtype, with real or random weights."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if device.type == "cpu":
+        configure_threads(config.num_threads)
+    need = model_config.num_parameters() * torch.empty(0, dtype=dtype).element_size()
+    free = available_memory_bytes(device)
+    if free is not None and need > free:
+        raise ModelTooLargeError(
+            f"{model_config.name or model_config.architecture} needs {need / 2**30:.1f} GiB for "
+            f"its weights in {dtype} but only {free / 2**30:.1f} GiB is free on {device}"
+        )
+    max_positions = config.max_model_len or model_config.max_position_embeddings
+    with torch.device("meta"):
+        model = LlamaForCausalLM(model_config, max_positions=max_positions)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    # Non-persistent rotary tables were lost on the meta device; rebuild them for real.
+    model.rotary = type(model.rotary)(model_config, max_positions).to(device)
+    if state_dict is None:
+        model.init_random_weights(seed=config.seed)
+    else:
+        model.load_hf_state_dict(state_dict)
+    return model.eval()

@@ -1,0 +1,85 @@
+"""Scheduling policies: who runs, who is admitted and who is preempted.
+
+The scheduler owns the mechanics (token budget, KV blocks, preemption by recompute); a policy
+only orders and filters sequences. New policies subclass `SchedulingPolicy` and register a
+factory with `register_policy`, so they plug in without touching the scheduler or the runner.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from tokenfactory.engine.sequence import Sequence
+
+
+class SchedulingPolicy(ABC):
+    """Interface the scheduler calls each step. Lists passed in may be reordered freely."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def order_running(self, running: list[Sequence], now: float) -> list[Sequence]:
+        """Running sequences to serve this step, in order; any left out skip this step."""
+
+    @abstractmethod
+    def order_waiting(self, waiting: list[Sequence], now: float) -> list[Sequence]:
+        """Waiting sequences in the order they should be admitted."""
+
+    def may_admit(self, seq: Sequence, running: list[Sequence], now: float) -> bool:
+        """Admission control: False keeps `seq` waiting this step (others may still go)."""
+        return True
+
+    @abstractmethod
+    def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
+        """The candidate of lowest value, preempted first when KV blocks run out."""
+
+    def on_step(self, stats: Any) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Told about every finished step (for policies that pace or adapt)."""
+
+
+class FcfsPolicy(SchedulingPolicy):
+    """First come, first served: arrival order everywhere, newest preempted first."""
+
+    name = "fcfs"
+
+    def order_running(self, running: list[Sequence], now: float) -> list[Sequence]:
+        # Stable sort on nearly sorted input: O(n) in practice.
+        return sorted(running, key=_arrival)
+
+    def order_waiting(self, waiting: list[Sequence], now: float) -> list[Sequence]:
+        return sorted(waiting, key=_arrival)
+
+    def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
+        return max(candidates, key=_arrival)
+
+
+def _arrival(seq: Sequence) -> float:
+    return seq.arrival_time
+
+
+PolicyFactory = Callable[..., SchedulingPolicy]
+_REGISTRY: dict[str, PolicyFactory] = {}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"scheduling policy {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def known_policies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_policy(name: str, **kwargs: Any) -> SchedulingPolicy:
+    """Build a registered policy by name; keyword arguments go to its factory."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        known = ", ".join(known_policies())
+        raise ValueError(f"unknown scheduling policy {name!r}; known policies: {known}")
+    return factory(**kwargs)
+
+
+register_policy(FcfsPolicy.name, FcfsPolicy)

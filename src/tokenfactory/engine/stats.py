@@ -1,0 +1,58 @@
+"""Per-step statistics: what each engine step did and how long it took.
+
+Kept for metrics, for the scheduler's step-time model and for the planner, which fits
+step time as a function of decode sequences, prefill tokens and KV tokens read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class StepStats:
+    started_at: float  # time.monotonic() at step start
+    duration_s: float
+    num_seqs: int  # sequences in the step
+    num_decode_tokens: int
+    num_prefill_tokens: int
+    num_kv_tokens_read: int  # sum of context lengths attended over
+    num_sampled: int
+    num_preempted: int
+    num_waiting: int
+    num_running: int
+    kv_usage: float  # fraction of KV blocks held by sequences after the step
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+class StatsLog:
+    """A bounded, thread-safe log of recent steps plus running totals."""
+
+    def __init__(self, capacity: int = 4096):
+        self._steps: deque[StepStats] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self.total_steps = 0
+        self.total_prefill_tokens = 0
+        self.total_decode_tokens = 0
+        self.total_preemptions = 0
+
+    def record(self, stats: StepStats) -> None:
+        with self._lock:
+            self._steps.append(stats)
+            self.total_steps += 1
+            self.total_prefill_tokens += stats.num_prefill_tokens
+            self.total_decode_tokens += stats.num_decode_tokens
+            self.total_preemptions += stats.num_preempted
+
+    def recent(self, n: int | None = None) -> list[StepStats]:
+        with self._lock:
+            steps = list(self._steps)
+        return steps if n is None else steps[-n:]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._steps.clear()

@@ -1,0 +1,210 @@
+"""One Llama-family network: Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5 and Qwen3.
+
+The model computes on a flat token batch ([T] ids and positions, all sequences of a step
+concatenated). Attention, and the KV cache behind it, is not the model's business: each layer
+calls the `Attention` object the caller passes in, so the engine can swap CPU and GPU kernels
+without touching this file.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenfactory.models.config import ModelConfig
+from tokenfactory.models.rope import RotaryEmbedding, apply_rotary
+
+
+class Attention(Protocol):
+    """Writes this step's K/V for `layer` and attends; q: [T, heads, d], k/v: [T, kv_heads, d]."""
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class DenseCausalAttention:
+    """Plain causal attention over one sequence with no cache: the reference for tests."""
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            is_causal=True,
+            enable_gqa=True,
+        )
+        return out.transpose(0, 1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 as the reference implementations do, then return to x's dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.weight
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, index: int):
+        super().__init__()
+        assert config.head_dim is not None
+        self.index = index
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        h = config.hidden_size
+        # q, k and v share one matmul, gate and up another: fewer, larger kernels per step.
+        self.qkv_proj = nn.Linear(h, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, h, bias=False)
+        self.gate_up_proj = nn.Linear(h, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, h, bias=False)
+        self.input_layernorm = RMSNorm(h, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, config.rms_norm_eps)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention: Attention,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        qkv = self.qkv_proj(self.input_layernorm(x))
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        attn = attention(self.index, q, k, v.contiguous())
+        x = x + self.o_proj(attn.reshape(t, self.q_size))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        return x + self.down_proj(F.silu(gate) * up)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, max_positions: int | None = None):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
+        self.rotary = RotaryEmbedding(config, max_positions or config.max_position_embeddings)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention
+    ) -> torch.Tensor:
+        """Hidden states [T, hidden] for a flat batch of tokens."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attention)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    @torch.inference_mode()
+    def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [T, vocab] for one sequence, no cache: the reference path for tests."""
+        positions = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return self.compute_logits(self.forward(input_ids, positions, DenseCausalAttention()))
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy weights named as in Hugging Face checkpoints, fusing q/k/v and gate/up."""
+        missing: list[str] = []
+
+        def take(name: str) -> torch.Tensor:
+            if name not in state:
+                missing.append(name)
+                return torch.empty(0)
+            return state[name]
+
+        def put(param: torch.Tensor, *names: str) -> None:
+            parts = [take(n) for n in names]
+            if any(p.numel() == 0 for p in parts):
+                return
+            value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"weight {names[0]} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(param.shape)}"
+                )
+            with torch.no_grad():
+                param.copy_(value.to(param.dtype))
+
+        put(self.embed_tokens.weight, "model.embed_tokens.weight")
+        put(self.norm.weight, "model.norm.weight")
+        if self.lm_head is not None:
+            put(self.lm_head.weight, "lm_head.weight")
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            attn = p + "self_attn."
+            put(
+                layer.qkv_proj.weight,
+                attn + "q_proj.weight",
+                attn + "k_proj.weight",
+                attn + "v_proj.weight",
+            )
+            if layer.qkv_proj.bias is not None:
+                put(
+                    layer.qkv_proj.bias,
+                    attn + "q_proj.bias",
+                    attn + "k_proj.bias",
+                    attn + "v_proj.bias",
+                )
+            put(layer.o_proj.weight, attn + "o_proj.weight")
+            put(layer.gate_up_proj.weight, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+            put(layer.down_proj.weight, p + "mlp.down_proj.weight")
+            put(layer.input_layernorm.weight, p + "input_layernorm.weight")
+            put(layer.post_attention_layernorm.weight, p + "post_attention_layernorm.weight")
+            if layer.q_norm is not None and layer.k_norm is not None:
+                put(layer.q_norm.weight, attn + "q_norm.weight")
+                put(layer.k_norm.weight, attn + "k_norm.weight")
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(f"checkpoint lacks {len(missing)} weights: {shown}")
+
+    def init_random_weights(self, seed: int = 0, std: float = 0.02) -> None:
+        """Random weights for benchmarks: speed does not depend on weight values."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if "norm" in name:
+                    param.fill_(1.0)
+                else:
+                    param.normal_(0.0, std, generator=gen)
