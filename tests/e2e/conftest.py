@@ -1,0 +1,28 @@
+"""The real embedded model, loaded once per test session and shared by engines."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.engine import Engine, build_model
+from tokenfactory.models.loader import LoadedModel, load_model_files
+
+
+@pytest.fixture(scope="session")
+def embedded_files() -> LoadedModel:
+    return load_model_files(None)
+
+
+@pytest.fixture(scope="session")
+def make_engine(embedded_files: LoadedModel):
+    """Build engines over one shared copy of the weights (per dtype); each gets its own cache."""
+    models: dict[str, object] = {}
+
+    def make(dtype: str = "auto", **overrides) -> Engine:
+        config = EngineConfig(dtype=dtype, **{"num_kv_blocks": 2048, **overrides})
+        if dtype not in models:
+            models[dtype] = build_model(embedded_files.config, config, embedded_files.state_dict)
+        return Engine(models[dtype], embedded_files.tokenizer, config, model_name="smollm2")
+
+    return make
