@@ -13,7 +13,7 @@ class EngineConfig:
     # KV cache size: an explicit block count wins, then a byte budget, then a share of free memory.
     num_kv_blocks: int | None = None
     kv_cache_bytes: int | None = None
-    kv_cache_memory_fraction: float = 0.25
+    kv_cache_memory_fraction: float = 0.1
     max_num_seqs: int = 256  # sequences in one step
     max_num_batched_tokens: int = 2048  # tokens (prefill + decode) in one step
     enable_chunked_prefill: bool = True
