@@ -50,14 +50,20 @@ class RotaryEmbedding(torch.nn.Module):
     def cos_sin(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T, head_dim/2] tables for these positions, shaped to broadcast over heads."""
-        cos = self.cos.index_select(0, positions).to(dtype).unsqueeze(1)
-        sin = self.sin.index_select(0, positions).to(dtype).unsqueeze(1)
+        """[T, 1, head_dim] tables for these positions, ready for `apply_rotary`.
+
+        cos is repeated over both halves and sin carries the rotation's sign, so applying
+        RoPE costs three elementwise ops and a roll per tensor.
+        """
+        cos = self.cos.index_select(0, positions)
+        sin = self.sin.index_select(0, positions)
+        cos = torch.cat((cos, cos), dim=-1).to(dtype).unsqueeze(1)
+        sin = torch.cat((-sin, sin), dim=-1).to(dtype).unsqueeze(1)
         return cos, sin
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [T, heads, head_dim] by the half-split convention used by Hugging Face Llama."""
+    """Rotate [T, heads, head_dim] by the half-split convention used by Hugging Face Llama:
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return x * cos + x.roll(half, dims=-1) * sin
