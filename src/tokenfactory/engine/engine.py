@@ -225,7 +225,9 @@ class Engine:
                     f"prompt token ids must be integers in [0, {vocab})", "prompt"
                 )
         else:
-            raise InvalidRequestError("the prompt must be a string or a list of token ids", "prompt")
+            raise InvalidRequestError(
+                "the prompt must be a string or a list of token ids", "prompt"
+            )
         if not ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
         return ids
