@@ -9,6 +9,7 @@ tokens can flip; float32 keeps those rounding differences far below the logit ga
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.engine.engine_fixtures import assert_no_leaks
 from tokenfactory.engine.sampling_params import SamplingParams
@@ -105,3 +106,20 @@ def test_seeded_sampling_reproducible(make_engine, chat_prompts):
     b = make_engine(DTYPE).generate(chat_prompts[:4], [SamplingParams(max_tokens=16)] + [params]
                                + [SamplingParams(max_tokens=16)] * 2)[1]
     assert a.token_ids == b.token_ids and a.text == b.text
+
+
+def test_bf16_fast_path_agrees_with_float32(make_engine, chat_prompts):
+    """The default CPU path (bf16, native decode kernels where available) picks tokens that
+    float32 also rates as (near-)best: a broken kernel would not."""
+    fast = make_engine("auto")
+    exact = make_engine(DTYPE)
+    outs = fast.generate(chat_prompts[:4], GREEDY)
+    assert "Paris" in outs[0].text
+    tok = fast.tokenizer
+    for prompt, out in zip(chat_prompts[:4], outs, strict=True):
+        ids = tok.encode(prompt)
+        full = torch.tensor(ids + out.token_ids)
+        logprobs = torch.log_softmax(exact.model.forward_dense(full).float(), -1)
+        for i, t in enumerate(out.token_ids):
+            row = logprobs[len(ids) - 1 + i]
+            assert float(row.max() - row[t]) < 1.0, f"token {i} of {out.text!r} is far from best"

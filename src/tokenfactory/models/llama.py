@@ -14,8 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenfactory.kernels.skinny import MAX_M, should_use, skinny_linear
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.rope import RotaryEmbedding, apply_rotary
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, except that decode-sized bf16 batches on CPU take the native skinny kernel,
+    which streams the weights at memory speed where oneDNN does not (it falls back itself
+    whenever it cannot run)."""
+    if x.shape[0] <= MAX_M and x.dtype is torch.bfloat16 and x.is_cpu:
+        n, k = weight.shape
+        if should_use(x.shape[0], n, k):
+            return skinny_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class Attention(Protocol):
@@ -65,10 +82,10 @@ class DecoderLayer(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         h = config.hidden_size
         # q, k and v share one matmul, gate and up another: fewer, larger kernels per step.
-        self.qkv_proj = nn.Linear(h, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, h, bias=False)
-        self.gate_up_proj = nn.Linear(h, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, h, bias=False)
+        self.qkv_proj = Linear(h, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.o_proj = Linear(self.q_size, h, bias=False)
+        self.gate_up_proj = Linear(h, 2 * config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, h, bias=False)
         self.input_layernorm = RMSNorm(h, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(h, config.rms_norm_eps)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
@@ -109,7 +126,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.rotary = RotaryEmbedding(config, max_positions or config.max_position_embeddings)
 
@@ -133,7 +150,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return linear(hidden, weight)
 
     @torch.inference_mode()
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:

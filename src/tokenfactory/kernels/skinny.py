@@ -1,0 +1,209 @@
+"""bf16 linear for decode-sized batches (M = 1..8 rows) on x86 CPUs with AVX512-BF16.
+
+``F.linear`` goes through oneDNN, which for a handful of rows spends more time in setup and
+reaches well under the machine's memory bandwidth. Decode linears are pure weight streaming,
+so a small native kernel (``skinny_linear.c``) that reads every weight byte once, at full
+bandwidth, wins ~2-3x. It is compiled at first use with the system gcc and called through
+ctypes; wherever it cannot run (no AVX512-BF16, no gcc, build failure,
+``TOKENFACTORY_NO_NATIVE=1``, unsupported dtype/layout/shape) ``skinny_linear`` computes the
+same thing with ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tokenfactory.kernels import _build
+
+log = logging.getLogger(__name__)
+
+MAX_M = 8  # rows per call the kernel handles; larger batches are compute bound: use oneDNN
+
+_SOURCE = Path(__file__).with_name("skinny_linear.c")
+_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp"]
+_AMX_FLAGS = ["-mamx-tile", "-mamx-bf16", "-DTF_WITH_AMX"]
+_REQUIRED_CPU = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
+_AMX_CPU = frozenset({"amx_tile", "amx_bf16"})
+# From this many rows on, AMX tiles take over where the CPU has them: the AVX512 path does M
+# dot products per weight load and turns compute bound (measured: AMX equal or faster from
+# M = 2, up to 3x at M = 8; AVX512 slightly faster at M = 1).
+_AMX_MIN_M = 2
+# Smallest weight (N * K elements) worth a native call; below it per-call overhead dominates.
+_MIN_WEIGHT_ELEMS = 8192
+
+_BF16 = torch.bfloat16
+# x, M, ldx, w, N, K, bias, out, ldo, threads, use_amx (see tf_skinny_linear_bf16)
+_pack = struct.Struct("=11q").pack
+
+# Loaded state: _loaded is None until the first use, then True/False. Kept as module globals
+# so the hot path is a couple of global reads.
+_loaded: bool | None = None
+_fn: Callable[..., int] | None = None
+_amx_min_m = MAX_M + 1  # MAX_M + 1 disables AMX
+_load_lock = threading.Lock()
+
+
+def _load() -> bool:
+    """Build/load the library once; every failure leaves the PyTorch path in place."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    with _load_lock:  # one build even when several threads make the first call at once
+        if _loaded is None:
+            _loaded = _load_locked()
+        return _loaded
+
+
+def _load_locked() -> bool:
+    global _fn, _amx_min_m
+    if _build.native_disabled():
+        return False
+    flags = _build.cpu_flags()
+    if not _REQUIRED_CPU <= flags:
+        log.info("skinny_linear: CPU lacks AVX512-BF16, using F.linear")
+        return False
+    if _build.find_compiler() is None:
+        log.warning("skinny_linear: gcc not found, using F.linear")
+        return False
+    lib, amx = None, False
+    if _AMX_CPU <= flags:
+        lib = _build.load_library("skinny_linear_amx", _SOURCE, _FLAGS + _AMX_FLAGS)
+        # The kernel may only touch AMX state once Linux granted it to the process.
+        amx = lib is not None and lib.tf_amx_init() == 0
+    if lib is None:
+        lib = _build.load_library("skinny_linear", _SOURCE, _FLAGS)
+    if lib is None:
+        return False
+    # The packed entry point takes all 11 arguments as one bytes buffer: converting a single
+    # argument costs ctypes well under a microsecond, eleven typed ones several.
+    fn = lib.tf_skinny_linear_bf16_packed
+    fn.argtypes = [ctypes.c_char_p]
+    fn.restype = ctypes.c_int
+    _fn, _amx_min_m = fn, (_AMX_MIN_M if amx else MAX_M + 1)
+    return True
+
+
+def _reset() -> None:
+    """Forget the loaded state (tests flip the env var / availability between cases)."""
+    global _loaded, _fn, _amx_min_m
+    _loaded, _fn, _amx_min_m = None, None, MAX_M + 1
+
+
+def available() -> bool:
+    """True if the native kernel is usable here (CPU, compiler, build, env var all allow it).
+
+    Decided once per process, at the first call of anything here (that is also when the
+    library gets built, ~2-3 s the first time on a machine): setting TOKENFACTORY_NO_NATIVE
+    later has no effect.
+    """
+    return _load()
+
+
+def uses_amx() -> bool:
+    """True if batches of ``_AMX_MIN_M`` rows or more run on AMX tiles (CPU and build allow)."""
+    return available() and _amx_min_m <= MAX_M
+
+
+def should_use(m: int, n: int, k: int) -> bool:
+    """Whether ``skinny_linear`` beats ``F.linear`` for an [m, k] x [n, k]^T product.
+
+    Measured faster for every M in 1..8 from 16 x 576 up to 28672 x 4096 weights. Below
+    ``_MIN_WEIGHT_ELEMS`` weights both take a few microseconds of call overhead and oneDNN's
+    is the smaller one.
+    """
+    return 1 <= m <= MAX_M and n * k >= _MIN_WEIGHT_ELEMS and available()
+
+
+def _fallback(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    y = F.linear(x, w, bias)
+    if out is None:
+        return y
+    out.copy_(y)
+    return out
+
+
+def skinny_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``F.linear(x, w, bias)`` for bf16 CPU tensors, via the native kernel when it applies.
+
+    x: [M, K] (or [K], or [..., K] with M rows in all), rows contiguous; w: [N, K] contiguous;
+    bias: [N] or None; out: optional [M, N] destination with contiguous rows, not overlapping
+    x (reusing one per layer saves the ~1-2 us allocation per call). Accumulates in
+    fp32 and rounds to bf16 once. Anything the kernel does not take (other dtypes or devices,
+    M > 8, strided weights, autograd) is computed by ``F.linear`` instead.
+    """
+    if _fn is None and not _load():
+        return _fallback(x, w, bias, out)
+    if w.dim() != 2:
+        return _fallback(x, w, bias, out)
+    if x.dim() != 2:
+        return _reshaped(x, w, bias, out)
+    m, k = x.shape
+    n, kw = w.shape
+    ldx, sx1 = x.stride()
+    grad = torch.is_grad_enabled()
+    if (
+        not 0 < m <= MAX_M
+        or k != kw
+        or k == 0
+        or n == 0
+        or sx1 != 1
+        or x.dtype is not _BF16
+        or w.dtype is not _BF16
+        or not x.is_cpu
+        or not w.is_cpu
+        or not w.is_contiguous()
+        or (grad and (x.requires_grad or w.requires_grad))
+    ):
+        return _fallback(x, w, bias, out)
+    bptr = 0
+    if bias is not None:
+        if (
+            bias.dtype is not _BF16
+            or not bias.is_cpu
+            or bias.shape != (n,)
+            or not bias.is_contiguous()
+            or (grad and bias.requires_grad)
+        ):
+            return _fallback(x, w, bias, out)
+        bptr = bias.data_ptr()
+    if out is None:
+        out = torch.empty((m, n), dtype=_BF16)
+    elif out.dtype is not _BF16 or not out.is_cpu or out.shape != (m, n) or out.stride(1) != 1:
+        return _fallback(x, w, bias, out)
+    # A fresh bytes object per call keeps concurrent callers apart (ctypes drops the GIL).
+    args = _pack(
+        x.data_ptr(), m, ldx, w.data_ptr(), n, k, bptr, out.data_ptr(), out.stride(0),
+        torch.get_num_threads(), m >= _amx_min_m,
+    )  # fmt: skip
+    rc = _fn(args)
+    return out if rc == 0 else _fallback(x, w, bias, out)
+
+
+def _reshaped(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    if x.dim() == 0:
+        return _fallback(x, w, bias, out)
+    x2 = x.reshape(-1, x.shape[-1])
+    out2 = None
+    if out is not None:
+        if not out.is_contiguous():
+            return _fallback(x, w, bias, out)
+        out2 = out.view(-1, out.shape[-1])
+    y = skinny_linear(x2, w, bias, out2)
+    return out if out is not None else y.view(*x.shape[:-1], w.shape[0])
