@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenfactory.kernels.fused_ops import add_rms_norm, silu_mul
 from tokenfactory.kernels.skinny import MAX_M, should_use, skinny_linear
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.rope import RotaryEmbedding, apply_rotary
@@ -69,6 +70,12 @@ class RMSNorm(nn.Module):
         # One fused op; it accumulates in float32 for half-precision inputs, like the reference.
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
+    def add_forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add x into the residual stream, then normalise it: (normed, new residual)."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int):
@@ -94,12 +101,16 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        residual: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention: Attention,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block on (x, residual): the residual add is fused into the next norm, so the
+        block's output is this block's delta plus the running residual stream."""
         t = x.shape[0]
-        qkv = self.qkv_proj(self.input_layernorm(x))
+        h, residual = self.input_layernorm.add_forward(x, residual)
+        qkv = self.qkv_proj(h)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
@@ -109,9 +120,10 @@ class DecoderLayer(nn.Module):
         # q and k rotate together: one set of elementwise ops instead of two.
         q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
         attn = attention(self.index, q, k, v.contiguous())
-        x = x + self.o_proj(attn.reshape(t, self.q_size))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        h, residual = self.post_attention_layernorm.add_forward(
+            self.o_proj(attn.reshape(t, self.q_size)), residual
+        )
+        return self.down_proj(silu_mul(self.gate_up_proj(h))), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -144,9 +156,10 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states [T, hidden] for a flat batch of tokens."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, attention)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, attention)
+        return self.norm.add_forward(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

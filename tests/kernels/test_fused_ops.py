@@ -1,0 +1,60 @@
+"""Fused add+RMSNorm and SiLU-gate kernels compute exactly what the PyTorch ops compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenfactory.kernels import _build, fused_ops
+
+needs_native = pytest.mark.skipif(
+    _build.find_compiler() is None or _build.native_disabled() or not fused_ops._load(),
+    reason="no C compiler or native kernels disabled",
+)
+
+
+def _reference_add_norm(x, residual, weight, eps):
+    new_res = x if residual is None else x + residual
+    return F.rms_norm(new_res, (x.shape[-1],), weight, eps), new_res
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
+@pytest.mark.parametrize("width", [64, 576, 1000])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_add_rms_norm_matches_torch(rows, width, with_residual):
+    g = torch.Generator().manual_seed(rows * width)
+    x = (torch.randn(rows, width, generator=g) * 3).bfloat16()
+    res = (torch.randn(rows, width, generator=g) * 3).bfloat16() if with_residual else None
+    w = torch.randn(width, generator=g).bfloat16()
+    want_out, want_res = _reference_add_norm(x, None if res is None else res.clone(), w, 1e-5)
+    out, new_res = fused_ops.add_rms_norm(x, res, w, 1e-5)
+    assert torch.equal(new_res, want_res)
+    diff = (out.float() - want_out.float()).abs()
+    # Same roundings; only the float32 sum of squares may differ in its last bits.
+    assert diff.max() <= 2 ** -6 * want_out.float().abs().max()
+    assert (diff == 0).float().mean() > 0.95
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_silu_mul_matches_torch(rows):
+    g = torch.Generator().manual_seed(rows)
+    gu = (torch.randn(rows, 2 * 1536, generator=g) * 4).bfloat16()
+    gate, up = gu.chunk(2, dim=-1)
+    want = F.silu(gate) * up
+    got = fused_ops.silu_mul(gu)
+    diff = (got.float() - want.float()).abs()
+    assert diff.max() <= 2 ** -7 * want.float().abs().max()
+    assert (diff == 0).float().mean() > 0.99
+
+
+def test_large_batches_and_other_dtypes_use_torch():
+    x = torch.randn(40, 64)
+    w = torch.ones(64)
+    out, res = fused_ops.add_rms_norm(x, x.clone(), w, 1e-6)
+    want, want_res = _reference_add_norm(x, x.clone(), w, 1e-6)
+    assert torch.equal(out, want) and torch.equal(res, want_res)
+    gu = torch.randn(3, 20)
+    assert torch.equal(fused_ops.silu_mul(gu), F.silu(gu[:, :10]) * gu[:, 10:])
