@@ -221,3 +221,16 @@ def test_non_cpu_device_returns_none() -> None:
         pytest.skip("native kernel unavailable")
     q, kc, vc, bt, cl = make_case([3], 4, 2, 64, torch.float32)
     assert paged_decode_attention(q.to("meta"), kc, vc, bt, cl, 0.1) is None
+
+
+@needs_native
+def test_build_without_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The AVX512F-only build (integer bf16 rounding, fp32 dots for bf16 q) must agree too.
+    monkeypatch.setattr(pa, "_BF16_CPU", frozenset({"no-such-flag"}))
+    pa._reset()
+    for dtype in (torch.bfloat16, torch.float32):
+        q, kc, vc, bt, cl = make_case([1, 16, 33, 300], 9, 3, 64, dtype)
+        out = paged_decode_attention(q, kc, vc, bt, cl, 0.125)
+        assert out is not None
+        ref = reference(q, kc, vc, bt, cl, 0.125)
+        torch.testing.assert_close(out.float(), ref, atol=tol(dtype), rtol=tol(dtype))

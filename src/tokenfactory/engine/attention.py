@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tokenfactory.kernels.paged_attention import paged_decode_attention
 from tokenfactory.models.config import ModelConfig
 
 
@@ -108,6 +109,16 @@ class TorchPagedAttention:
     ) -> torch.Tensor:
         meta = self.meta
         assert meta.decode_block_tables is not None and meta.decode_mask is not None
+        assert meta.decode_context_lens is not None
+        if q.is_cpu:
+            # Native kernel: reads each sequence's blocks in place, no gather copy. None means
+            # it cannot run here (no AVX512, unsupported shape); use the portable path then.
+            out = paged_decode_attention(
+                q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens,
+                self.scale,
+            )  # fmt: skip
+            if out is not None:
+                return out
         d, max_blocks = meta.decode_block_tables.shape
         kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
         # Gather each sequence's blocks: [D, max_blocks * block_size, kv_heads, head_dim].
