@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +93,75 @@ def test_matches_fp32_reference(path: str, m: int, n: int, k: int, bias: bool) -
     _check(skinny_linear(x, w, b), x, w, b)
 
 
+# Batched decode (M > 8) runs the AMX kernel in 16-row tiles of x, in pairs: M around tile
+# and pair boundaries; N with leftover rows (N % 16, done on AVX512) and odd 16-row blocks.
+BATCH_M = [9, 15, 16, 17, 31, 32, 33, 48, 64, 100, 128, 256]
+BATCH_SHAPES = [(5, 64), (16, 32), (17, 96), (48, 64), (100, 576), (129, 1536), (576, 576)]
+
+
+@pytest.fixture
+def amx() -> None:
+    if not skinny.available() or not skinny.uses_amx():
+        pytest.skip("batched kernel needs AMX-BF16")
+
+
+@needs_native
+@pytest.mark.parametrize("n,k", BATCH_SHAPES)
+@pytest.mark.parametrize("m", BATCH_M)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_batched_matches_fp32_reference(amx: None, m: int, n: int, k: int, bias: bool) -> None:
+    x, w, b = _inputs(m, n, k, bias, seed=m * 7 + n)
+    y = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    assert skinny_linear(x, w, b, out=y) is y
+    _check(y, x, w, b)  # also: every element written (no NaN left over)
+
+
+@needs_native
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_random_shapes(amx: None, seed: int) -> None:
+    g = torch.Generator().manual_seed(100 + seed)
+    m = int(torch.randint(9, skinny.MAX_M + 1, (1,), generator=g))
+    n = int(torch.randint(1, 700, (1,), generator=g))
+    k = 32 * int(torch.randint(1, 40, (1,), generator=g))
+    x, w, b = _inputs(m, n, k, bias=seed % 2 == 0, seed=seed)
+    _check(skinny_linear(x, w, b), x, w, b)
+
+
+@needs_native
+@pytest.mark.parametrize("k", [40, 100])
+def test_batched_k_not_multiple_of_32_falls_back(amx: None, k: int) -> None:
+    # The batched kernel needs whole 32-element K chunks; F.linear takes the rest.
+    x, w, b = _inputs(24, 50, k, bias=True, seed=k)
+    assert not skinny.should_use(24, 50, k)
+    torch.testing.assert_close(skinny_linear(x, w, b), F.linear(x, w, b), rtol=0, atol=0)
+
+
+@needs_native
+def test_batched_strided_rows_and_out(amx: None) -> None:
+    _, w, b = _inputs(40, 70, 96, bias=True, seed=12)
+    x = torch.randn(40, 160).to(torch.bfloat16)[:, 32:128]  # rows 160 elements apart
+    out_big = torch.full((40, 100), 7.0, dtype=torch.bfloat16)
+    out = out_big[:, 10:80]
+    assert skinny_linear(x, w, b, out=out) is out
+    _check(out, x, w, b)
+    assert bool((out_big[:, :10] == 7).all()) and bool((out_big[:, 80:] == 7).all())
+
+
+@needs_native
+def test_batched_thread_count_does_not_change_results(amx: None) -> None:
+    x, w, b = _inputs(64, 3072, 576, bias=True, seed=13)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = skinny_linear(x, w, b)
+        torch.set_num_threads(max(2, before))
+        many = skinny_linear(x, w, b)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, many)
+    _check(many, x, w, b)
+
+
 @needs_native
 @pytest.mark.parametrize("m", [1, 3, 8])
 def test_within_one_ulp_of_f_linear(path: str, m: int) -> None:
@@ -166,18 +237,36 @@ def test_concurrent_python_threads(path: str) -> None:
 @needs_native
 def test_shares_torch_openmp_runtime() -> None:
     # A second OpenMP runtime would bring a second thread pool fighting torch's for cores.
-    assert skinny.available()
-    maps = Path("/proc/self/maps").read_text()
-    gomps = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line}
-    assert len(gomps) <= 1, gomps
+    # Checked in a fresh process: other test dependencies (sentencepiece) bring their own.
+    code = (
+        "from pathlib import Path; import torch; from tokenfactory.kernels import skinny\n"
+        "assert skinny.available()\n"
+        "maps = Path('/proc/self/maps').read_text()\n"
+        "print(len({l.split()[-1] for l in maps.splitlines() if 'libgomp' in l}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) <= 1
 
 
 @needs_native
-def test_should_use() -> None:
+def test_should_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(skinny, "BATCHED", True)
     assert skinny.should_use(1, 576, 576)
     assert skinny.should_use(8, 49152, 576)
-    assert not skinny.should_use(9, 576, 576)  # past MAX_M: oneDNN's GEMM
+    assert not skinny.should_use(skinny.MAX_M + 1, 576, 576)  # past MAX_M: oneDNN's GEMM
     assert not skinny.should_use(1, 8, 64)  # tiny: call overhead dominates
+    if skinny.uses_amx():  # batched decode: the AMX kernel, while x stays small
+        assert skinny.should_use(64, 3072, 576)
+        assert skinny.should_use(256, 49152, 576)
+        assert skinny.should_use(64, 4096, 4096)
+        assert not skinny.should_use(256, 4096, 4096)  # x too large: oneDNN's blocking wins
+        assert not skinny.should_use(64, 576, 600)  # K % 32 != 0
+    else:
+        assert not skinny.should_use(9, 576, 576)
+    monkeypatch.setattr(skinny, "BATCHED", False)
+    assert not skinny.should_use(64, 3072, 576)
+    assert skinny.should_use(8, 3072, 576)
 
 
 @needs_native
@@ -199,6 +288,22 @@ def test_library_built_without_amx(m: int) -> None:
     _check(out, x, w, b)
 
 
+@needs_native
+def test_library_built_without_amx_rejects_batches() -> None:
+    # M > 8 exists only on AMX: this build must refuse it (the caller then uses F.linear).
+    lib = _build.load_library("skinny_linear", skinny._SOURCE, skinny._FLAGS)
+    assert lib is not None
+    fn = lib.tf_skinny_linear_bf16_packed
+    fn.argtypes = [ctypes.c_char_p]
+    x, w, _ = _inputs(16, 32, 64, bias=False)
+    out = torch.zeros(16, 32, dtype=torch.bfloat16)
+    args = struct.pack(
+        "=11q", x.data_ptr(), 16, 64, w.data_ptr(), 32, 64, 0, out.data_ptr(), 32, 1, 1
+    )
+    assert fn(args) == -1
+    assert bool((out == 0).all())
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -215,7 +320,7 @@ def test_unsupported_inputs_fall_back(case: str) -> None:
     x, w, b = _inputs(2, 24, 64, bias=True, seed=6)
     out = None
     if case == "too_many_rows":
-        x = torch.randn(9, 64).to(torch.bfloat16)
+        x = torch.randn(skinny.MAX_M + 1, 64).to(torch.bfloat16)
     elif case == "float32":
         x, w, b = x.float(), w.float(), b.float()  # type: ignore[union-attr]
     elif case == "strided_weight":

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from tokenfactory.kernels import skinny
 
-# SmolLM2-135M (qkv, o, gate_up, down, lm_head) and two Llama-8B/70B-sized ones.
-DEFAULT_SHAPES = "960x576,576x576,3072x576,576x1536,49152x576,4096x4096,28672x4096"
+# SmolLM2-135M (qkv, o, gate_up, down, lm_head) and Llama-8B/70B-sized ones.
+DEFAULT_SHAPES = "960x576,576x576,3072x576,576x1536,49152x576,4096x4096,14336x4096,28672x4096"
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -85,7 +85,7 @@ def bench_step(m: int, steps: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated NxK weight shapes")
-    ap.add_argument("--m", default="1,2,4,8", help="comma-separated row counts")
+    ap.add_argument("--m", default="1,2,4,8,16,32,64,128,256", help="comma-separated row counts")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per case")
     ap.add_argument("--cold", action="store_true", help="rotate weights beyond the caches")
@@ -108,26 +108,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     cold = args.cold_mib << 20 if args.cold else 0
     ms = [int(v) for v in args.m.split(",")]
-    hdr = f"{'N x K':>12} {'M':>2} {'F.linear us':>12} {'skinny us':>10} {'F GB/s':>7}"
-    print(hdr + f" {'sk GB/s':>8} {'speedup':>8} {'maxdiff':>8}")
+    # GB/s of weights is the figure of merit while the call is memory bound (small M),
+    # GFLOP/s once it turns compute bound (large M).
+    hdr = f"{'N x K':>12} {'M':>3} {'F.linear us':>12} {'skinny us':>10} {'F GB/s':>7}"
+    hdr += f" {'sk GB/s':>8} {'F GFLOP/s':>10} {'sk GFLOP/s':>11} {'speedup':>8} {'maxdiff':>8}"
+    print(hdr)
     with torch.inference_mode():
         for n, k in _parse_shapes(args.shapes):
             for m in ms:
                 # rounds sized so each case takes about --budget seconds
-                est = max(n * k * 2 / 20e9, 5e-6) * 2
+                est = max(n * k * 2 / 20e9, 2 * m * n * k / 500e9, 5e-6) * 2
                 rounds = int(min(2000, max(20, args.budget / est)))
                 ref, sk, diff = bench_one(n, k, m, rounds, cold, args.bias)
-                gb = n * k * 2 / 1e9
+                gb, gf = n * k * 2 / 1e9, 2 * m * n * k / 1e9
                 print(
-                    f"{f'{n} x {k}':>12} {m:>2} {ref * 1e6:>12.1f} {sk * 1e6:>10.1f} "
-                    f"{gb / ref:>7.1f} {gb / sk:>8.1f} {ref / sk:>7.2f}x {diff:>8.3g}"
+                    f"{f'{n} x {k}':>12} {m:>3} {ref * 1e6:>12.1f} {sk * 1e6:>10.1f} "
+                    f"{gb / ref:>7.1f} {gb / sk:>8.1f} {gf / ref:>10.1f} {gf / sk:>11.1f} "
+                    f"{ref / sk:>7.2f}x {diff:>8.3g}"
                 )
         if args.step:
             print(f"\none SmolLM2-135M decode step, {4 * STEP_LAYERS + 1} linears (270 MB):")
-            print(f"{'M':>2} {'F.linear ms':>12} {'skinny ms':>10} {'speedup':>8}")
+            print(f"{'M':>3} {'F.linear ms':>12} {'skinny ms':>10} {'speedup':>8}")
             for m in ms:
                 ref, sk = bench_step(m, steps=max(5, int(args.budget * 20)))
-                print(f"{m:>2} {ref * 1e3:>12.2f} {sk * 1e3:>10.2f} {ref / sk:>7.2f}x")
+                print(f"{m:>3} {ref * 1e3:>12.2f} {sk * 1e3:>10.2f} {ref / sk:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""bf16 linear for decode-sized batches (M = 1..8 rows) on x86 CPUs with AVX512-BF16.
+"""bf16 linear for decode-sized batches (M = 1..256 rows) on x86 CPUs with AVX512-BF16.
 
 ``F.linear`` goes through oneDNN, which for a handful of rows spends more time in setup and
 reaches well under the machine's memory bandwidth. Decode linears are pure weight streaming,
 so a small native kernel (``skinny_linear.c``) that reads every weight byte once, at full
-bandwidth, wins ~2-3x. It is compiled at first use with the system gcc and called through
+bandwidth, wins ~2-3x. Batched decode (M = 9..256 sequences per step) runs an AMX kernel
+that tiles M in 16-row tiles and streams each weight block once for all of them; at
+SmolLM-sized shapes it measured ~1.1-2.5x faster than oneDNN (see ``should_use`` for where
+it is not). It is compiled at first use with the system gcc and called through
 ctypes; wherever it cannot run (no AVX512-BF16, no gcc, build failure,
 ``TOKENFACTORY_NO_NATIVE=1``, unsupported dtype/layout/shape) ``skinny_linear`` computes the
 same thing with ``F.linear``.
@@ -25,7 +28,10 @@ from tokenfactory.kernels import _build
 
 log = logging.getLogger(__name__)
 
-MAX_M = 8  # rows per call the kernel handles; larger batches are compute bound: use oneDNN
+MAX_M = 256  # rows per call the kernel handles; past it oneDNN's GEMM is as fast or faster
+# Up to this many rows the AVX512 kernel can run the call; larger M needs the batched AMX
+# kernel (AMX-capable CPU and build, K % 32 == 0).
+_AVX_MAX_M = 8
 
 _SOURCE = Path(__file__).with_name("skinny_linear.c")
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp"]
@@ -38,6 +44,15 @@ _AMX_CPU = frozenset({"amx_tile", "amx_bf16"})
 _AMX_MIN_M = 2
 # Smallest weight (N * K elements) worth a native call; below it per-call overhead dominates.
 _MIN_WEIGHT_ELEMS = 8192
+# Largest M * K for which the batched kernel (M > 8) beats oneDNN. Every 32-row weight block
+# re-reads all of x (2 * M * K bytes, packed) from L2; past ~768 KiB that traffic is the
+# bottleneck and oneDNN's cache blocking wins (measured: K = 1536 faster up to M = 256;
+# K = 4096 1.3-1.4x faster at M = 64, 0.85x at M = 128, 0.7x at M = 256).
+_MAX_BATCH_MK = 256 * 1536
+# Whether should_use picks the batched kernel (M > 8) at all. Off for now: it is as exact as
+# oneDNN (both ~99.99% correctly rounded) but rounds differently in a few elements, which
+# flips the greedy answer in tests/e2e/test_cli.py's 135M-model prompt (prefill, M = 37).
+BATCHED = False
 
 _BF16 = torch.bfloat16
 # x, M, ldx, w, N, K, bias, out, ldo, threads, use_amx (see tf_skinny_linear_bf16)
@@ -115,11 +130,17 @@ def uses_amx() -> bool:
 def should_use(m: int, n: int, k: int) -> bool:
     """Whether ``skinny_linear`` beats ``F.linear`` for an [m, k] x [n, k]^T product.
 
-    Measured faster for every M in 1..8 from 16 x 576 up to 28672 x 4096 weights. Below
+    Measured faster for every M in 1..8 from 16 x 576 up to 28672 x 4096 weights, and for
+    M = 9..256 (AMX only, K % 32 == 0) while M * K <= ``_MAX_BATCH_MK`` (used only with
+    ``BATCHED`` set). Below
     ``_MIN_WEIGHT_ELEMS`` weights both take a few microseconds of call overhead and oneDNN's
     is the smaller one.
     """
-    return 1 <= m <= MAX_M and n * k >= _MIN_WEIGHT_ELEMS and available()
+    if not (1 <= m <= MAX_M and n * k >= _MIN_WEIGHT_ELEMS and available()):
+        return False
+    if m <= _AVX_MAX_M:
+        return True
+    return BATCHED and m >= _amx_min_m and k % 32 == 0 and m * k <= _MAX_BATCH_MK
 
 
 def _fallback(
@@ -144,7 +165,8 @@ def skinny_linear(
     bias: [N] or None; out: optional [M, N] destination with contiguous rows, not overlapping
     x (reusing one per layer saves the ~1-2 us allocation per call). Accumulates in
     fp32 and rounds to bf16 once. Anything the kernel does not take (other dtypes or devices,
-    M > 8, strided weights, autograd) is computed by ``F.linear`` instead.
+    M > MAX_M, M > 8 without AMX or with K % 32 != 0, strided weights, autograd) is computed
+    by ``F.linear`` instead. Callers choosing per shape should ask ``should_use`` first.
     """
     if _fn is None and not _load():
         return _fallback(x, w, bias, out)
@@ -158,6 +180,7 @@ def skinny_linear(
     grad = torch.is_grad_enabled()
     if (
         not 0 < m <= MAX_M
+        or (m > _AVX_MAX_M and (m < _amx_min_m or k % 32))
         or k != kw
         or k == 0
         or n == 0

@@ -1,5 +1,6 @@
 /*
- * y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for bf16 operands and small M (1..8).
+ * y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for bf16 operands and small M (1..8 on AVX512,
+ * up to MAX_ROWS on AMX).
  *
  * Decode-time linears are memory bound: every weight byte is read once per call, so the
  * kernel streams W row-block by row-block, reuses each 64-byte weight load for all M
@@ -221,6 +222,152 @@ static void amx_run(const bf16_t *xp, int64_t M, const bf16_t *w, int64_t N, int
         amx_store(cbuf, M, bias, out, ldo, n0);
     }
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * AMX path for batches (M > 8). Same operand roles as above (W tiles as A, straight from their
+ * row-major layout; x repacked as B), but M is cut into 16-column tiles and each step of the
+ * K loop feeds a 2 x 2 block: 2 W tiles x 2 x tiles -> 4 C accumulators (all 8 tile
+ * registers). Each W tile load then serves two x tiles and vice versa, which halves the tile
+ * loads per TDPBF16PS compared with 1 x 1. A 32-row block of W (36 KiB at K = 576) is read
+ * from DRAM once and re-read from L1/L2 for every further pair of x tiles.
+ * x is zero-padded to whole 16-row tiles: TDPBF16PS costs the same for any B width, so a
+ * partial tile computes padding for free and needs no second tile configuration.
+ * ------------------------------------------------------------------------------------------- */
+
+/* In place: r[j] <- column j of the 16 x 16 matrix whose row i is r[i] (32-bit lanes). */
+AI void transpose16(__m512 *r) {
+    __m512 t[16], v[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* v[4g + j], 128-bit lane l: column 4 l + j of rows 4 g .. 4 g + 3 */
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        v[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        v[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        v[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        v[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512 lo01 = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x44);  /* g0 l0, g0 l1, g1 l0, g1 l1 */
+        __m512 hi01 = _mm512_shuffle_f32x4(v[j], v[4 + j], 0xEE);  /* g0 l2, g0 l3, g1 l2, g1 l3 */
+        __m512 lo23 = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0x44);
+        __m512 hi23 = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);
+        r[8 + j] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);
+    }
+}
+
+/* One B tile: rows m0 .. m0+15 of x (zeros past M), k = 32 c .. 32 c + 31 ->
+ * xp[c][16 k-pairs][16 m][2]. A VNNI B tile is the transpose of x's rows read as 16 k-pairs. */
+AI void pack_tile16(const bf16_t *x, int64_t M, int64_t ldx, int64_t m0, int64_t c,
+                    bf16_t *dst) {
+    __m512 r[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = m0 + i < M ? _mm512_loadu_ps(x + (m0 + i) * ldx + c * 32) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int i = 0; i < 16; i++) _mm512_store_ps((float *)dst + 16 * i, r[i]);
+}
+
+/* C tile (16 rows of n x 16 columns of m, fp32) -> out[m, n0 .. n0+15] for m < mv, + bias. */
+AI void store_ct(const float *cbuf, int64_t mv, const bf16_t *bias, bf16_t *out, int64_t ldo,
+                 int64_t m0, int64_t n0) {
+    __m512 r[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_load_ps(cbuf + 16 * i);
+    transpose16(r);
+    __m512 b = _mm512_setzero_ps();
+    if (bias)
+        b = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + n0))), 16));
+    for (int m = 0; m < mv; m++)
+        _mm256_storeu_si256((__m256i *)(out + (m0 + m) * ldo + n0),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(r[m], b)));
+}
+
+/* Tiles 0-3: C (c[2 i + j] = W tile i x x tile j), 4-5: A (W), 6-7: B (x); all 16 x 64 B. */
+static void amx_config_big(void) {
+    tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* One NW x MX block (NW W tiles of 16 rows at w0, MX x tiles at xp0, xp1) over all of K.
+ * pf: the W rows to prefetch alongside (same layout as w0), or NULL. NW and MX are
+ * compile-time constants at every call, so the dead tile operations disappear. */
+AI void amx_block(const int NW, const int MX, const bf16_t *w0, int64_t K, const bf16_t *xp0,
+                  const bf16_t *xp1, int64_t nc, const bf16_t *pf, float *cbuf) {
+    const int64_t ldw = K * 2;
+    _tile_zero(0);
+    if (MX > 1) _tile_zero(1);
+    if (NW > 1) _tile_zero(2);
+    if (NW > 1 && MX > 1) _tile_zero(3);
+    for (int64_t c = 0; c < nc; c++) {
+        if (pf)
+            for (int r = 0; r < 16 * NW; r++)
+                _mm_prefetch((const char *)(pf + r * K + c * 32), PF_HINT);
+        _tile_loadd(4, w0 + c * 32, ldw);
+        _tile_loadd(6, xp0 + c * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (MX > 1) {
+            _tile_loadd(7, xp1 + c * 512, 64);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        if (NW > 1) {
+            _tile_loadd(5, w0 + 16 * K + c * 32, ldw);
+            _tile_dpbf16ps(2, 5, 6);
+            if (MX > 1) _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, cbuf, 64);
+    if (MX > 1) _tile_stored(1, cbuf + 256, 64);
+    if (NW > 1) _tile_stored(2, cbuf + 512, 64);
+    if (NW > 1 && MX > 1) _tile_stored(3, cbuf + 768, 64);
+}
+
+/* Rows [nb, ne) of W (N rows), ne - nb a multiple of 16, against all M rows of x (packed as
+ * xp[M/16 tiles][K/32][512]). Tiles configured by the caller. */
+static void amx_run_big(const bf16_t *xp, int64_t M, const bf16_t *w, int64_t N, int64_t K,
+                        const bf16_t *bias, bf16_t *out, int64_t ldo, int64_t nb, int64_t ne) {
+    float cbuf[4 * 256] __attribute__((aligned(64)));
+    const int64_t nc = K / 32, mtiles = (M + 15) / 16, xts = nc * 512;
+    const int64_t pf_rows = (PF_BYTES + 32 * K * 2 - 1) / (32 * K * 2) * 32;
+    for (int64_t n0 = nb; n0 < ne; n0 += 32) {
+        const int two = n0 + 32 <= ne;
+        const bf16_t *w0 = w + n0 * K;
+        /* prefetch the W block pf_rows ahead, during the first pass over it only */
+        const bf16_t *pf = n0 + pf_rows + 32 <= N ? w0 + pf_rows * K : NULL;
+        for (int64_t mt = 0; mt < mtiles; mt += 2) {
+            const bf16_t *x0 = xp + mt * xts, *x1 = x0 + xts;
+            const int64_t mv0 = M - mt * 16 < 16 ? M - mt * 16 : 16;
+            const int64_t mv1 = M - mt * 16 - 16 < 16 ? M - mt * 16 - 16 : 16;
+            const bf16_t *p = mt == 0 ? pf : NULL;
+            if (mt + 1 < mtiles) {
+                if (two) amx_block(2, 2, w0, K, x0, x1, nc, p, cbuf);
+                else amx_block(1, 2, w0, K, x0, x1, nc, p, cbuf);
+                store_ct(cbuf, mv0, bias, out, ldo, mt * 16, n0);
+                store_ct(cbuf + 256, mv1, bias, out, ldo, mt * 16 + 16, n0);
+                if (two) {
+                    store_ct(cbuf + 512, mv0, bias, out, ldo, mt * 16, n0 + 16);
+                    store_ct(cbuf + 768, mv1, bias, out, ldo, mt * 16 + 16, n0 + 16);
+                }
+            } else {
+                if (two) amx_block(2, 1, w0, K, x0, x0, nc, p, cbuf);
+                else amx_block(1, 1, w0, K, x0, x0, nc, p, cbuf);
+                store_ct(cbuf, mv0, bias, out, ldo, mt * 16, n0);
+                if (two) store_ct(cbuf + 512, mv0, bias, out, ldo, mt * 16, n0 + 16);
+            }
+        }
+    }
+}
 #endif
 
 /* Below this many weight bytes per thread, waking another thread costs more than it saves. */
@@ -242,61 +389,98 @@ typedef struct {
     int64_t chunk;   /* rows per unit of work */
     int64_t nchunks, nunits;
     int64_t next;    /* shared work counter */
-    int amx;
+    int amx;         /* 1: M <= 8 AMX kernel, 2: batched AMX kernel (M > 8) */
 } job_t;
 
+/* x rows m0 .. M-1 for W rows [nb, ne) on AVX512, at most 8 rows of x per pass. */
+static void run_avx(const job_t *j, int64_t nb, int64_t ne) {
+    for (int64_t m0 = 0; m0 < j->M; m0 += 8) {
+        const int64_t mr = j->M - m0 < 8 ? j->M - m0 : 8;
+        RUNS[mr](j->x + m0 * j->ldx, j->ldx, j->w, j->N, j->K, j->bias, j->out + m0 * j->ldo,
+                 j->ldo, nb, ne);
+    }
+}
+
 static void work(job_t *j) {
-    const run_fn run = RUNS[j->M];
 #ifdef TF_WITH_AMX
-    if (j->amx) amx_config((int)j->M); /* tile config is per thread */
+    if (j->amx == 2) {
+        /* pack x into B tiles, shared among the threads; the loop's barrier then makes all
+         * of xp visible before any thread reads it */
+        const int64_t nc = j->K / 32, npack = (j->M + 15) / 16 * nc;
+#pragma omp for schedule(static)
+        for (int64_t u = 0; u < npack; u++)
+            pack_tile16(j->x, j->M, j->ldx, u / nc * 16, u % nc, (bf16_t *)j->xp + u * 512);
+        amx_config_big();
+    } else if (j->amx) {
+        amx_config((int)j->M); /* tile config is per thread */
+    }
 #endif
     for (int64_t u; (u = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->nunits;) {
         if (u == j->nchunks) {
-            run(j->x, j->ldx, j->w, j->N, j->K, j->bias, j->out, j->ldo, j->n_main, j->N);
+            run_avx(j, j->n_main, j->N);
             continue;
         }
         const int64_t nb = u * j->chunk;
         const int64_t ne = nb + j->chunk < j->n_main ? nb + j->chunk : j->n_main;
 #ifdef TF_WITH_AMX
+        if (j->amx == 2) {
+            amx_run_big(j->xp, j->M, j->w, j->N, j->K, j->bias, j->out, j->ldo, nb, ne);
+            continue;
+        }
         if (j->amx) {
             amx_run(j->xp, j->M, j->w, j->N, j->K, j->bias, j->out, j->ldo, nb, ne);
             continue;
         }
 #endif
-        run(j->x, j->ldx, j->w, j->N, j->K, j->bias, j->out, j->ldo, nb, ne);
+        run_avx(j, nb, ne);
     }
 #ifdef TF_WITH_AMX
     if (j->amx) _tile_release(); /* leave the thread's AMX state clean for others */
 #endif
 }
 
+/* Rows of x one call takes: M > 8 runs the batched AMX kernel, whose packed copy of x
+ * (M * K * 2 bytes) is allocated per call. */
+#define MAX_ROWS 1024
+
 /* out[M, N] = x[M, K] @ w[N, K]^T (+ bias). x rows are ldx elements apart, out rows ldo; w and
  * bias are contiguous. use_amx: 0 = AVX512 only, 1 = AMX where the shape allows.
+ * M > 8 needs AMX (this build, use_amx and K % 32 == 0).
  * Returns 0 on success, -1 on unsupported arguments (nothing written). */
 int tf_skinny_linear_bf16(const bf16_t *x, int64_t M, int64_t ldx, const bf16_t *w, int64_t N,
                           int64_t K, const bf16_t *bias, bf16_t *out, int64_t ldo,
                           int64_t nthreads, int64_t use_amx) {
-    if (M < 1 || M > 8 || N < 1 || K < 1) return -1;
+    if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
     job_t j = {.x = x, .w = w, .bias = bias, .out = out, .M = M, .ldx = ldx, .K = K, .N = N,
                .ldo = ldo};
     const int64_t row_bytes = K * 2, bytes = N * row_bytes;
+    /* per-thread work grows with the number of 16-row tiles of x once past 8 rows */
+    const int64_t work_bytes = M > 8 ? bytes * ((M + 15) / 16) : bytes;
     int64_t nt = nthreads < 1 ? 1 : nthreads;
-    if (nt > bytes / MIN_BYTES_PER_THREAD) nt = bytes / MIN_BYTES_PER_THREAD;
+    if (nt > work_bytes / MIN_BYTES_PER_THREAD) nt = work_bytes / MIN_BYTES_PER_THREAD;
     if (nt < 1) nt = 1;
 
 #ifdef TF_WITH_AMX
-    bf16_t *xp = NULL; /* x repacked for the B tiles: M * K * 2 bytes, 72 KiB at K = 4608 */
-    if (use_amx && K % 32 == 0 && N >= 16 &&
-        (xp = aligned_alloc(64, (size_t)((M * K * 2 + 63) / 64 * 64))) != NULL) {
-        pack_x(x, M, ldx, K, xp);
+    bf16_t *xp = NULL; /* x repacked for the B tiles */
+    if (M > 8) {
+        if (!use_amx || K % 32) return -1;
+        const int64_t mpad = (M + 15) / 16 * 16;
+        if ((xp = aligned_alloc(64, (size_t)(mpad * K * 2))) == NULL) return -1;
+        j.xp = xp; /* packed by the threads themselves, in work() */
+        j.amx = 2;
+    } else if (use_amx && K % 32 == 0 && N >= 16 &&
+               (xp = aligned_alloc(64, (size_t)((M * K * 2 + 63) / 64 * 64))) != NULL) {
+        pack_x(x, M, ldx, K, xp); /* 72 KiB at K = 4608 */
         j.xp = xp;
         j.amx = 1;
     }
 #else
+    if (M > 8) return -1;
     (void)use_amx;
 #endif
-    /* AMX covers whole 16-row blocks; AVX512 does the < 16 leftover rows */
-    const int64_t step = j.amx ? 16 : ROWS[M];
+    /* AMX covers whole 16-row blocks (the batched kernel works in pairs of them); AVX512 does
+     * the < 16 leftover rows */
+    const int64_t step = j.amx == 2 ? 32 : j.amx ? 16 : ROWS[M];
     j.n_main = j.amx ? N / 16 * 16 : N;
     j.chunk = j.n_main;
     if (nt > 1) {
@@ -305,7 +489,7 @@ int tf_skinny_linear_bf16(const bf16_t *x, int64_t M, int64_t ldx, const bf16_t 
         j.chunk = (cb / row_bytes + step - 1) / step * step;
         if (j.chunk < step) j.chunk = step;
     }
-    j.nchunks = (j.n_main + j.chunk - 1) / j.chunk;
+    j.nchunks = j.chunk ? (j.n_main + j.chunk - 1) / j.chunk : 0; /* 0: N < 16, all AVX512 */
     j.nunits = j.nchunks + (j.n_main < N);
     if (nt > j.nunits) nt = j.nunits;
 
