@@ -113,10 +113,12 @@ def test_bf16_fast_path_agrees_with_float32(make_engine, chat_prompts):
     float32 also rates as (near-)best: a broken kernel would not."""
     fast = make_engine("auto")
     exact = make_engine(DTYPE)
-    outs = fast.generate(chat_prompts[:4], GREEDY)
-    assert "Paris" in outs[0].text
+    # 16 at once: decode steps take the batched kernels, not only the one-row ones.
+    # (No exact-text check: this model's first token for the France question is a near-tie
+    # in bf16 that a different matmul blocking can flip; the check below is what must hold.)
+    outs = fast.generate(chat_prompts, GREEDY)
     tok = fast.tokenizer
-    for prompt, out in zip(chat_prompts[:4], outs, strict=True):
+    for prompt, out in zip(chat_prompts, outs, strict=True):
         ids = tok.encode(prompt)
         full = torch.tensor(ids + out.token_ids)
         logprobs = torch.log_softmax(exact.model.forward_dense(full).float(), -1)

@@ -27,11 +27,12 @@ class ModelRunner:
     def execute(self, step: SchedulerOutput) -> torch.Tensor:
         """Run one step; logits [N, vocab] for the chunks that sample, in chunk order."""
         input_ids, positions, meta, sample_rows = self._prepare(step)
-        hidden = self.model(input_ids, positions, TorchPagedAttention(self.cache, meta))
+        decode = meta.num_decodes == len(step.chunks)
+        hidden = self.model(input_ids, positions, TorchPagedAttention(self.cache, meta), decode)
         if len(sample_rows) != hidden.shape[0]:
             index = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
             hidden = hidden.index_select(0, index)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden, decode)
 
     def _prepare(
         self, step: SchedulerOutput

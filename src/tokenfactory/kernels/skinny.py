@@ -127,12 +127,12 @@ def uses_amx() -> bool:
     return available() and _amx_min_m <= MAX_M
 
 
-def should_use(m: int, n: int, k: int) -> bool:
+def should_use(m: int, n: int, k: int, batched: bool | None = None) -> bool:
     """Whether ``skinny_linear`` beats ``F.linear`` for an [m, k] x [n, k]^T product.
 
     Measured faster for every M in 1..8 from 16 x 576 up to 28672 x 4096 weights, and for
     M = 9..256 (AMX only, K % 32 == 0) while M * K <= ``_MAX_BATCH_MK`` (used only with
-    ``BATCHED`` set). Below
+    ``batched``, default ``BATCHED``, set). Below
     ``_MIN_WEIGHT_ELEMS`` weights both take a few microseconds of call overhead and oneDNN's
     is the smaller one.
     """
@@ -140,7 +140,9 @@ def should_use(m: int, n: int, k: int) -> bool:
         return False
     if m <= _AVX_MAX_M:
         return True
-    return BATCHED and m >= _amx_min_m and k % 32 == 0 and m * k <= _MAX_BATCH_MK
+    if batched is None:
+        batched = BATCHED
+    return batched and m >= _amx_min_m and k % 32 == 0 and m * k <= _MAX_BATCH_MK
 
 
 def _fallback(

@@ -20,20 +20,27 @@ from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.rope import RotaryEmbedding, apply_rotary
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    batched: bool = False,
+) -> torch.Tensor:
     """F.linear, except that decode-sized bf16 batches on CPU take the native skinny kernel,
     which streams the weights at memory speed where oneDNN does not (it falls back itself
-    whenever it cannot run)."""
+    whenever it cannot run). `batched` also lets 9..256-row batches take its AMX path: the
+    runner allows it for decode steps only, so a prompt's first token is computed exactly as
+    before whatever the batch."""
     if x.shape[0] <= MAX_M and x.dtype is torch.bfloat16 and x.is_cpu:
         n, k = weight.shape
-        if should_use(x.shape[0], n, k):
+        if should_use(x.shape[0], n, k, batched=batched or None):
             return skinny_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, batched)
 
 
 class Attention(Protocol):
@@ -105,12 +112,13 @@ class DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention: Attention,
+        decode: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One block on (x, residual): the residual add is fused into the next norm, so the
         block's output is this block's delta plus the running residual stream."""
         t = x.shape[0]
         h, residual = self.input_layernorm.add_forward(x, residual)
-        qkv = self.qkv_proj(h)
+        qkv = self.qkv_proj(h, decode)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
@@ -121,9 +129,9 @@ class DecoderLayer(nn.Module):
         q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
         attn = attention(self.index, q, k, v.contiguous())
         h, residual = self.post_attention_layernorm.add_forward(
-            self.o_proj(attn.reshape(t, self.q_size)), residual
+            self.o_proj(attn.reshape(t, self.q_size), decode), residual
         )
-        return self.down_proj(silu_mul(self.gate_up_proj(h))), residual
+        return self.down_proj(silu_mul(self.gate_up_proj(h, decode)), decode), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -151,19 +159,24 @@ class LlamaForCausalLM(nn.Module):
         return self.embed_tokens.weight.device
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attention: Attention,
+        decode: bool = False,
     ) -> torch.Tensor:
-        """Hidden states [T, hidden] for a flat batch of tokens."""
+        """Hidden states [T, hidden] for a flat batch of tokens; `decode` says every token is
+        one sequence's next token (it only selects kernels, never changes the math)."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, attention)
+            x, residual = layer(x, residual, cos, sin, attention, decode)
         return self.norm.add_forward(x, residual)[0]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight)
+        return linear(hidden, weight, batched=decode)
 
     @torch.inference_mode()
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
