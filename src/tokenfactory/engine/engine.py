@@ -130,7 +130,10 @@ class Engine:
         config = config or EngineConfig()
         loaded = load_model_files(path)
         model = build_model(loaded.config, config, state_dict=loaded.state_dict)
-        name = loaded.config.name or Path(str(loaded.source)).stem
+        # The file or directory name says what users chose (quantization included); the
+        # metadata's general.name is often a training-run label.
+        source = Path(str(loaded.source))
+        name = source.stem if source.suffix == ".gguf" else source.name
         return cls(model, loaded.tokenizer, config, model_name=name)
 
     @classmethod
