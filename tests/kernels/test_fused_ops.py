@@ -20,7 +20,7 @@ def _reference_add_norm(x, residual, weight, eps):
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 3, 8, 16])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16, 64, 256])
 @pytest.mark.parametrize("width", [64, 576, 1000])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_add_rms_norm_matches_torch(rows, width, with_residual):
