@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import torch
 
+from tokenfactory.kernels._build import cpu_flags as read_cpu_flags
+
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -19,14 +21,7 @@ _DTYPES = {
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return read_cpu_flags()
 
 
 def cpu_has_fast_bf16() -> bool:
