@@ -144,18 +144,9 @@ class TorchPagedAttention:
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
     ) -> torch.Tensor:
-        qh = q.transpose(0, 1)
         if span.context_len == span.q_len:
             # Nothing cached before this chunk: attend over its own K/V, no gather needed.
-            out = F.scaled_dot_product_attention(
-                qh,
-                k.transpose(0, 1),
-                v.transpose(0, 1),
-                is_causal=True,
-                scale=self.scale,
-                enable_gqa=True,
-            )
-            return out.transpose(0, 1)
+            return _sdpa(q, k, v, None, self.scale)
         kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
         n = span.context_len
         keys = k_cache.index_select(0, span.block_table).view(-1, kv_heads, head_dim)[:n]
@@ -165,12 +156,30 @@ class TorchPagedAttention:
         qpos = torch.arange(span.q_len, device=q.device).unsqueeze(1) + offset
         kpos = torch.arange(n, device=q.device).unsqueeze(0)
         mask = kpos <= qpos
-        out = F.scaled_dot_product_attention(
-            qh,
-            keys.transpose(0, 1),
-            values.transpose(0, 1),
-            attn_mask=mask,
-            scale=self.scale,
-            enable_gqa=True,
-        )
-        return out.transpose(0, 1)
+        return _sdpa(q, keys, values, mask, self.scale)
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """Attention for one sequence: q [T, heads, d], k/v [S, kv_heads, d] -> [T, heads, d].
+
+    Shaped for SDPA's fused (flash) CPU kernel: 4-D inputs and K/V repeated per query group,
+    since 3-D inputs or `enable_gqa` send it to the much slower unfused math path.
+    """
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+    )
+    return out.squeeze(0).transpose(0, 1)
