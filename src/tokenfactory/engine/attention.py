@@ -171,6 +171,11 @@ def _sdpa(
     Shaped for SDPA's fused (flash) CPU kernel: 4-D inputs and K/V repeated per query group,
     since 3-D inputs or `enable_gqa` send it to the much slower unfused math path.
     """
+    dtype = q.dtype
+    if dtype is not torch.float32 and q.is_cpu:
+        # On CPU, prompts attend in float32 (the decode kernel also accumulates in float32),
+        # so a prompt's first token does not hinge on bf16 rounding inside the softmax.
+        q, k, v = q.float(), k.float(), v.float()
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -182,4 +187,4 @@ def _sdpa(
         is_causal=mask is None,
         scale=scale,
     )
-    return out.squeeze(0).transpose(0, 1)
+    return out.squeeze(0).transpose(0, 1).to(dtype)
