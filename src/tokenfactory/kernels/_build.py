@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -101,3 +103,24 @@ def load_library(name: str, source: Path, flags: list[str]) -> ctypes.CDLL | Non
     except Exception as e:  # any failure means "use the PyTorch path"
         log.warning("native kernel %s unavailable, using PyTorch instead: %s", name, e)
         return None
+
+
+class Once:
+    """Runs a kernel module's loader once per process, even when several threads make the
+    first call together; `reset()` lets tests load again under other conditions."""
+
+    def __init__(self, load: Callable[[], bool]):
+        self._load = load
+        self._lock = threading.Lock()
+        self.result: bool | None = None
+
+    def __call__(self) -> bool:
+        if self.result is not None:
+            return self.result
+        with self._lock:
+            if self.result is None:
+                self.result = self._load()
+            return self.result
+
+    def reset(self) -> None:
+        self.result = None

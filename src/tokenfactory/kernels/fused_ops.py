@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from pathlib import Path
 
 import torch
@@ -27,25 +26,25 @@ MAX_SILU_ROWS = 16
 _SOURCE = Path(__file__).with_name("fused_ops.c")
 _FLAGS = ["-O3", "-march=x86-64-v3", "-ffp-contract=off"]
 _lib: ctypes.CDLL | None = None
-_loaded: bool | None = None
-_lock = threading.Lock()
 
 
-def _load() -> bool:
-    global _lib, _loaded
-    with _lock:
-        if _loaded is None:
-            _loaded = False
-            if not _build.native_disabled() and _build.find_compiler() is not None:
-                lib = _build.load_library("fused_ops", _SOURCE, _FLAGS)
-                if lib is not None:
-                    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                    lib.tf_add_rms_norm_bf16.argtypes = [
-                        ptr, i64, ptr, i64, ptr, ptr, i64, i64, i64, ctypes.c_float, ctypes.c_int,
-                    ]
-                    lib.tf_silu_mul_bf16.argtypes = [ptr, i64, ptr, i64, i64, i64]
-                    _lib, _loaded = lib, True
-    return bool(_loaded)
+def _load_library() -> bool:
+    global _lib
+    if _build.native_disabled() or _build.find_compiler() is None:
+        return False
+    lib = _build.load_library("fused_ops", _SOURCE, _FLAGS)
+    if lib is None:
+        return False
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.tf_add_rms_norm_bf16.argtypes = [
+        ptr, i64, ptr, i64, ptr, ptr, i64, i64, i64, ctypes.c_float, ctypes.c_int,
+    ]
+    lib.tf_silu_mul_bf16.argtypes = [ptr, i64, ptr, i64, i64, i64]
+    _lib = lib
+    return True
+
+
+_load = _build.Once(_load_library)
 
 
 def _native_ok(max_rows: int, *tensors: torch.Tensor) -> bool:
@@ -54,7 +53,7 @@ def _native_ok(max_rows: int, *tensors: torch.Tensor) -> bool:
         return False
     if any(x.stride(-1) != 1 for x in tensors):
         return False
-    return _loaded is True or (_loaded is None and _load())
+    return _load()
 
 
 def add_rms_norm(

@@ -17,7 +17,6 @@ import ctypes
 import logging
 import math
 import struct
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,19 +40,7 @@ _DTYPES = (torch.bfloat16, torch.float32)
 _ARGS = struct.Struct("=18qd4q")
 _pack = _ARGS.pack
 
-_loaded: bool | None = None
 _fn: Callable[..., int] | None = None
-_load_lock = threading.Lock()
-
-
-def _load() -> bool:
-    global _loaded
-    if _loaded is not None:
-        return _loaded
-    with _load_lock:  # one build even when several threads make the first call at once
-        if _loaded is None:
-            _loaded = _load_locked()
-        return _loaded
 
 
 def _load_locked() -> bool:
@@ -83,10 +70,14 @@ def _load_locked() -> bool:
     return True
 
 
+_load = _build.Once(_load_locked)
+
+
 def _reset() -> None:
     """Forget the loaded state (tests flip the env var between cases)."""
-    global _loaded, _fn
-    _loaded, _fn = None, None
+    global _fn
+    _load.reset()
+    _fn = None
 
 
 def available() -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import struct
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,23 +57,9 @@ _BF16 = torch.bfloat16
 # x, M, ldx, w, N, K, bias, out, ldo, threads, use_amx (see tf_skinny_linear_bf16)
 _pack = struct.Struct("=11q").pack
 
-# Loaded state: _loaded is None until the first use, then True/False. Kept as module globals
-# so the hot path is a couple of global reads.
-_loaded: bool | None = None
+# Loaded state, kept as module globals so the hot path is a couple of global reads.
 _fn: Callable[..., int] | None = None
 _amx_min_m = MAX_M + 1  # MAX_M + 1 disables AMX
-_load_lock = threading.Lock()
-
-
-def _load() -> bool:
-    """Build/load the library once; every failure leaves the PyTorch path in place."""
-    global _loaded
-    if _loaded is not None:
-        return _loaded
-    with _load_lock:  # one build even when several threads make the first call at once
-        if _loaded is None:
-            _loaded = _load_locked()
-        return _loaded
 
 
 def _load_locked() -> bool:
@@ -106,10 +91,14 @@ def _load_locked() -> bool:
     return True
 
 
+_load = _build.Once(_load_locked)
+
+
 def _reset() -> None:
     """Forget the loaded state (tests flip the env var / availability between cases)."""
-    global _loaded, _fn, _amx_min_m
-    _loaded, _fn, _amx_min_m = None, None, MAX_M + 1
+    global _fn, _amx_min_m
+    _load.reset()
+    _fn, _amx_min_m = None, MAX_M + 1
 
 
 def available() -> bool:
