@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -60,6 +61,17 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and stream its deltas; leaving the iteration early aborts it."""
         rid = await self.add_request(prompt, params, request_id, metadata)
+        async with contextlib.aclosing(self.outputs(rid)) as outputs:
+            async for out in outputs:
+                yield out
+
+    async def outputs(self, request_id: str) -> AsyncIterator[RequestOutput]:
+        """Stream the deltas of a request queued with `add_request`; leaving early aborts it.
+
+        The stream ends without a finished output when the request is aborted or the engine
+        shuts down; a failed engine step raises here.
+        """
+        rid = request_id
         stream = self._streams[rid]
         finished = False
         try:

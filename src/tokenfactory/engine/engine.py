@@ -57,6 +57,7 @@ class RequestOutput:
     arrival_time: float
     first_token_time: float | None
     finished_time: float | None
+    first_scheduled_time: float | None = None  # when it first ran: queue time = this - arrival
 
 
 @dataclass
@@ -313,6 +314,7 @@ class Engine:
             arrival_time=seq.arrival_time,
             first_token_time=seq.first_token_time,
             finished_time=now,
+            first_scheduled_time=seq.first_scheduled_time,
         )
 
     def _postprocess(
@@ -352,6 +354,7 @@ class Engine:
             arrival_time=seq.arrival_time,
             first_token_time=seq.first_token_time,
             finished_time=seq.finished_time,
+            first_scheduled_time=seq.first_scheduled_time,
         )
 
     # -- convenience -----------------------------------------------------------------------------

@@ -1,0 +1,416 @@
+"""The HTTP routes: OpenAI's completions API plus tiers, usage, health and metrics.
+
+No middleware: streaming responses go through `SSEResponse`, a plain ASGI response that
+notices a client leaving and closes the generation at once, so it is aborted and billed for
+exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from tokenfactory.server import errors
+from tokenfactory.server.errors import APIError
+from tokenfactory.server.factory import Factory, Generation
+from tokenfactory.server.prepare import PreparedRequest, prepare_chat, prepare_completion
+from tokenfactory.server.responses import DONE, ResponseShaper
+from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger(__name__)
+
+
+def create_app(factory: Factory) -> FastAPI:
+    app = FastAPI(
+        title="tokenfactory",
+        description="An OpenAI-compatible token factory with priced speed tiers.",
+        version="0.1.0",
+        lifespan=_lifespan(factory),
+    )
+    app.state.factory = factory
+    _install_error_handlers(app)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await _complete(factory, request, body, "chat")
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await _complete(factory, request, body, "text")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        factory.authenticate(request.headers.get("authorization"))
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": factory.started_at,
+                    "owned_by": "tokenfactory",
+                    "max_model_len": factory.engine.max_model_len,
+                }
+                for name in factory.model_names
+            ],
+        }
+
+    @app.get("/v1/tiers")
+    async def tiers() -> dict:
+        return _tiers_body(factory)
+
+    @app.get("/v1/usage")
+    async def usage(request: Request, since: str | None = None) -> dict:
+        key = factory.authenticate(request.headers.get("authorization"))
+        since_dt = None
+        if since is not None:
+            try:
+                since_dt = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                raise errors.invalid_request("since must be a date YYYY-MM-DD", "since") from None
+        rows = await asyncio.to_thread(
+            factory.billing.usage, key_id=key.key_id, since=since_dt, by="day_tier"
+        )
+        data = [_usage_row(r) for r in rows]
+        return {
+            "object": "list",
+            "key": key.prefix,
+            "account": key.account,
+            "data": data,
+            "total_micro_usd": sum(r["amount_micro_usd"] for r in data),
+        }
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        ok = factory.accepting and factory.async_engine.is_running
+        body = {"status": "ready" if ok else "not ready", "model": factory.model_label}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data = factory.metrics.render(factory.refresh_gauges)
+        return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _lifespan(factory: Factory):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await factory.shutdown()
+
+    return lifespan
+
+
+# -- completions ---------------------------------------------------------------------------------
+
+
+async def _complete(
+    factory: Factory, request: Request, body: ChatCompletionRequest | CompletionRequest, kind: str
+) -> Response:
+    received_at = time.monotonic()
+    key = factory.authenticate(request.headers.get("authorization"))
+    factory.check_model(body.model)
+    engine = factory.engine
+    if kind == "chat":
+        assert isinstance(body, ChatCompletionRequest)
+        prepared = prepare_chat(body, engine.tokenizer, engine.max_model_len)
+    else:
+        assert isinstance(body, CompletionRequest)
+        prepared = prepare_completion(
+            body, engine.tokenizer, engine.max_model_len, engine.model_config.vocab_size
+        )
+    tier = factory.choose_tier(key, prepared.service_tier)
+    gen = await factory.start(key, prepared, tier, received_at)
+    headers = factory.billing.rate_limit_headers(key)
+    shaper = ResponseShaper(
+        kind, gen.request_id, body.model, int(time.time()), engine.tokenizer, factory.fingerprint
+    )
+    if prepared.stream:
+        return SSEResponse(
+            _stream(gen, shaper, prepared), on_disconnect=gen.abort, headers=headers, generation=gen
+        )
+    return await _whole(gen, shaper, request, headers)
+
+
+async def _whole(
+    gen: Generation, shaper: ResponseShaper, request: Request, headers: dict[str, str]
+) -> Response:
+    """Run a request to the end and answer in one body; a client leaving aborts it."""
+    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    outcome, error = "error", None
+    try:
+        async for out in _race(gen.outputs(), watcher):
+            gen.delivered(out)
+        if watcher.done():
+            outcome = "disconnected"
+            gen.client_disconnected = True
+            return Response(status_code=499)
+        if gen.finish_reason is None:  # the stream ended without finishing: shutdown
+            outcome, error = "shutdown", "the server shut down during the request"
+            raise errors.overloaded("The server shut down before the request finished.", 1)
+        outcome = gen.finish_reason
+        tier = gen.settle(outcome)
+        body = shaper.full(
+            "".join(gen.text),
+            outcome,
+            gen.usage,
+            tier.name,
+            gen.logprobs if gen.prepared.logprobs is not None else None,
+        )
+        return JSONResponse(body, headers=headers)
+    except APIError:
+        raise
+    except Exception as exc:
+        log.exception("request %s failed", gen.request_id)
+        error = str(exc)
+        raise errors.server_error(
+            "The engine failed while generating; nothing was billed beyond the tokens produced."
+        ) from None
+    finally:
+        watcher.cancel()
+        gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
+
+
+async def _race(outputs: AsyncIterator, watcher: asyncio.Future) -> AsyncIterator:
+    """Iterate `outputs` until it ends or `watcher` completes (the client went away)."""
+    it = outputs.__aiter__()
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await nxt
+                return
+            try:
+                yield nxt.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        await it.aclose()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _stream(
+    gen: Generation, shaper: ResponseShaper, prepared: PreparedRequest
+) -> AsyncIterator[bytes]:
+    """SSE chunks for one request; settles on every way out."""
+    outcome, error = "error", None
+    asked = gen.tier.name
+    want_logprobs = prepared.logprobs is not None
+    try:
+        async for out in gen.outputs():
+            if out.token_ids or out.text:
+                lp = out.logprobs if want_logprobs else None
+                if want_logprobs and lp is None:
+                    lp = []
+                yield shaper.chunk(out.text, None, asked, lp)
+            gen.delivered(out)  # the chunk was taken by the transport
+        if gen.finish_reason is None:
+            outcome, error = "shutdown", "the server shut down during the request"
+            yield errors.overloaded("The server shut down before the request finished.").sse_event()
+            return
+        outcome = gen.finish_reason
+        tier = gen.settle(outcome)
+        yield shaper.chunk("", outcome, tier.name, None)
+        if prepared.include_usage:
+            yield shaper.usage_chunk(gen.usage, tier.name)
+        yield DONE
+    except (GeneratorExit, asyncio.CancelledError):
+        # Closed by SSEResponse: the client left (it marks that first), or shutdown cancelled it.
+        outcome = "disconnected" if gen.client_disconnected else "shutdown"
+        raise
+    except Exception as exc:
+        log.exception("stream %s failed", gen.request_id)
+        error = str(exc)
+        yield errors.server_error("The engine failed while generating.").sse_event()
+    finally:
+        gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
+
+
+class SSEResponse(Response):
+    """A server-sent-events response that stops generating the moment the client leaves."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        on_disconnect: Callable[[], None],
+        headers: dict[str, str] | None = None,
+        generation: Generation | None = None,
+    ):
+        super().__init__(content=None, status_code=200, headers=headers)
+        self.raw_headers = [
+            (k, v) for k, v in self.raw_headers if k not in (b"content-length",)
+        ] + [
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+        ]
+        self.body_iterator = body
+        self.on_disconnect = on_disconnect
+        self.generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await _wait_disconnect(receive)
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            self._mark_gone()
+        except OSError:  # the transport broke while sending
+            self._mark_gone()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+    def _mark_gone(self) -> None:
+        if self.generation is not None:
+            self.generation.client_disconnected = True
+        self.on_disconnect()
+
+
+# -- tiers and usage -----------------------------------------------------------------------------
+
+
+def _tiers_body(factory: Factory) -> dict:
+    cap = factory.capacity
+    data = []
+    aliases: dict[str, list[str]] = {}
+    from tokenfactory.tiers import OPENAI_ALIASES
+
+    for alias, name in OPENAI_ALIASES.items():
+        aliases.setdefault(name, []).append(alias)
+    for tier in factory.catalog.tiers:
+        status = factory.statuses[tier.name]
+        d = tier.as_dict()
+        d.update(
+            available=status.available,
+            reason=status.reason,
+            max_users_at_promise=status.max_users_at_promise,
+            openai_aliases=aliases.get(tier.name, []),
+        )
+        data.append(d)
+    return {
+        "object": "list",
+        "preset": factory.catalog.preset,
+        "default_tier": factory.catalog.default_tier,
+        "data": data,
+        "capacity": {
+            "model": cap.model,
+            "device": cap.device,
+            "machine": cap.machine,
+            "measured_at": cap.measured_at,
+            "cached": cap.cached,
+            "ttft_prompt_tokens": cap.ttft_prompt_tokens,
+            "idle_ttft_s": cap.ttft_s,
+            "decode": [
+                {
+                    "batch": p.batch,
+                    "step_s": p.step_s,
+                    "tokens_per_s_per_user": p.tokens_per_s_per_user,
+                    "tokens_per_s": p.tokens_per_s,
+                }
+                for p in cap.points
+            ],
+        },
+    }
+
+
+def _usage_row(row) -> dict:
+    d = row.to_dict() if hasattr(row, "to_dict") else dict(vars(row))
+    return json.loads(json.dumps(d, default=str))
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = _param_name(first.get("loc", ()))
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            err = errors.invalid_request("We could not parse the JSON body of your request.")
+        elif first.get("type") == "missing":
+            err = errors.invalid_request(f"Missing required parameter: '{param}'.", param)
+        else:
+            err = errors.invalid_request(f"Invalid '{param}': {msg}.", param)
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        err = APIError(exc.status_code, str(exc.detail), "invalid_request_error", code)
+        return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        err = errors.server_error("The server had an error while processing your request.")
+        return JSONResponse(err.body(), status_code=500)
+
+
+def _param_name(loc: tuple | list) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    # pydantic adds the union member it tried ("str", "list[TextPart]"): not a field name
+    name = ""
+    for p in parts:
+        if isinstance(p, int):
+            name += f"[{p}]"
+        elif isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")):
+            continue
+        else:
+            name += ("." if name else "") + str(p)
+    return name or None

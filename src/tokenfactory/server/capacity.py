@@ -1,0 +1,238 @@
+"""What this hardware can promise: decode speed per user against batch size, measured once.
+
+At start the server runs a short probe on the engine (before it serves anyone), or loads the
+probe it cached for the same model, device and machine. A tier opens only if one user can get
+its promised speed and time to first token here; /v1/tiers says why the others are closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.tiers import Tier, TierCatalog
+
+log = logging.getLogger(__name__)
+
+PROBE_VERSION = 1
+# A tier opens when one user gets this much more than its promised speed: the margin leaves
+# room for the small batches and prompt chunks that share steps with it in real traffic.
+SPEED_MARGIN = 1.15
+
+
+@dataclass(frozen=True)
+class CapacityPoint:
+    batch: int
+    step_s: float  # median decode step time at this batch size
+    tokens_per_s_per_user: float
+    tokens_per_s: float
+
+
+@dataclass
+class Capacity:
+    model: str
+    device: str
+    machine: str
+    measured_at: str
+    points: list[CapacityPoint]
+    ttft_prompt_tokens: int
+    ttft_s: float  # idle time to first token for a prompt of ttft_prompt_tokens
+    cached: bool = False
+    version: int = PROBE_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def best_speed(self) -> float:
+        return max(p.tokens_per_s_per_user for p in self.points)
+
+    def max_batch_at(self, tokens_per_s: float) -> int:
+        """The largest measured batch whose per-user speed still meets `tokens_per_s`."""
+        ok = [p.batch for p in self.points if p.tokens_per_s_per_user >= tokens_per_s]
+        return max(ok, default=0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Capacity:
+        d = dict(d)
+        d["points"] = [CapacityPoint(**p) for p in d["points"]]
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    tier: Tier
+    available: bool
+    reason: str | None
+    max_users_at_promise: int
+
+
+def tier_statuses(catalog: TierCatalog, capacity: Capacity) -> dict[str, TierStatus]:
+    out = {}
+    for tier in catalog.tiers:
+        need = tier.tokens_per_s * SPEED_MARGIN
+        reason = None
+        if capacity.best_speed < need:
+            reason = (
+                f"one user gets at most {capacity.best_speed:.1f} tokens/s on this hardware "
+                f"(measured {capacity.measured_at[:10]}); the tier promises "
+                f"{tier.tokens_per_s:g} tokens/s."
+            )
+        elif capacity.ttft_s > tier.ttft_s:
+            reason = (
+                f"a {capacity.ttft_prompt_tokens}-token prompt takes {capacity.ttft_s:.2f} s to "
+                f"its first token on this hardware even when idle; the tier promises "
+                f"{tier.ttft_s:g} s."
+            )
+        out[tier.name] = TierStatus(
+            tier, reason is None, reason, capacity.max_batch_at(need) if reason is None else 0
+        )
+    return out
+
+
+def probe_key(engine: Engine, model_identity: str) -> str:
+    parts = [
+        str(PROBE_VERSION),
+        model_identity,
+        engine.model_name,
+        str(engine.device),
+        str(engine.dtype),
+        platform.machine(),
+        _processor(engine),
+        str(_threads()),
+        str(engine.config.max_num_seqs),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def load_or_measure(
+    engine: Engine,
+    cache_dir: Path | None,
+    model_identity: str,
+    remeasure: bool = False,
+    batches: tuple[int, ...] | None = None,
+) -> Capacity:
+    """The cached probe for this model and machine, or a fresh one (then cached)."""
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / f"capacity-{probe_key(engine, model_identity)}.json"
+        if path.exists() and not remeasure:
+            try:
+                cap = Capacity.from_dict(json.loads(path.read_text()))
+                if cap.version == PROBE_VERSION:
+                    cap.cached = True
+                    return cap
+            except (ValueError, TypeError, KeyError):
+                log.warning("ignoring unreadable capacity cache %s", path)
+    cap = measure(engine, batches)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cap.to_dict(), indent=2))
+    return cap
+
+
+def measure(
+    engine: Engine,
+    batches: tuple[int, ...] | None = None,
+    decode_steps: int = 12,
+    prompt_tokens: int = 32,
+    ttft_prompt_tokens: int = 256,
+) -> Capacity:
+    """Run the probe: decode step time at several batch sizes, and an idle prompt's TTFT."""
+    if engine.has_unfinished():
+        raise RuntimeError("the capacity probe needs an idle engine")
+    if batches is None:
+        batches = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= engine.config.max_num_seqs)
+    vocab = engine.model_config.vocab_size
+    points = []
+    for b in batches:
+        step_times = _decode_steps(engine, b, prompt_tokens, decode_steps, vocab)
+        step = statistics.median(step_times)
+        points.append(CapacityPoint(b, step, 1.0 / step, b / step))
+    ttft_len = min(ttft_prompt_tokens, engine.max_model_len - 2)
+    ttft = _idle_ttft(engine, ttft_len, vocab)
+    return Capacity(
+        model=engine.model_name,
+        device=str(engine.device),
+        machine=f"{platform.machine()} {_processor(engine)} x{_threads()}",
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        points=points,
+        ttft_prompt_tokens=ttft_len,
+        ttft_s=ttft,
+    )
+
+
+def _prompt(i: int, n: int, vocab: int) -> list[int]:
+    # Distinct token ids per probe request so the prefix cache does not flatter the probe.
+    return [(7919 * i + 104729 * j + 17) % (vocab - 1) + 1 for j in range(n)]
+
+
+def _decode_steps(engine: Engine, batch: int, prompt_len: int, steps: int, vocab: int) -> list:
+    params = SamplingParams(temperature=0.0, max_tokens=steps + 2, ignore_eos=True)
+    tag = time.monotonic_ns()
+    ids = [
+        engine.add_request(_prompt(i + batch * 1000, prompt_len, vocab), params, f"probe-{tag}-{i}")
+        for i in range(batch)
+    ]
+    engine.stats.clear()
+    try:
+        while engine.has_unfinished():
+            engine.step()
+    finally:
+        for rid in ids:
+            engine.abort(rid)
+    decode = [
+        s.duration_s
+        for s in engine.stats.recent()
+        if s.num_prefill_tokens == 0 and s.num_decode_tokens == batch
+    ]
+    engine.stats.clear()
+    return decode[1:] or decode  # the first full decode step warms caches
+
+
+def _idle_ttft(engine: Engine, n: int, vocab: int) -> float:
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    best = float("inf")
+    for attempt in range(2):  # the first run warms kernels; keep the better of two
+        rid = f"probe-ttft-{time.monotonic_ns()}-{attempt}"
+        start = time.monotonic()
+        engine.add_request(_prompt(10_000 + attempt, n, vocab), params, rid)
+        while engine.has_unfinished():
+            engine.step()
+        best = min(best, time.monotonic() - start)
+    engine.stats.clear()
+    return best
+
+
+def _processor(engine: Engine) -> str:
+    if engine.device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(engine.device)
+    return _cpu_model()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -1,0 +1,358 @@
+"""The factory behind the HTTP routes: who may ask, at which tier, and what it cost.
+
+`Factory` owns the running engine, the tier catalog and what this hardware opens, billing
+and metrics. Each admitted request becomes a `Generation`, which streams the engine's deltas
+and is settled in the ledger exactly once, whatever ends it: completion, an error, a client
+that went away, or a server shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenfactory.billing import (
+    ApiKey,
+    Billing,
+    InsufficientQuotaError,
+    InvalidApiKeyError,
+    RateLimitExceededError,
+    Reservation,
+    TierNotAllowedError,
+)
+from tokenfactory.engine.async_engine import AsyncEngine
+from tokenfactory.engine.engine import Engine, RequestOutput
+from tokenfactory.engine.errors import ContextLengthExceededError, EngineClosedError
+from tokenfactory.engine.errors import InvalidRequestError as EngineInvalidRequest
+from tokenfactory.engine.sampler import TokenLogprob
+from tokenfactory.server import errors
+from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
+from tokenfactory.server.metrics import FactoryMetrics
+from tokenfactory.server.prepare import PreparedRequest
+from tokenfactory.server.responses import Usage
+from tokenfactory.tiers import Tier, TierCatalog, UnknownTierError, decode_speed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FactoryConfig:
+    served_model_name: str
+    data_dir: Path
+    max_waiting: int = 1024  # queued requests beyond this get 503 overloaded
+    aliases: tuple[str, ...] = ()  # other names the model answers to
+
+
+class Factory:
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: TierCatalog,
+        billing: Billing,
+        capacity: Capacity,
+        config: FactoryConfig,
+    ):
+        self.engine = engine
+        self.catalog = catalog
+        self.billing = billing
+        self.capacity = capacity
+        self.config = config
+        self.metrics = FactoryMetrics()
+        self.statuses: dict[str, TierStatus] = tier_statuses(catalog, capacity)
+        for name, status in self.statuses.items():
+            self.metrics.tier_open.labels(name).set(1 if status.available else 0)
+        self.async_engine = AsyncEngine(engine)
+        self.in_flight: dict[str, Generation] = {}
+        self.accepting = True
+        self.fingerprint = f"tf-{secrets.token_hex(4)}"
+        self.started_at = int(time.time())
+
+    # -- who and what ---------------------------------------------------------------------------
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.config.served_model_name, *self.config.aliases]
+
+    def check_model(self, model: str) -> None:
+        if model not in self.model_names:
+            raise errors.model_not_found(model, [self.config.served_model_name])
+
+    def authenticate(self, authorization: str | None) -> ApiKey:
+        raw = None
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                raw = value.strip()
+        if raw is None:
+            raise errors.invalid_api_key(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'; "
+                f"local keys are in {self.config.data_dir / 'local-keys.json'}."
+            )
+        try:
+            return self.billing.authenticate(raw)
+        except InvalidApiKeyError:
+            raise errors.invalid_api_key(f"Incorrect API key provided: {_redact(raw)}.") from None
+
+    def choose_tier(self, key: ApiKey, service_tier: str | None) -> Tier:
+        """The tier a request runs at: what it asked for, mapped, allowed and open here."""
+        try:
+            tier = self.catalog.resolve(service_tier, key.tier)
+        except UnknownTierError as exc:
+            raise errors.invalid_request(str(exc), "service_tier") from None
+        auto = service_tier in (None, "auto")
+        if auto and not self.statuses[tier.name].available:
+            # auto means "whatever my key gets": the best open tier at or below it.
+            open_tiers = [
+                t
+                for t in self.catalog.tiers
+                if t.rank <= tier.rank and self.statuses[t.name].available
+            ]
+            if open_tiers:
+                tier = open_tiers[-1]
+        try:
+            self.billing.check_tier(key, tier.name)
+        except TierNotAllowedError as exc:
+            raise errors.tier_not_allowed(tier.name, list(exc.allowed)) from None
+        status = self.statuses[tier.name]
+        if not status.available:
+            raise errors.tier_unavailable(tier.name, status.reason or "closed.")
+        return tier
+
+    # -- admission --------------------------------------------------------------------------
+
+    async def start(
+        self, key: ApiKey, prepared: PreparedRequest, tier: Tier, received_at: float
+    ) -> Generation:
+        """Reserve the request's cost, queue it in the engine, and hand back its Generation."""
+        if not self.accepting or not self.async_engine.is_running:
+            raise errors.overloaded("The server is shutting down; retry on another replica.", 1)
+        if self.engine.scheduler.num_waiting >= self.config.max_waiting:
+            raise errors.overloaded(
+                "The server has too many queued requests; retry shortly.",
+                retry_after_s=2.0,
+            )
+        prefix = "chatcmpl" if prepared.kind == "chat" else "cmpl"
+        request_id = f"{prefix}-{secrets.token_hex(12)}"
+        try:
+            reservation = await asyncio.to_thread(
+                self.billing.admit,
+                key,
+                request_id=request_id,
+                model=self.config.served_model_name,
+                tier=tier,
+                prompt_tokens=len(prepared.prompt_ids),
+                max_completion_tokens=prepared.max_completion_tokens,
+            )
+        except RateLimitExceededError as exc:
+            self.metrics.requests.labels(self.model_label, tier.name, "rate_limited").inc()
+            raise errors.rate_limited(str(exc), exc.retry_after_s, exc.headers) from None
+        except InsufficientQuotaError as exc:
+            self.metrics.requests.labels(self.model_label, tier.name, "insufficient_quota").inc()
+            raise errors.insufficient_quota(str(exc)) from None
+        gen = Generation(self, key, tier, prepared, reservation, request_id, received_at)
+        self.in_flight[request_id] = gen
+        try:
+            await self.async_engine.add_request(
+                prepared.prompt_ids,
+                prepared.params,
+                request_id,
+                metadata={
+                    "tier": tier.name,
+                    "tier_rank": tier.rank,
+                    "promised_tokens_per_s": tier.tokens_per_s,
+                    "promised_ttft_s": tier.ttft_s,
+                    "output_price": tier.output_price,
+                    "received_at": received_at,
+                },
+            )
+        except ContextLengthExceededError as exc:
+            gen.settle("rejected", error=str(exc))
+            raise errors.context_length_exceeded(str(exc), exc.param) from None
+        except EngineInvalidRequest as exc:
+            gen.settle("rejected", error=str(exc))
+            raise errors.invalid_request(str(exc), exc.param) from None
+        except EngineClosedError:
+            gen.settle("shutdown", error="the engine is shut down")
+            raise errors.overloaded("The server is shutting down.", 1) from None
+        except BaseException:
+            gen.settle("error", error="submission failed")
+            raise
+        return gen
+
+    @property
+    def model_label(self) -> str:
+        return self.config.served_model_name
+
+    # -- observability -------------------------------------------------------------------------
+
+    def refresh_gauges(self) -> None:
+        sched = self.engine.scheduler
+        self.metrics.running.set(sched.num_running)
+        self.metrics.waiting.set(sched.num_waiting)
+        self.metrics.kv_usage.set(self.engine.block_manager.usage)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    async def shutdown(self) -> None:
+        """Abort what is still running, settle everything, close the ledger."""
+        self.accepting = False
+        await asyncio.to_thread(self.async_engine.shutdown)
+        # Streams end as the engine stops; give their handlers a moment to settle themselves.
+        for _ in range(50):
+            if not self.in_flight:
+                break
+            await asyncio.sleep(0.02)
+        for gen in list(self.in_flight.values()):
+            gen.settle("shutdown", error="the server shut down before the request finished")
+        self.billing.close()
+
+
+def _redact(raw: str) -> str:
+    return raw[:5] + "*" * 4 + raw[-2:] if len(raw) > 12 else "****"
+
+
+@dataclass
+class Generation:
+    """One admitted request from engine queue to ledger row."""
+
+    factory: Factory
+    key: ApiKey
+    tier: Tier  # requested (after mapping)
+    prepared: PreparedRequest
+    reservation: Reservation
+    request_id: str
+    received_at: float
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    cached_tokens: int = 0
+    completion_tokens: int = 0  # delivered (streamed, or generated for a whole response)
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    first_scheduled_time: float | None = None
+    finish_reason: str | None = None
+    client_disconnected: bool = False
+    settled_tier: Tier | None = None
+    _settled: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prepared.prompt_ids)
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """The engine's deltas; the caller counts what it delivered with `delivered`."""
+        stream = self.factory.async_engine.outputs(self.request_id)
+        async with contextlib.aclosing(stream) as outputs:
+            async for out in outputs:
+                if out.first_scheduled_time is not None:
+                    self.first_scheduled_time = out.first_scheduled_time
+                self.cached_tokens = out.cached_tokens
+                yield out
+
+    def delivered(self, out: RequestOutput) -> None:
+        """Count a delta as delivered to the client (called once it was handed over)."""
+        if not out.token_ids:
+            if out.finished:
+                self.finish_reason = str(out.finish_reason or "stop")
+            return
+        now = out.finished_time or time.monotonic()
+        if self.first_token_time is None:
+            self.first_token_time = out.first_token_time or now
+        elif self.last_token_time is not None:
+            self.factory.metrics.itl.labels(self.factory.model_label, self.tier.name).observe(
+                max(0.0, now - self.last_token_time)
+            )
+        self.last_token_time = now
+        self.completion_tokens += len(out.token_ids)
+        self.text.append(out.text)
+        if out.logprobs:
+            self.logprobs.extend(out.logprobs)
+        if out.finished:
+            self.finish_reason = str(out.finish_reason or "stop")
+        self.factory.billing.record_progress(
+            self.reservation,
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens,
+            tier_so_far=self.tier.name,
+        )
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            self.prompt_tokens, min(self.cached_tokens, self.prompt_tokens), self.completion_tokens
+        )
+
+    def abort(self) -> None:
+        self.factory.async_engine.abort(self.request_id)
+
+    def settle(
+        self, outcome: str, client_disconnected: bool = False, error: str | None = None
+    ) -> Tier:
+        """Bill what was delivered, at the tier its measured speed earned. Idempotent."""
+        if self._settled:
+            assert self.settled_tier is not None
+            return self.settled_tier
+        self._settled = True
+        self.factory.in_flight.pop(self.request_id, None)
+        if outcome not in ("stop", "length"):
+            self.abort()
+        self.client_disconnected = self.client_disconnected or client_disconnected
+        ttft = None if self.first_token_time is None else self.first_token_time - self.received_at
+        speed = decode_speed(self.completion_tokens, self.first_token_time, self.last_token_time)
+        tier = self.factory.catalog.delivered(self.tier.name, ttft, speed)
+        # Nothing is billed for a request that never reached its first token.
+        prompt = self.prompt_tokens if self.completion_tokens else 0
+        cached = min(self.cached_tokens, prompt)
+        queue = None
+        if self.first_scheduled_time is not None:
+            queue = max(0.0, self.first_scheduled_time - self.received_at)
+        self.settled_tier = tier
+        try:
+            self.factory.billing.settle(
+                self.reservation,
+                tier_delivered=tier,
+                prompt_tokens=prompt,
+                cached_tokens=cached,
+                completion_tokens=self.completion_tokens,
+                finish_reason=outcome,
+                queue_time_s=queue,
+                ttft_s=ttft,
+                decode_tokens_per_s=speed,
+                client_disconnected=self.client_disconnected,
+                error=error,
+            )
+        except Exception:  # the reservation stays open and is reconciled at the next start
+            log.exception("settling %s failed", self.request_id)
+        self._observe(outcome, tier, prompt, cached, ttft, speed, queue)
+        return tier
+
+    def _observe(self, outcome, tier, prompt, cached, ttft, speed, queue) -> None:
+        m = self.factory.metrics
+        model = self.factory.model_label
+        asked = self.tier.name
+        label = "disconnected" if self.client_disconnected else outcome
+        m.requests.labels(model, asked, label).inc()
+        m.prompt_tokens.labels(model, tier.name).inc(prompt)
+        m.cached_tokens.labels(model, tier.name).inc(cached)
+        m.completion_tokens.labels(model, tier.name).inc(self.completion_tokens)
+        m.revenue.labels(model, tier.name).inc(
+            tier.cost_micro_usd(prompt, cached, self.completion_tokens)
+        )
+        if tier.name != asked and self.completion_tokens:
+            m.promise_misses.labels(model, asked).inc()
+        if ttft is not None:
+            m.ttft.labels(model, asked).observe(ttft)
+        if speed is not None:
+            m.decode_speed.labels(model, asked).observe(speed)
+        if queue is not None:
+            m.queue.labels(model, asked).observe(queue)
+        m.e2e.labels(model, asked).observe(time.monotonic() - self.received_at)

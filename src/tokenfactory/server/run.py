@@ -1,0 +1,142 @@
+"""Start the factory: load the model, open the ledger, measure the hardware, serve HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from tokenfactory.billing import Billing, default_data_dir
+from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.engine import Engine
+from tokenfactory.server.app import create_app
+from tokenfactory.server.capacity import load_or_measure
+from tokenfactory.server.factory import Factory, FactoryConfig
+from tokenfactory.tiers import TierCatalog, load_tiers
+
+log = logging.getLogger(__name__)
+_QUANT_SUFFIX = re.compile(r"[.-](Q\d_[A-Z0-9_]+|Q\d_\d|F16|F32|BF16|IQ\d\w*)$", re.IGNORECASE)
+
+
+@dataclass
+class ServeOptions:
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path | None = None
+    database_url: str | None = None
+    tiers_file: str | None = None
+    tier_preset: str = "auto"  # auto picks by device: gpu on CUDA, cpu otherwise
+    served_model_name: list[str] = field(default_factory=list)
+    grace_period_s: float = 30.0
+    remeasure: bool = False
+    max_waiting: int = 1024
+    log_level: str = "info"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+def served_names(engine: Engine, requested: list[str]) -> tuple[str, tuple[str, ...]]:
+    """The model's public name and aliases: the file name without its quantization suffix."""
+    if requested:
+        return requested[0], tuple(requested[1:])
+    name = engine.model_name
+    short = _QUANT_SUFFIX.sub("", name)
+    return short, ((name,) if short != name else ())
+
+
+def pick_preset(preset: str, engine: Engine) -> str:
+    if preset != "auto":
+        return preset
+    return "gpu" if engine.device.type == "cuda" else "cpu"
+
+
+def build_factory(
+    opts: ServeOptions, console: Console | None = None, engine: Engine | None = None
+) -> Factory:
+    console = console or Console(stderr=True)
+    data_dir = Path(opts.data_dir) if opts.data_dir else default_data_dir()
+    if engine is None:
+        with console.status("loading model..."):
+            engine = Engine.from_model_path(opts.model, opts.engine)
+    catalog: TierCatalog = load_tiers(opts.tiers_file, pick_preset(opts.tier_preset, engine))
+    billing = Billing.open(catalog, opts.database_url, data_dir)
+    reconciled = billing.reconcile_open_reservations(catalog)
+    if reconciled:
+        console.print(f"ledger: settled {reconciled} request(s) left open by an earlier crash")
+    keys = billing.bootstrap_local_keys()
+    if keys:
+        console.print("[bold]First start: one local API key per tier (shown once):[/bold]")
+        for tier, raw in keys.items():
+            console.print(f"  {tier:<9} {raw}")
+        console.print(f"saved, readable only by you, in {data_dir / 'local-keys.json'}")
+    identity = str(opts.model or "embedded")
+    with console.status("measuring what this hardware can promise..."):
+        capacity = load_or_measure(engine, data_dir, identity, remeasure=opts.remeasure)
+    name, aliases = served_names(engine, opts.served_model_name)
+    factory = Factory(
+        engine,
+        catalog,
+        billing,
+        capacity,
+        FactoryConfig(name, data_dir, max_waiting=opts.max_waiting, aliases=aliases),
+    )
+    _print_tiers(console, factory)
+    return factory
+
+
+def _print_tiers(console: Console, factory: Factory) -> None:
+    cap = factory.capacity
+    src = "cached probe" if cap.cached else "probe"
+    console.print(
+        f"capacity ({src}, {cap.machine}): one user {cap.best_speed:.1f} tokens/s, "
+        f"idle TTFT {cap.ttft_s:.2f} s for {cap.ttft_prompt_tokens} tokens"
+    )
+    for status in factory.statuses.values():
+        t = status.tier
+        mark = (
+            "[green]open[/green]"
+            if status.available
+            else f"[yellow]closed[/yellow] {status.reason}"
+        )
+        console.print(f"  {t.name:<9} {t.tokens_per_s:g} tok/s, TTFT {t.ttft_s:g} s: {mark}")
+
+
+def serve(opts: ServeOptions) -> None:
+    console = Console(stderr=True)
+    logging.basicConfig(level=opts.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    sock = _bind(opts.host, opts.port)  # fail fast, before loading anything, on a busy port
+    factory = build_factory(opts, console)
+    app = create_app(factory)
+    config = uvicorn.Config(
+        app,
+        log_level=opts.log_level,
+        timeout_graceful_shutdown=int(opts.grace_period_s),
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    console.print(
+        f"[bold]tokenfactory[/bold] serving [bold]{factory.model_label}[/bold] on "
+        f"http://{opts.host}:{sock.getsockname()[1]}/v1  (Ctrl-C stops; in-flight requests "
+        f"get {opts.grace_period_s:g} s to finish and are all settled)"
+    )
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
