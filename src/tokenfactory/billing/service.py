@@ -1,0 +1,810 @@
+"""`Billing`: keys, admission (rate limits + budget reservations), progress, settlement,
+reconciliation and reports over one database.
+
+Budget and rate state lives in memory under one lock (loaded from the database at open:
+spent per key is the sum of its ledger amounts, plus every reservation still open) and is
+written through to the database, so admission is a few dictionary operations plus one INSERT.
+One server process per database: its memory is the authority for budgets and buckets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from tokenfactory.billing import keys as keymod
+from tokenfactory.billing import reports
+from tokenfactory.billing.db import (
+    KeyRow,
+    LedgerRow,
+    Meta,
+    ReservationRow,
+    as_utc,
+    make_engine,
+    migrate,
+    utcnow,
+)
+from tokenfactory.billing.errors import (
+    BillingInputError,
+    InsufficientQuotaError,
+    InvalidApiKeyError,
+    KeyNotFoundError,
+    RateLimitExceededError,
+    TierNotAllowedError,
+)
+from tokenfactory.billing.keys import ApiKey
+from tokenfactory.billing.ledger import (
+    INTERRUPTED,
+    RECONCILED,
+    SETTLED,
+    LedgerEntry,
+    Reservation,
+    entry_from_row,
+    ledger_row,
+    max_cost,
+    now_utc,
+    reservation_row,
+)
+from tokenfactory.billing.limits import KeyLimits, retry_after_headers
+from tokenfactory.tiers import Tier, TierCatalog
+
+log = logging.getLogger("tokenfactory.billing")
+
+LOCAL_ACCOUNT = "local"
+LOCAL_KEYS_FILE = "local-keys.json"
+_BOOTSTRAP_MARK = "local_keys_bootstrapped_at"
+
+
+def default_data_dir() -> Path:
+    """$TOKENFACTORY_DATA_DIR, else ~/.local/share/tokenfactory."""
+    env = os.environ.get("TOKENFACTORY_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "tokenfactory"
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    budget_micro_usd: int | None
+    spent_micro_usd: int  # settled and reconciled ledger amounts
+    reserved_micro_usd: int  # open reservations
+
+    @property
+    def committed_micro_usd(self) -> int:
+        return self.spent_micro_usd + self.reserved_micro_usd
+
+    @property
+    def remaining_micro_usd(self) -> int | None:
+        if self.budget_micro_usd is None:
+            return None
+        return max(0, self.budget_micro_usd - self.committed_micro_usd)
+
+
+class Billing:
+    def __init__(
+        self,
+        catalog: TierCatalog,
+        engine: Engine,
+        data_dir: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        progress_interval_s: float = 1.0,
+        auth_cache_ttl_s: float = 5.0,
+    ):
+        self.catalog = catalog
+        self.engine = engine
+        self.data_dir = data_dir
+        self._clock = clock
+        self._progress_interval_s = progress_interval_s
+        self._auth_ttl = auth_cache_ttl_s
+        self._lock = threading.RLock()
+        self._settled_cv = threading.Condition(self._lock)
+        # SQLite has one writer: queue this process's writers here rather than in busy-waits.
+        sqlite = engine.dialect.name == "sqlite"
+        self._write_lock: contextlib.AbstractContextManager = (
+            threading.Lock() if sqlite else contextlib.nullcontext()
+        )
+        self._auth: dict[str, tuple[ApiKey, float]] = {}  # sha256 -> (key, valid until)
+        self._spent: dict[str, int] = {}
+        self._held: dict[str, int] = {}
+        self._limits: dict[str, KeyLimits] = {}
+        self._open: dict[str, Reservation] = {}
+        self._settling: set[str] = set()
+        self._dirty: set[str] = set()
+        self._closed = False
+        self._load_state()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if progress_interval_s > 0:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="billing-progress", daemon=True
+            )
+            self._flusher.start()
+
+    # ---- opening and closing -------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        catalog: TierCatalog,
+        database_url: str | None = None,
+        data_dir: Path | None = None,
+        **options,
+    ) -> Billing:
+        """Create the data directory (0700) and database if needed, migrate to head, load state.
+
+        `options`: clock (for rate limits), progress_interval_s, auth_cache_ttl_s.
+        """
+        data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        if not data_dir.exists():
+            data_dir.mkdir(parents=True, mode=0o700)
+            data_dir.chmod(0o700)
+        url = database_url or f"sqlite:///{data_dir / 'ledger.db'}"
+        engine = make_engine(url)
+        migrate(engine)
+        return cls(catalog, engine, data_dir, **options)
+
+    def close(self) -> None:
+        """Write pending progress and release the database (open reservations stay open)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.flush_progress()
+        self.engine.dispose()
+
+    def __enter__(self) -> Billing:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load_state(self) -> None:
+        with self.engine.connect() as conn:
+            for key_id, spent in conn.execute(
+                select(LedgerRow.key_id, func.sum(LedgerRow.amount_micro_usd)).group_by(
+                    LedgerRow.key_id
+                )
+            ):
+                self._spent[key_id] = int(spent or 0)
+            rows = conn.execute(select(ReservationRow.__table__)).all()
+            key_rows = {
+                r.key_id: keymod.key_from_row(r)
+                for r in self._keys_where(conn, KeyRow.key_id.in_({row.key_id for row in rows}))
+            }
+        for row in rows:
+            key = key_rows.get(row.key_id) or ApiKey(
+                row.key_id, "", "", row.account, row.tier_requested, None, None, None, True
+            )
+            res = Reservation(
+                request_id=row.request_id,
+                key=key,
+                model=row.model,
+                tier_requested=row.tier_requested,
+                reserved_micro_usd=row.reserved_micro_usd,
+                reserved_tokens=row.reserved_tokens,
+                created_monotonic=self._clock(),
+                created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+                prompt_tokens=row.prompt_tokens,
+                cached_tokens=row.cached_tokens,
+                completion_tokens=row.completion_tokens,
+                tier_so_far=row.tier_so_far,
+                recovered=True,
+            )
+            self._open[row.request_id] = res
+            self._held[row.key_id] = self._held.get(row.key_id, 0) + row.reserved_micro_usd
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @staticmethod
+    def _keys_where(conn: Connection, *conds) -> list[KeyRow]:
+        from sqlalchemy.orm import Session
+
+        with Session(bind=conn) as session:
+            rows = session.execute(select(KeyRow).where(*conds)).scalars().all()
+            session.expunge_all()
+            return list(rows)
+
+    # ---- keys ----------------------------------------------------------------------------
+
+    def bootstrap_local_keys(self) -> dict[str, str] | None:
+        """First start only: one key per tier for account "local", written to
+        <data_dir>/local-keys.json (mode 0600). None when this database already has them."""
+        raw_keys: dict[str, str] = {}
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    Meta.__table__.insert().values(
+                        name=_BOOTSTRAP_MARK, value=now_utc().isoformat()
+                    )
+                )
+                for tier in self.catalog.tiers:
+                    raw = keymod.new_raw_key()
+                    conn.execute(
+                        KeyRow.__table__.insert().values(
+                            **self._key_values(raw, f"local-{tier.name}", LOCAL_ACCOUNT,
+                                               tier.name, None, None, None)
+                        )
+                    )
+                    raw_keys[tier.name] = raw
+                # written before the commit: if the commit fails the next start redoes it all
+                _write_private(self.data_dir / LOCAL_KEYS_FILE, json.dumps(raw_keys, indent=2))
+        except IntegrityError:
+            return None
+        log.info("created %d local API keys in %s", len(raw_keys), self.data_dir / LOCAL_KEYS_FILE)
+        return raw_keys
+
+    def create_key(
+        self,
+        name: str,
+        tier: str,
+        account: str | None = None,
+        budget_micro_usd: int | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key; the raw key is returned here once and never stored."""
+        name = (name or "").strip()
+        if not name or len(name) > 128:
+            raise BillingInputError("a key needs a name of 1 to 128 characters")
+        if tier not in self.catalog:
+            raise BillingInputError(
+                f"unknown tier {tier!r}; use one of: {', '.join(self.catalog.names)}"
+            )
+        account = (account or name).strip()
+        if not account or len(account) > 128:
+            raise BillingInputError("an account name has 1 to 128 characters")
+        if budget_micro_usd is not None and budget_micro_usd < 0:
+            raise BillingInputError("a budget must be >= 0")
+        for what, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and value < 1:
+                raise BillingInputError(f"{what} must be >= 1 (leave it out for no limit)")
+        raw = keymod.new_raw_key()
+        values = self._key_values(raw, name, account, tier, budget_micro_usd, rpm, tpm)
+        with self._write() as conn:
+            conn.execute(KeyRow.__table__.insert().values(**values))
+        key = ApiKey(
+            key_id=values["key_id"],
+            prefix=values["prefix"],
+            name=name,
+            account=account,
+            tier=tier,
+            rpm=rpm,
+            tpm=tpm,
+            budget_micro_usd=budget_micro_usd,
+            revoked=False,
+            created_at=as_utc(values["created_at"]),
+        )
+        log.info("created API key %s (%s…) for account %s", key.key_id, key.prefix, account)
+        return key, raw
+
+    @staticmethod
+    def _key_values(raw, name, account, tier, budget, rpm, tpm) -> dict:
+        return {
+            "key_id": keymod.new_key_id(),
+            "prefix": raw[: keymod.SHOWN_CHARS],
+            "key_hash": keymod.hash_key(raw),
+            "name": name,
+            "account": account,
+            "tier": tier,
+            "rpm": rpm,
+            "tpm": tpm,
+            "budget_micro_usd": budget,
+            "created_at": utcnow(),
+            "revoked_at": None,
+        }
+
+    def list_keys(self, account: str | None = None) -> list[ApiKey]:
+        conds = [KeyRow.account == account] if account is not None else []
+        with self._session() as conn:
+            rows = self._keys_where(conn, *conds)
+        rows.sort(key=lambda r: (r.created_at, r.key_id))
+        return [keymod.key_from_row(r) for r in rows]
+
+    def find_key(self, key_id_or_prefix: str) -> ApiKey:
+        """A key by its id, its shown prefix (or a unique start of it), or the raw key itself."""
+        ident = (key_id_or_prefix or "").strip()
+        if not ident:
+            raise KeyNotFoundError("give a key id or prefix")
+        with self._session() as conn:
+            if keymod.well_formed(ident):
+                rows = self._keys_where(conn, KeyRow.key_hash == keymod.hash_key(ident))
+            else:
+                rows = self._keys_where(conn, KeyRow.key_id == ident)
+                if not rows and ident.startswith(keymod.KEY_PREFIX) and len(ident) >= 6:
+                    rows = self._keys_where(conn, KeyRow.prefix.startswith(ident, autoescape=True))
+        if not rows:
+            raise KeyNotFoundError(f"no API key with id or prefix {ident!r}")
+        if len(rows) > 1:
+            raise KeyNotFoundError(f"{len(rows)} keys start with {ident!r}; use the key id")
+        return keymod.key_from_row(rows[0])
+
+    def revoke_key(self, key_id_or_prefix: str) -> ApiKey:
+        key = self.find_key(key_id_or_prefix)
+        if not key.revoked:
+            with self._write() as conn:
+                conn.execute(
+                    update(KeyRow).where(KeyRow.key_id == key.key_id).values(revoked_at=utcnow())
+                )
+            log.info("revoked API key %s (%s…)", key.key_id, key.prefix)
+        with self._lock:
+            for digest in [h for h, (k, _) in self._auth.items() if k.key_id == key.key_id]:
+                del self._auth[digest]
+        return self.find_key(key.key_id)
+
+    def authenticate(self, raw_key: str | None) -> ApiKey:
+        """The key behind a raw API key; InvalidApiKeyError when missing, unknown or revoked.
+
+        Cached in memory by hash; an entry is re-read from the database after a few seconds,
+        so a revocation made by another process (the CLI) takes effect quickly.
+        """
+        if not raw_key:
+            raise InvalidApiKeyError(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer tf-...'."
+            )
+        if not keymod.well_formed(raw_key):
+            raise InvalidApiKeyError("Incorrect API key provided.")
+        digest = keymod.hash_key(raw_key)
+        now = time.monotonic()
+        cached = self._auth.get(digest)
+        if cached is not None and cached[1] > now:
+            key = cached[0]
+        else:
+            with self._session() as conn:
+                rows = self._keys_where(conn, KeyRow.key_hash == digest)
+            if not rows:
+                raise InvalidApiKeyError("Incorrect API key provided.")
+            key = keymod.key_from_row(rows[0])
+            with self._lock:
+                self._auth[digest] = (key, now + self._auth_ttl)
+        if key.revoked:
+            raise InvalidApiKeyError("This API key has been revoked.")
+        return key
+
+    def allowed_tiers(self, key: ApiKey) -> list[str]:
+        if key.tier not in self.catalog:
+            return []
+        rank = self.catalog[key.tier].rank
+        return [t.name for t in self.catalog.tiers if t.rank <= rank]
+
+    def check_tier(self, key: ApiKey, tier: str) -> None:
+        """A key may use its own tier and any slower one."""
+        allowed = self.allowed_tiers(key)
+        if tier not in allowed:
+            raise TierNotAllowedError(tier, allowed, key.tier)
+
+    # ---- admission -----------------------------------------------------------------------
+
+    def admit(
+        self,
+        key: ApiKey,
+        *,
+        request_id: str,
+        model: str,
+        tier: Tier,
+        prompt_tokens: int,
+        max_completion_tokens: int,
+    ) -> Reservation:
+        """Take the rate limits and reserve the request's maximum cost against the budget."""
+        if not request_id or len(request_id) > 128:
+            raise BillingInputError("a request id has 1 to 128 characters")
+        if prompt_tokens < 0 or max_completion_tokens < 0:
+            raise BillingInputError("token counts must be >= 0")
+        self.check_tier(key, tier.name)
+        cost = max_cost(tier, prompt_tokens, max_completion_tokens)
+        tokens = prompt_tokens + max_completion_tokens
+        now = self._clock()
+        with self._lock:
+            if request_id in self._open:
+                raise BillingInputError(f"request id {request_id!r} is already admitted")
+            limits = self._limits_for(key, now)
+            self._check_rate(limits, tokens)
+            if key.budget_micro_usd is not None:
+                committed = self._spent.get(key.key_id, 0) + self._held.get(key.key_id, 0)
+                if committed + cost > key.budget_micro_usd:
+                    raise InsufficientQuotaError(
+                        budget_micro_usd=key.budget_micro_usd,
+                        committed_micro_usd=committed,
+                        needed_micro_usd=cost,
+                    )
+            if limits.requests is not None:
+                limits.requests.take(1)
+            if limits.tokens is not None:
+                limits.tokens.take(tokens)
+            self._held[key.key_id] = self._held.get(key.key_id, 0) + cost
+            res = Reservation(
+                request_id=request_id,
+                key=key,
+                model=model,
+                tier_requested=tier.name,
+                reserved_micro_usd=cost,
+                reserved_tokens=tokens,
+                created_monotonic=now,
+                created_at=now_utc(),
+                admitted_prompt_tokens=prompt_tokens,
+                max_completion_tokens=max_completion_tokens,
+            )
+            self._open[request_id] = res
+        try:
+            with self._write() as conn:
+                row = reservation_row(res, tier)
+                conn.execute(
+                    ReservationRow.__table__.insert().values(
+                        **{c.name: getattr(row, c.name) for c in ReservationRow.__table__.c}
+                    )
+                )
+        except BaseException as exc:
+            with self._lock:
+                self._release(res, refund_tokens=res.reserved_tokens)
+            if isinstance(exc, IntegrityError):
+                raise BillingInputError(f"request id {request_id!r} is already admitted") from None
+            raise
+        return res
+
+    def _limits_for(self, key: ApiKey, now: float) -> KeyLimits:
+        limits = self._limits.get(key.key_id)
+        if limits is None:
+            limits = self._limits[key.key_id] = KeyLimits.for_key(key.rpm, key.tpm, now)
+        limits.refill(now)
+        return limits
+
+    def _check_rate(self, limits: KeyLimits, tokens: int) -> None:
+        if limits.requests is not None and (wait := limits.requests.wait_for(1)) > 0:
+            raise RateLimitExceededError(
+                f"Rate limit reached for requests: limit {int(limits.requests.capacity)} per "
+                f"minute. Please try again in {wait:.3g}s.",
+                limit_type="requests",
+                retry_after_s=wait,
+                headers={**limits.headers(), **retry_after_headers(wait)},
+            )
+        if limits.tokens is None:
+            return
+        if tokens > limits.tokens.capacity:
+            wait = 60.0
+            raise RateLimitExceededError(
+                f"Request too large: it may use {tokens} tokens (prompt + max completion), more "
+                f"than this key's limit of {int(limits.tokens.capacity)} tokens per minute. "
+                "Send a shorter prompt or a smaller max_tokens.",
+                limit_type="tokens",
+                retry_after_s=wait,
+                headers={**limits.headers(), **retry_after_headers(wait)},
+            )
+        if (wait := limits.tokens.wait_for(tokens)) > 0:
+            raise RateLimitExceededError(
+                f"Rate limit reached for tokens: limit {int(limits.tokens.capacity)} per minute, "
+                f"this request may use {tokens}. Please try again in {wait:.3g}s.",
+                limit_type="tokens",
+                retry_after_s=wait,
+                headers={**limits.headers(), **retry_after_headers(wait)},
+            )
+
+    def _release(self, res: Reservation, refund_tokens: int) -> None:
+        """Drop an open reservation's hold (caller holds the lock)."""
+        if self._open.pop(res.request_id, None) is None:
+            return
+        self._dirty.discard(res.request_id)
+        key_id = res.key.key_id
+        self._held[key_id] = self._held.get(key_id, 0) - res.reserved_micro_usd
+        limits = self._limits.get(key_id)
+        if limits is not None and refund_tokens > 0 and limits.tokens is not None:
+            limits.tokens.give_back(refund_tokens)
+
+    def rate_limit_headers(self, key: ApiKey) -> dict[str, str]:
+        if not key.limited:
+            return {}
+        with self._lock:
+            return self._limits_for(key, self._clock()).headers()
+
+    def budget_state(self, key: ApiKey) -> BudgetState:
+        with self._lock:
+            return BudgetState(
+                key.budget_micro_usd,
+                self._spent.get(key.key_id, 0),
+                self._held.get(key.key_id, 0),
+            )
+
+    def open_reservations(self) -> list[Reservation]:
+        with self._lock:
+            return list(self._open.values())
+
+    # ---- progress ------------------------------------------------------------------------
+
+    def record_progress(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        tier_so_far: str,
+    ) -> None:
+        """Remember how far a request got; a background thread writes it about once a second."""
+        with self._lock:
+            if reservation.request_id not in self._open:
+                return
+            reservation.prompt_tokens = prompt_tokens
+            reservation.cached_tokens = min(cached_tokens, prompt_tokens)
+            reservation.completion_tokens = completion_tokens
+            reservation.tier_so_far = tier_so_far
+            self._dirty.add(reservation.request_id)
+
+    def flush_progress(self) -> int:
+        """Write recorded progress to the reservation rows now; returns how many rows."""
+        with self._lock:
+            batch = [
+                {
+                    "b_id": r.request_id,
+                    "b_p": r.prompt_tokens,
+                    "b_c": r.cached_tokens,
+                    "b_o": r.completion_tokens,
+                    "b_t": r.tier_so_far,
+                    "b_u": utcnow(),
+                }
+                for rid in self._dirty
+                if (r := self._open.get(rid)) is not None
+            ]
+            self._dirty.clear()
+        if not batch:
+            return 0
+        table = ReservationRow.__table__
+        stmt = (
+            update(table)
+            .where(table.c.request_id == bindparam("b_id"))
+            .values(
+                prompt_tokens=bindparam("b_p"),
+                cached_tokens=bindparam("b_c"),
+                completion_tokens=bindparam("b_o"),
+                tier_so_far=bindparam("b_t"),
+                updated_at=bindparam("b_u"),
+            )
+        )
+        try:
+            with self._write() as conn:
+                conn.execute(stmt, batch)
+        except Exception:
+            with self._lock:
+                self._dirty.update(b["b_id"] for b in batch if b["b_id"] in self._open)
+            raise
+        return len(batch)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._progress_interval_s):
+            try:
+                self.flush_progress()
+            except Exception:  # keep going: the next tick retries
+                log.exception("could not write billing progress")
+
+    # ---- settlement ----------------------------------------------------------------------
+
+    def settle(
+        self,
+        reservation: Reservation,
+        *,
+        tier_delivered: Tier,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        finish_reason: str,
+        queue_time_s: float | None,
+        ttft_s: float | None,
+        decode_tokens_per_s: float | None,
+        client_disconnected: bool,
+        error: str | None = None,
+    ) -> LedgerEntry:
+        """Bill what was delivered, once. A second call for the same request id returns the
+        existing row and bills nothing."""
+        rid = reservation.request_id
+        with self._lock:
+            while rid in self._settling:
+                self._settled_cv.wait()
+            held = rid in self._open
+            self._settling.add(rid)
+        try:
+            if not held and (existing := self.get_entry(rid)) is not None:
+                return existing
+            cached = max(0, min(cached_tokens, prompt_tokens))
+            entry = LedgerEntry(
+                request_id=rid,
+                created_at=reservation.created_at,
+                finished_at=now_utc(),
+                account=reservation.key.account,
+                key_id=reservation.key.key_id,
+                model=reservation.model,
+                tier_requested=reservation.tier_requested,
+                tier_delivered=tier_delivered.name,
+                prompt_tokens=prompt_tokens,
+                cached_tokens=cached,
+                completion_tokens=completion_tokens,
+                input_price=tier_delivered.input_price,
+                cached_input_price=tier_delivered.cached_input_price,
+                output_price=tier_delivered.output_price,
+                amount_micro_usd=tier_delivered.cost_micro_usd(
+                    prompt_tokens, cached, completion_tokens
+                ),
+                queue_time_s=queue_time_s,
+                ttft_s=ttft_s,
+                decode_tokens_per_s=decode_tokens_per_s,
+                finish_reason=(finish_reason or "unknown")[:32],
+                client_disconnected=bool(client_disconnected),
+                error=error[:1024] if error else None,
+                status=SETTLED,
+            )
+            billed = self._write_entry(entry)
+            with self._lock:
+                if billed is entry:
+                    key_id = entry.key_id
+                    self._spent[key_id] = self._spent.get(key_id, 0) + entry.amount_micro_usd
+                used = prompt_tokens + completion_tokens
+                self._release(reservation, refund_tokens=reservation.reserved_tokens - used)
+            return billed
+        finally:
+            with self._lock:
+                self._settling.discard(rid)
+                self._settled_cv.notify_all()
+
+    def _write_entry(self, entry: LedgerEntry) -> LedgerEntry:
+        """Insert the ledger row and delete the reservation in one transaction; when the request
+        is already in the ledger, only delete the reservation and return the existing row."""
+        reservations = ReservationRow.__table__
+        try:
+            with self._write() as conn:
+                row = ledger_row(entry)
+                conn.execute(
+                    LedgerRow.__table__.insert().values(
+                        **{c.name: getattr(row, c.name) for c in LedgerRow.__table__.c
+                           if c.name != "id"}
+                    )
+                )
+                conn.execute(delete(reservations).where(
+                    reservations.c.request_id == entry.request_id))
+            return entry
+        except IntegrityError:
+            with self._write() as conn:
+                conn.execute(delete(reservations).where(
+                    reservations.c.request_id == entry.request_id))
+            existing = self.get_entry(entry.request_id)
+            if existing is None:  # pragma: no cover - an integrity error of another kind
+                raise
+            return existing
+
+    def get_entry(self, request_id: str) -> LedgerEntry | None:
+        with self._session() as conn:
+            row = conn.execute(
+                select(LedgerRow.__table__).where(LedgerRow.request_id == request_id)
+            ).first()
+        return entry_from_row(row) if row is not None else None  # type: ignore[arg-type]
+
+    def reconcile_open_reservations(self, catalog: TierCatalog | None = None) -> int:
+        """Bill every reservation a crash left open at its last recorded progress and tier
+        (finish_reason "interrupted", status "reconciled"); returns how many rows it added.
+
+        Reservations admitted by this process are left alone.
+        """
+        catalog = catalog or self.catalog
+        with self._lock:
+            live = {rid for rid, r in self._open.items() if not r.recovered}
+            live |= self._settling
+        with self._session() as conn:
+            rows = [
+                r for r in conn.execute(select(ReservationRow.__table__)).all()
+                if r.request_id not in live
+            ]
+        added = 0
+        for row in rows:
+            name = row.tier_so_far if row.tier_so_far in catalog else row.tier_requested
+            prices = (row.input_price, row.cached_input_price, row.output_price)
+            if name in catalog:
+                t = catalog[name]
+                prices = (t.input_price, t.cached_input_price, t.output_price)
+            probe = Tier(name, 0, "", *prices, 1.0, 1.0, False)
+            cached = min(row.cached_tokens, row.prompt_tokens)
+            entry = LedgerEntry(
+                request_id=row.request_id,
+                created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+                finished_at=as_utc(row.updated_at),  # type: ignore[arg-type]
+                account=row.account,
+                key_id=row.key_id,
+                model=row.model,
+                tier_requested=row.tier_requested,
+                tier_delivered=name,
+                prompt_tokens=row.prompt_tokens,
+                cached_tokens=cached,
+                completion_tokens=row.completion_tokens,
+                input_price=prices[0],
+                cached_input_price=prices[1],
+                output_price=prices[2],
+                amount_micro_usd=probe.cost_micro_usd(
+                    row.prompt_tokens, cached, row.completion_tokens
+                ),
+                queue_time_s=None,
+                ttft_s=None,
+                decode_tokens_per_s=None,
+                finish_reason=INTERRUPTED,
+                client_disconnected=False,
+                error="the server stopped before this request was settled; billed at its last "
+                "recorded progress",
+                status=RECONCILED,
+            )
+            billed = self._write_entry(entry)
+            with self._lock:
+                if billed is entry:
+                    added += 1
+                    self._spent[row.key_id] = (
+                        self._spent.get(row.key_id, 0) + entry.amount_micro_usd
+                    )
+                res = self._open.get(row.request_id)
+                if res is not None:
+                    self._release(res, refund_tokens=0)
+        if added:
+            log.warning("reconciled %d reservations left open by an earlier run", added)
+        return added
+
+    # ---- reports -------------------------------------------------------------------------
+
+    def usage(
+        self,
+        *,
+        key_id: str | None = None,
+        account: str | None = None,
+        since: date | datetime | None = None,
+        by: str = "tier",
+    ) -> list[reports.UsageRow]:
+        with self._session() as conn:
+            return reports.usage(conn, key_id=key_id, account=account, since=since, by=by)
+
+    def invoice(self, account: str, month: str) -> reports.Invoice:
+        def rank(name: str) -> int:
+            return self.catalog[name].rank if name in self.catalog else len(self.catalog.tiers)
+
+        with self._session() as conn:
+            return reports.invoice(conn, account, month, tier_rank=rank)
+
+    def entries(
+        self, *, account: str | None = None, key_id: str | None = None, limit: int | None = None
+    ) -> list[LedgerEntry]:
+        """Ledger rows, newest first."""
+        table = LedgerRow.__table__
+        query = select(table).order_by(table.c.id.desc())
+        if account is not None:
+            query = query.where(table.c.account == account)
+        if key_id is not None:
+            query = query.where(table.c.key_id == key_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as conn:
+            return [entry_from_row(r) for r in conn.execute(query)]  # type: ignore[arg-type]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600), replacing any earlier one."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
