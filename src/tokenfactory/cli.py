@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tokenfactory.billing.cli import invoice_command, keys_app, usage_command
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.errors import InvalidRequestError
 from tokenfactory.engine.sampling_params import SamplingParams
@@ -23,6 +24,9 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Measure the engine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage_command)
+app.command("invoice")(invoice_command)
 err = Console(stderr=True)
 
 ModelOpt = Annotated[
