@@ -1,0 +1,81 @@
+"""The same ledger on PostgreSQL: runs only with TOKENFACTORY_TEST_POSTGRES_URL set
+(e.g. postgresql://postgres@127.0.0.1:5432/postgres), in a throwaway schema it drops after."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+
+from tokenfactory.billing import Billing, InsufficientQuotaError
+from tokenfactory.billing.db import make_engine
+
+from .conftest import settle_simple
+
+PG_URL = os.environ.get("TOKENFACTORY_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(
+    not PG_URL, reason="set TOKENFACTORY_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    pytest.importorskip("psycopg", reason="pip install 'tokenfactory[postgres]'")
+    assert PG_URL is not None
+    schema = f"tf_test_{secrets.token_hex(4)}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_postgres_ledger_end_to_end(pg_url: str, catalog, data_dir):
+    b = Billing.open(catalog, pg_url, data_dir, progress_interval_s=0)
+    assert b.engine.dialect.name == "postgresql"
+    assert b.bootstrap_local_keys() is not None
+    key, raw = b.create_key("alice", "ultra", account="acme", budget_micro_usd=100_000)
+    assert b.authenticate(raw).key_id == key.key_id
+    tier = catalog["ultra"]
+
+    def one(i: int) -> int:
+        try:
+            res = b.admit(key, request_id=f"r{i}", model="m", tier=tier, prompt_tokens=200,
+                          max_completion_tokens=200)
+        except InsufficientQuotaError:
+            return 0
+        settle_simple(b, res, catalog["high"], prompt=200, cached=50, completion=100)
+        settle_simple(b, res, catalog["high"], prompt=200, cached=50, completion=100)
+        return 1
+
+    with ThreadPoolExecutor(20) as pool:
+        admitted = sum(pool.map(one, range(40)))
+    state = b.budget_state(key)
+    assert admitted > 0 and state.reserved_micro_usd == 0
+    [row] = b.usage(account="acme", by="day_tier")
+    assert row.requests == admitted and row.tier == "high"
+    assert row.amount_micro_usd == state.spent_micro_usd
+    inv = b.invoice("acme", row.day[:7])
+    assert inv.total_micro_usd == state.spent_micro_usd
+
+    lost = b.admit(key, request_id="lost", model="m", tier=tier, prompt_tokens=10,
+                   max_completion_tokens=10)
+    b.record_progress(lost, prompt_tokens=10, cached_tokens=0, completion_tokens=4,
+                      tier_so_far="ultra")
+    b.flush_progress()
+    b._stop.set()
+    b.engine.dispose()  # a crash: no settle
+
+    b = Billing.open(catalog, pg_url, data_dir, progress_interval_s=0)
+    assert b.reconcile_open_reservations() == 1
+    assert b.get_entry("lost").completion_tokens == 4
+    assert b.reconcile_open_reservations() == 0
+    assert b.bootstrap_local_keys() is None
+    b.close()
