@@ -269,6 +269,12 @@ def bench_engine(
         err.print(f"wrote {out}")
 
 
+# Load generator: talks HTTP only; its options live with it in bench/serve/command.py.
+from tokenfactory.bench.serve.command import compare_command, serve_command  # noqa: E402
+
+bench_app.command("serve")(serve_command)
+bench_app.command("compare")(compare_command)
+
 def _range(text: str) -> tuple[int, int]:
     try:
         lo, _, hi = text.partition("..")
