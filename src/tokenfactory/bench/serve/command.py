@@ -36,6 +36,12 @@ err = Console(stderr=True)
 Opt = typer.Option
 
 
+def _stdout() -> Console:
+    """Tables on stdout; wide when piped (rich would fold them to 80 columns)."""
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
 def _concurrencies(text: str | None) -> list[int | None]:
     if not text:
         return [None]
@@ -254,7 +260,7 @@ def serve_command(
     }
     endpoint_doc = {"base_url": base_url, "api_url": api, "model": model, "keys": keys.source}
     doc = build_report(config, endpoint_doc, catalog, results, slo, save_itl)
-    print_summary(doc, Console())
+    print_summary(doc, _stdout())
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = out or Path("bench-results") / f"serve-{workload}-{stamp}.json"
     write_json(doc, path)
@@ -278,4 +284,4 @@ def compare_command(
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    print_compare(compare_reports(da, db), (a.name, b.name), Console())
+    print_compare(compare_reports(da, db), (a.name, b.name), _stdout())
