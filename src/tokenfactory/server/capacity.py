@@ -100,8 +100,9 @@ def tier_statuses(catalog: TierCatalog, capacity: Capacity) -> dict[str, TierSta
     return out
 
 
-def probe_key(engine: Engine, model_identity: str) -> str:
+def probe_key(engine: Engine, model_identity: str, batches: tuple[int, ...] | None = None) -> str:
     parts = [
+        str(batches),
         str(PROBE_VERSION),
         model_identity,
         engine.model_name,
@@ -125,7 +126,7 @@ def load_or_measure(
     """The cached probe for this model and machine, or a fresh one (then cached)."""
     path = None
     if cache_dir is not None:
-        path = cache_dir / f"capacity-{probe_key(engine, model_identity)}.json"
+        path = cache_dir / f"capacity-{probe_key(engine, model_identity, batches)}.json"
         if path.exists() and not remeasure:
             try:
                 cap = Capacity.from_dict(json.loads(path.read_text()))

@@ -36,6 +36,7 @@ class ServeOptions:
     served_model_name: list[str] = field(default_factory=list)
     grace_period_s: float = 30.0
     remeasure: bool = False
+    probe_batches: tuple[int, ...] | None = None  # batch sizes the hardware probe measures
     max_waiting: int = 1024
     log_level: str = "info"
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -77,7 +78,9 @@ def build_factory(
         console.print(f"saved, readable only by you, in {data_dir / 'local-keys.json'}")
     identity = str(opts.model or "embedded")
     with console.status("measuring what this hardware can promise..."):
-        capacity = load_or_measure(engine, data_dir, identity, remeasure=opts.remeasure)
+        capacity = load_or_measure(
+            engine, data_dir, identity, remeasure=opts.remeasure, batches=opts.probe_batches
+        )
     name, aliases = served_names(engine, opts.served_model_name)
     factory = Factory(
         engine,

@@ -1,0 +1,161 @@
+"""A real factory server process on a free loopback port, with the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tokenfactory_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("tokenfactory")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("tokenfactory")
+    return [found] if found else [sys.executable, "-m", "tokenfactory.cli"]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return json.loads((self.data_dir / "local-keys.json").read_text())
+
+    def openai(self, tier: str = "super", **kw):
+        import openai
+
+        return openai.OpenAI(
+            base_url=self.base_url + "/v1", api_key=self.keys[tier], max_retries=0, **kw
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+# Promises any machine keeps, so that the tests do not depend on how fast (or how loaded) the
+# machine running them is; the shipped presets are tested through /v1/tiers and unit tests.
+LOOSE_TIERS = """
+default_tier = "standard"
+[tiers.free]
+sheddable = true
+[tiers.standard]
+input_usd_per_mtok = "0.75"
+cached_input_usd_per_mtok = "0.075"
+output_usd_per_mtok = "3"
+[tiers.high]
+input_usd_per_mtok = "1.5"
+cached_input_usd_per_mtok = "0.15"
+output_usd_per_mtok = "6"
+[tiers.ultra]
+input_usd_per_mtok = "11.25"
+cached_input_usd_per_mtok = "1.125"
+output_usd_per_mtok = "45"
+[tiers.super]
+input_usd_per_mtok = "37.5"
+cached_input_usd_per_mtok = "3.75"
+output_usd_per_mtok = "150"
+[presets.cpu]
+free = { tokens_per_s = 0.01, ttft_s = 600 }
+standard = { tokens_per_s = 0.02, ttft_s = 600 }
+high = { tokens_per_s = 0.03, ttft_s = 600 }
+ultra = { tokens_per_s = 0.04, ttft_s = 600 }
+super = { tokens_per_s = 0.05, ttft_s = 600 }
+"""
+
+
+def start_server(data_dir: Path, *extra: str, timeout: float = 240) -> ServerProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if "--tiers" not in extra:
+        tiers = data_dir / "loose-tiers.toml"
+        tiers.write_text(LOOSE_TIERS)
+        extra = ("--tiers", str(tiers), *extra)
+    port = free_port()
+    log_path = data_dir / f"server-{port}.log"
+    cmd = [
+        *tokenfactory_cmd(), "serve", "--port", str(port), "--data-dir", str(data_dir),
+        "--probe-batches", "1,4", "--log-level", "warning", *extra,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(proc, port, data_dir, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(server.base_url + "/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server did not become ready in {timeout} s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def factory_server(tmp_path_factory) -> ServerProcess:
+    """One shared server for tests that do not stop or break it."""
+    server = start_server(tmp_path_factory.mktemp("factory"))
+    yield server
+    server.stop()
+
+
+def ledger_rows(data_dir: Path) -> dict[str, dict]:
+    """Every ledger row by request id, straight from the database file."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{data_dir / 'ledger.db'}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        rows = con.execute("SELECT * FROM ledger").fetchall()
+    finally:
+        con.close()
+    return {r["request_id"]: dict(r) for r in rows}
+
+
+def open_reservations(data_dir: Path) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{data_dir / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
+    finally:
+        con.close()
