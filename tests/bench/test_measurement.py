@@ -13,17 +13,18 @@ from tokenfactory.bench.serve.workloads import WorkloadOptions
 
 
 def test_ttft_itl_and_speed_match_a_known_pace():
-    ttft, tps, n = 0.3, 40.0, 20  # one token every 25 ms after a 300 ms first-token delay
+    ttft, tps, n = 0.5, 40.0, 20  # one token every 25 ms after a 500 ms first-token delay
     with fake_endpoint(tokens_per_s=tps, ttft_s=ttft) as ep:
         wl = WorkloadOptions("random", input_len="16", output_len=str(n))
         res, catalog = run_load(ep.base, LoadPoint(max_concurrency=2), 6, wl)
     assert all(r.ok for r in res.records)
     s = summarize_run(res.records, res.duration_s, catalog, None)["overall"]
-    assert s["ttft_ms"]["mean"] == pytest.approx(ttft * 1000, rel=0.05)
+    # medians for TTFT and E2EL: robust to one late wake-up on a shared, loaded machine
+    assert s["ttft_ms"]["p50"] == pytest.approx(ttft * 1000, rel=0.05)
     assert s["itl_ms"]["mean"] == pytest.approx(1000 / tps, rel=0.05)
     assert s["tpot_ms"]["mean"] == pytest.approx(1000 / tps, rel=0.05)
     assert s["decode_tokens_per_s"]["p50"] == pytest.approx(tps, rel=0.05)
-    assert s["e2el_ms"]["mean"] == pytest.approx((ttft + (n - 1) / tps) * 1000, rel=0.05)
+    assert s["e2el_ms"]["p50"] == pytest.approx((ttft + (n - 1) / tps) * 1000, rel=0.05)
     assert s["tokens"]["output"] == 6 * n
     assert s["itl_ms"]["n"] == 6 * (n - 1)
 

@@ -161,13 +161,17 @@ def serve_command(
     api = api_url(base_url)
     with httpx.Client(timeout=10.0) as client:
         try:
-            catalog = fetch_catalog(client, base_url, tier_preset, tiers_file)
+            closed: dict[str, str] = {}
+            catalog = fetch_catalog(client, base_url, tier_preset, tiers_file, closed)
             catalog = apply_overrides(catalog, tier_target or [], tier_price or [])
         except (TierError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
         key = keys.key_for(None, catalog)
         model = _model(client, api, model, {"Authorization": f"Bearer {key}"} if key else {})
+    for name, reason in closed.items():
+        if name in mix:
+            err.print(f"[yellow]note:[/yellow] the endpoint says tier {name} is closed: {reason}")
     unknown = [t for t in mix if t not in catalog]
     if unknown:
         err.print(f"[yellow]note:[/yellow] tiers {unknown} have no promise or price here")

@@ -54,6 +54,8 @@ def latency_cdfs(doc: dict, run: dict) -> str:
             )
             if key == "ttft_s" and tier in targets:
                 ax.axvline(targets[tier]["ttft_s"] * 1000, color=color, ls=":", lw=1)
+        if key == "ttft_s":
+            ax.set_xscale("log")  # promises span 0.3 s to 30 s
         ax.set_xlabel(f"{title} (ms)")
         ax.set_ylabel("share of requests")
         ax.set_title(f"{title} CDF" + (" (dotted: promise)" if key == "ttft_s" else ""))

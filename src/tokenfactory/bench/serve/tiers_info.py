@@ -44,14 +44,24 @@ def catalog_from_endpoint(doc: dict, source: str) -> TierCatalog:
 
 
 def fetch_catalog(
-    client: httpx.Client, base_url: str, preset: str, tiers_file: str | None
+    client: httpx.Client,
+    base_url: str,
+    preset: str,
+    tiers_file: str | None,
+    closed: dict[str, str] | None = None,
 ) -> TierCatalog:
-    """The endpoint's tiers when it publishes them, else the tiers file at `preset`."""
+    """The endpoint's tiers when it publishes them, else the tiers file at `preset`.
+    `closed` receives {tier: reason} for tiers the endpoint says are not available now."""
     url = base_url.rstrip("/") + "/v1/tiers"
     try:
         resp = client.get(url)
         if resp.status_code == 200:
-            return catalog_from_endpoint(resp.json(), url)
+            doc = resp.json()
+            if closed is not None:
+                for item in doc["data"]:
+                    if item.get("available") is False:
+                        closed[item["name"]] = str(item.get("reason") or "not available")
+            return catalog_from_endpoint(doc, url)
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         pass
     return load_tiers(tiers_file, preset)
