@@ -10,6 +10,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenfactory.bench.roofline import Roofline, measure_roofline
+from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
 
@@ -129,7 +131,10 @@ def bench_decode(
     need_blocks = batch * -(-(context + steps + 2) // engine.config.block_size)
     if need_blocks > engine.num_kv_blocks or batch > engine.config.max_num_seqs:
         return {"batch": batch, "skipped": "KV cache or max_num_seqs too small for this batch"}
-    params = SamplingParams(temperature=0, max_tokens=steps + 2, ignore_eos=True)
+    # Sequences prefilled early decode while later ones prefill: give them room to keep
+    # decoding through the timed steps (otherwise the batch shrinks before it is timed).
+    prefill_steps = -(-batch * context // engine.config.max_num_batched_tokens)
+    params = SamplingParams(temperature=0, max_tokens=steps + 4 + prefill_steps, ignore_eos=True)
     ids = [
         engine.add_request(_random_prompt(rng, context, vocab), params, f"sweep-{batch}-{i}")
         for i in range(batch)
@@ -138,25 +143,30 @@ def bench_decode(
     while len(seen) < batch:  # prefill every sequence first
         seen.update(o.request_id for o in engine.step())
     times = []
+    kv_tokens = []
     for _ in range(steps):
         _sync(engine)
         t0 = time.perf_counter()
         outs = engine.step()
         _sync(engine)
         times.append(time.perf_counter() - t0)
+        kv_tokens.append(engine.stats.recent(1)[0].num_kv_tokens_read)
         if len(outs) != batch:
             break
     for rid in ids:
         engine.abort(rid)
     step = statistics.median(times)
-    ctx = context + steps // 2
+    # KV read as the engine counted it (sequences prefilled early carry a little more).
+    ctx = round(statistics.median(kv_tokens) / batch)
     bytes_moved = weight_bytes_read_per_step(engine) + batch * ctx * _kv_bytes_per_token(engine)
     flops = batch * _flops_per_token(engine, ctx)
     floor = roof.step_floor_s(bytes_moved, flops)
     return {
         "batch": batch,
         "context": ctx,
+        "steps_timed": len(times),
         "step_ms": step * 1e3,
+        "step_ms_min": min(times) * 1e3,
         "tokens_per_s": batch / step,
         "tokens_per_s_per_user": 1 / step,
         "bytes_per_step": bytes_moved,
@@ -212,7 +222,35 @@ def machine_description(engine: Engine) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def run_engine_bench(engine: Engine, opts: BenchOptions, console: Console) -> dict[str, Any]:
+def engine_description(engine: Engine) -> dict[str, Any]:
+    """KV capacity and the execution path, as the JSON reports them."""
+    per_block = KVCache.bytes_per_block(engine.model_config, engine.config.block_size, engine.dtype)
+    info: dict[str, Any] = {
+        "kv_cache_blocks": engine.num_kv_blocks,
+        "kv_cache_tokens": engine.num_kv_blocks * engine.config.block_size,
+        "kv_cache_gib": engine.num_kv_blocks * per_block / 2**30,
+        "weights_gib": weight_bytes_read_per_step(engine) / 2**30,
+    }
+    fast = getattr(engine.runner, "fast", None)
+    if fast is not None:
+        info["attention_backend"] = fast.backend
+        info["fused_ops"] = fast.fused_ops
+        graphs = fast.graphs
+        info["cuda_graph_buckets"] = sorted(graphs.graphs) if graphs is not None else []
+        info["cuda_graph_capture_s"] = graphs.capture_seconds if graphs is not None else 0.0
+    else:
+        info["attention_backend"] = "cpu"
+    return info
+
+
+def run_engine_bench(
+    engine: Engine,
+    opts: BenchOptions,
+    console: Console,
+    on_part: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The whole benchmark; `on_part` gets the result so far after each part (for partial
+    JSON when a run is cut short)."""
     console.print(
         f"[bold]tokenfactory bench engine[/bold]: {engine.model_name} on "
         f"{machine_description(engine)}, {str(engine.dtype)[6:]}"
@@ -234,7 +272,21 @@ def run_engine_bench(engine: Engine, opts: BenchOptions, console: Console) -> di
         "torch": torch.__version__,
         "roofline": roof.to_dict(),
         "options": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(opts).items()},
+        "engine": engine_description(engine),
     }
+    info = result["engine"]
+    console.print(
+        f"KV cache: {info['kv_cache_tokens']} tokens in {info['kv_cache_blocks']} blocks "
+        f"({info['kv_cache_gib']:.1f} GiB); attention: {info['attention_backend']}"
+        + (
+            f"; {len(info['cuda_graph_buckets'])} decode CUDA graphs captured in "
+            f"{info['cuda_graph_capture_s']:.1f} s"
+            if info.get("cuda_graph_buckets")
+            else ""
+        )
+    )
+    notify = on_part or (lambda _r: None)
+    notify(result)
     if "sweep" not in opts.skip:
         rows = []
         table = Table(title=f"decode sweep (context ~{opts.sweep_context})")
@@ -252,6 +304,8 @@ def run_engine_bench(engine: Engine, opts: BenchOptions, console: Console) -> di
             with console.status(f"decode sweep: batch {b}..."):
                 row = bench_decode(engine, b, opts.sweep_context, opts.sweep_steps, roof, opts.seed)
             rows.append(row)
+            result["decode_sweep"] = rows
+            notify(result)
             if "skipped" in row:
                 table.add_row(str(b), "-", "-", "-", "-", "-", row["skipped"])
             else:
@@ -275,6 +329,7 @@ def run_engine_bench(engine: Engine, opts: BenchOptions, console: Console) -> di
             f"({pre['matmul_fraction']:.0%} of the matmul rate)"
         )
         result["prefill"] = pre
+        notify(result)
     if "offline" not in opts.skip:
         off = bench_offline(engine, opts, console)
         (i0, i1), (o0, o1) = opts.input_len, opts.output_len
@@ -286,4 +341,5 @@ def run_engine_bench(engine: Engine, opts: BenchOptions, console: Console) -> di
             f"median {per_user:.1f} tokens/s per user"
         )
         result["offline"] = off
+        notify(result)
     return result

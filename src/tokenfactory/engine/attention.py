@@ -20,12 +20,25 @@ from tokenfactory.models.config import ModelConfig
 
 @dataclass
 class KVCache:
-    """One K and one V tensor per layer, each [num_blocks, block_size, kv_heads, head_dim]."""
+    """One K and one V tensor per layer, each [num_blocks + 1, block_size, kv_heads, head_dim].
+
+    Blocks 0..num_blocks-1 belong to the block manager. The one extra block at index
+    `pad_block` is never handed out: padding rows of a bucketed (CUDA graph) decode batch
+    write their K/V there and read it back, so they cannot touch a real sequence's cache.
+    """
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     num_blocks: int
     block_size: int
+
+    @property
+    def pad_block(self) -> int:
+        return self.num_blocks
+
+    @property
+    def pad_slot(self) -> int:
+        return self.num_blocks * self.block_size
 
     @classmethod
     def allocate(
@@ -37,7 +50,7 @@ class KVCache:
         device: torch.device | str,
     ) -> KVCache:
         assert config.head_dim is not None
-        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        shape = (num_blocks + 1, block_size, config.num_key_value_heads, config.head_dim)
         # Zeroed, not empty: padded reads of never-written slots must be finite (they are
         # masked out, but 0 * NaN would still poison the output).
         k = [

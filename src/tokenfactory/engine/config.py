@@ -24,6 +24,17 @@ class EngineConfig:
     dtype: str = "auto"  # "auto" | "bfloat16" | "float32" | "float16"
     num_threads: int | None = None  # None: every core
     seed: int = 0  # for random weights and unseeded sampling
+    # GPU fast path (docs/engine.md). "auto": Triton kernels on CUDA when Triton imports,
+    # else the portable torch ops; "triton" on CPU needs TRITON_INTERPRET=1 (tests only).
+    attention_backend: str = "auto"  # "auto" | "torch" | "triton"
+    cuda_graphs: bool = True  # capture decode steps per batch-size bucket (CUDA + Triton)
+    cuda_graph_max_batch: int = 512  # largest captured bucket (also capped by max_num_seqs)
+    # Bucketed decode over static input buffers. None: wherever CUDA graphs are captured;
+    # True elsewhere runs the same buffers and padding without capture (CPU tests).
+    static_decode: bool | None = None
+    # On CUDA, the KV cache takes this share of the memory free after the weights, less a
+    # reserve for activations, logits and graphs (kv_cache_memory_fraction is for CPUs).
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -34,3 +45,9 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens must be at least 1")
         if not 0.0 < self.kv_cache_memory_fraction <= 0.95:
             raise ValueError("kv_cache_memory_fraction must be in (0, 0.95]")
+        if not 0.0 < self.gpu_memory_utilization <= 0.98:
+            raise ValueError("gpu_memory_utilization must be in (0, 0.98]")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError("attention_backend must be auto, torch or triton")
+        if self.cuda_graph_max_batch < 1:
+            raise ValueError("cuda_graph_max_batch must be at least 1")

@@ -110,7 +110,7 @@ class Engine:
             num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
         self.scheduler = Scheduler(self.config, self.block_manager, make_policy(self.config.policy))
-        self.runner = ModelRunner(model, cache)
+        self.runner = ModelRunner(model, cache, self.config)
         self.sampler = Sampler(seed=self.config.seed)
         self.stats = StatsLog()
         self.eos_token_ids: list[int] = list(
@@ -159,6 +159,8 @@ class Engine:
             return cfg.num_kv_blocks
         if cfg.kv_cache_bytes is not None:
             budget = cfg.kv_cache_bytes
+        elif self.device.type == "cuda":
+            budget = self._cuda_kv_budget()
         else:
             free = available_memory_bytes(self.device)
             budget = int((free or 4 << 30) * cfg.kv_cache_memory_fraction)
@@ -172,6 +174,19 @@ class Engine:
                 f"{per_block / 2**20:.2f} MiB: give more memory (--kv-cache-gb) or a smaller model"
             )
         return int(blocks)
+
+    def _cuda_kv_budget(self) -> int:
+        """The KV cache's share of free GPU memory (the weights are already loaded), less a
+        reserve for activations, the sampler's float32 logits and the CUDA graph pool."""
+        cfg, mc = self.config, self.model_config
+        free = available_memory_bytes(self.device) or 0
+        rows = max(cfg.max_num_seqs, 1)
+        reserve = (
+            (1 << 30)
+            + 3 * rows * mc.vocab_size * 4  # logits: the graphs' buffer, float copy, workspace
+            + cfg.max_num_batched_tokens * mc.intermediate_size * 2 * 3  # prefill MLP
+        )
+        return max(0, int(free * cfg.gpu_memory_utilization) - reserve)
 
     # -- requests ------------------------------------------------------------------------------
 

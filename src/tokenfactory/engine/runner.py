@@ -10,22 +10,36 @@ from tokenfactory.engine.attention import (
     PrefillSpan,
     TorchPagedAttention,
 )
+from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.scheduler import SchedulerOutput
 from tokenfactory.models.llama import LlamaForCausalLM
 
 
 class ModelRunner:
-    """Owns the model and its KV cache; knows nothing about requests beyond token positions."""
+    """Owns the model and its KV cache; knows nothing about requests beyond token positions.
 
-    def __init__(self, model: LlamaForCausalLM, cache: KVCache):
+    On CUDA (or when a test asks for it) steps go to the fast path (`engine.fast_path`:
+    Triton paged attention, fused ops, CUDA-graph decode); on CPU the classic path below runs,
+    with the native CPU kernels.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, cache: KVCache, config: EngineConfig | None = None):
         self.model = model
         self.cache = cache
         self.block_size = cache.block_size
         self.device = model.device
+        self.fast = None
+        if config is not None:
+            from tokenfactory.engine.fast_path import FastRunner, wants_fast_path
+
+            if wants_fast_path(config, self.device):
+                self.fast = FastRunner(model, cache, config)
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> torch.Tensor:
         """Run one step; logits [N, vocab] for the chunks that sample, in chunk order."""
+        if self.fast is not None:
+            return self.fast.execute(step)
         input_ids, positions, meta, sample_rows = self._prepare(step)
         decode = meta.num_decodes == len(step.chunks)
         hidden = self.model(input_ids, positions, TorchPagedAttention(self.cache, meta), decode)

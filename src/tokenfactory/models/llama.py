@@ -8,6 +8,7 @@ without touching this file.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Protocol
 
 import torch
@@ -133,6 +134,39 @@ class DecoderLayer(nn.Module):
         )
         return self.down_proj(silu_mul(self.gate_up_proj(h, decode)), decode), residual
 
+    def forward_fused(
+        self,
+        ops: ModuleType,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        positions: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention: Attention,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with the GPU path's fused ops (`ops`: kernels.triton_fused): RoPE in
+        place on the q/k view of the qkv output, add+RMSNorm and SiLU-mul in one launch each.
+        Same math; K and V reach the attention as strided views (no copies)."""
+        t = x.shape[0]
+        norm = self.input_layernorm
+        h, residual = ops.add_rms_norm(x, residual, norm.weight, norm.eps)
+        qkv = F.linear(h, self.qkv_proj.weight, self.qkv_proj.bias)
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
+        ops.rope_(qk, positions, cos, sin)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        attn = attention(self.index, q, k, v.view(t, self.num_kv_heads, self.head_dim))
+        norm = self.post_attention_layernorm
+        h, residual = ops.add_rms_norm(
+            F.linear(attn.reshape(t, self.q_size), self.o_proj.weight), residual, norm.weight,
+            norm.eps,
+        )  # fmt: skip
+        gate_up = F.linear(h, self.gate_up_proj.weight)
+        return F.linear(ops.silu_mul(gate_up), self.down_proj.weight), residual
+
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int | None = None):
@@ -173,6 +207,20 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             x, residual = layer(x, residual, cos, sin, attention, decode)
         return self.norm.add_forward(x, residual)[0]
+
+    def forward_fused(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention
+    ) -> torch.Tensor:
+        """`forward` on the GPU path: Triton's fused small ops (kernels.triton_fused) in
+        every layer, RoPE straight from the float32 tables. Hidden states [T, hidden]."""
+        from tokenfactory.kernels import triton_fused as ops
+
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary.cos, self.rotary.sin
+        residual = None
+        for layer in self.layers:
+            x, residual = layer.forward_fused(ops, x, residual, positions, cos, sin, attention)
+        return ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
 
     def compute_logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
