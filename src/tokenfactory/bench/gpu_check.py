@@ -6,14 +6,15 @@
 DIR/gpu_check.json as it finishes, so a run cut short still leaves what it measured:
 
 1. environment: GPU, torch, Triton, free memory;
-2. the GPU test files (pytest tests/gpu) in a subprocess;
-3. correctness on a random small config, and on the embedded model (or --model) where its
+2. correctness on a random small config, and on the embedded model (or --model) where its
    file is present: the CUDA engine's bf16 logits at every generated position against the
    CPU float32 reference (teacher-forced over the GPU's tokens); greedy tokens of one request
    alone vs inside a batch of 64; prefix cache on vs off; CUDA graphs vs eager;
-4. `bench engine` on llama-3.1-8b random weights: decode sweep (batch 1, 16, 64, 128, 256 at
+3. `bench engine` on llama-3.1-8b random weights: decode sweep (batch 1, 16, 64, 128, 256 at
    context ~1k), prefill of 2k-token prompts, offline 256 requests with input and output
-   uniform in 100..1024 (DIR/engine-cuda.json; a subprocess with what is left of the budget).
+   uniform in 100..1024 (DIR/engine-cuda.json; a subprocess with what is left of the budget,
+   less about 100 s);
+4. the GPU test files (pytest tests/gpu) in a subprocess, with the time left.
 """
 
 from __future__ import annotations
@@ -352,12 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         step("small_random", lambda: correctness(SMALL, std=0.1))
     if "real" not in args.skip:
         step("real_model", lambda: _real_model_check(args.model))
-    if "pytest" not in args.skip:
-        step(
-            "pytest_gpu", lambda: run_pytest(args.out, timeout=int(min(150, max(30, left() - 300))))
-        )
+    # The benchmark first (what the run is for), leaving about 100 s for the GPU tests.
+    reserve = 0 if "pytest" in args.skip else 100
     if "bench" not in args.skip:
-        step("bench", lambda: _bench_subprocess(args, left()))
+        step("bench", lambda: _bench_subprocess(args, left() - reserve))
+    if "pytest" not in args.skip:
+        step("pytest_gpu", lambda: run_pytest(args.out, timeout=int(max(30, left() - 10))))
     report["passed"] = _verdict(report)
     save()
     print(f"== done in {time.monotonic() - started:.0f} s; passed={report['passed']}", flush=True)
