@@ -216,6 +216,77 @@ def generate(
     err.print(f"[dim]{total} tokens in {elapsed:.2f} s ({total / elapsed:.1f} tokens/s)[/dim]")
 
 
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Ledger, keys and probe cache (default: ~/.local/share)")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL of the ledger (default: SQLite)")
+    ] = None,
+    tiers: Annotated[Path | None, typer.Option(help="Tiers TOML file (default: shipped)")] = None,
+    tier_preset: Annotated[str, typer.Option(help="auto, cpu or gpu promises")] = "auto",
+    served_model_name: Annotated[
+        list[str] | None, typer.Option(help="Name(s) clients use for the model")
+    ] = None,
+    policy: Annotated[str, typer.Option(help="Scheduling policy")] = "fcfs",
+    max_num_seqs: Annotated[int, typer.Option(help="Most requests decoding at once")] = 64,
+    grace_period: Annotated[
+        float, typer.Option(help="Seconds in-flight requests get on shutdown")
+    ] = 30.0,
+    remeasure: Annotated[bool, typer.Option(help="Re-run the hardware probe")] = False,
+    probe_batches: Annotated[
+        str | None, typer.Option(help="Batch sizes the probe measures, e.g. 1,4,16,64")
+    ] = None,
+    max_waiting: Annotated[
+        int, typer.Option(help="Queued requests beyond this are refused with 503")
+    ] = 1024,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    kv_cache_gb: KvOpt = None,
+    max_model_len: LenOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
+    from tokenfactory.server.run import ServeOptions
+    from tokenfactory.server.run import serve as run_server
+    from tokenfactory.tiers import TierError
+
+    config = _engine_config(
+        device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=max_num_seqs,
+        policy=policy,
+    )
+    opts = ServeOptions(
+        model=model,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        tiers_file=str(tiers) if tiers else None,
+        tier_preset=tier_preset,
+        served_model_name=served_model_name or [],
+        grace_period_s=grace_period,
+        remeasure=remeasure,
+        probe_batches=_batches(probe_batches),
+        max_waiting=max_waiting,
+        log_level=log_level,
+        engine=config,
+    )
+    try:
+        run_server(opts)
+    except (ModelLoadError, TierError, OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
 @bench_app.command("engine")
 def bench_engine(
     model: ModelOpt = None,
@@ -267,6 +338,18 @@ def bench_engine(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         err.print(f"wrote {out}")
+
+
+def _batches(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected sizes like 1,4,16, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
 
 
 # Load generator: talks HTTP only; its options live with it in bench/serve/command.py.

@@ -285,6 +285,8 @@ class SSEResponse(Response):
             nonlocal gone
             await _wait_disconnect(receive)
             gone = True
+            if self.generation is not None:  # before the cancel reaches the generator
+                self.generation.client_disconnected = True
             task.cancel()
 
         watcher = asyncio.ensure_future(watch())

@@ -202,6 +202,11 @@ class Factory:
     def stop_accepting(self) -> None:
         self.accepting = False
 
+    def abort_in_flight(self) -> None:
+        """End every running request now; each handler then settles its own request."""
+        for gen in list(self.in_flight.values()):
+            gen.abort()
+
     async def shutdown(self) -> None:
         """Abort what is still running, settle everything, close the ledger."""
         self.accepting = False

@@ -122,13 +122,38 @@ def serve(opts: ServeOptions) -> None:
         timeout_graceful_shutdown=int(opts.grace_period_s),
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _FactoryServer(config, factory, opts.grace_period_s)
     console.print(
         f"[bold]tokenfactory[/bold] serving [bold]{factory.model_label}[/bold] on "
         f"http://{opts.host}:{sock.getsockname()[1]}/v1  (Ctrl-C stops; in-flight requests "
         f"get {opts.grace_period_s:g} s to finish and are all settled)"
     )
     asyncio.run(server.serve(sockets=[sock]))
+
+
+class _FactoryServer(uvicorn.Server):
+    """uvicorn, plus: on a stop signal, in-flight requests end cleanly inside the grace period.
+
+    Without this, uvicorn cancels whatever is still streaming when the grace period runs out;
+    here the factory aborts those requests just before, so each stream ends with an error event
+    and every request is settled by its own handler.
+    """
+
+    def __init__(self, config: uvicorn.Config, factory: Factory, grace_s: float):
+        super().__init__(config)
+        self.factory = factory
+        self.grace_s = grace_s
+        self._abort_scheduled = False
+
+    def handle_exit(self, sig, frame) -> None:
+        self.factory.stop_accepting()
+        if not self._abort_scheduled:
+            self._abort_scheduled = True
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(
+                loop.call_later, max(0.0, self.grace_s * 0.8 - 0.2), self.factory.abort_in_flight
+            )
+        super().handle_exit(sig, frame)
 
 
 def _bind(host: str, port: int) -> socket.socket:
