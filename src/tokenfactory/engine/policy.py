@@ -38,6 +38,14 @@ class SchedulingPolicy(ABC):
     def on_step(self, stats: Any) -> None:  # noqa: B027 - optional hook, no-op by default
         """Told about every finished step (for policies that pace or adapt)."""
 
+    def step_token_budget(self, now: float) -> int | None:
+        """A cap on this step's tokens, asked right after `order_running` (None: no cap).
+
+        Pacing policies use it to keep a step short enough for the fastest promise present;
+        the scheduler applies it only with chunked prefill, so a whole prompt always fits.
+        """
+        return None
+
 
 class FcfsPolicy(SchedulingPolicy):
     """First come, first served: arrival order everywhere, newest preempted first."""
@@ -57,6 +65,36 @@ class FcfsPolicy(SchedulingPolicy):
 
 def _arrival(seq: Sequence) -> float:
     return seq.arrival_time
+
+
+def tier_rank(seq: Sequence) -> int:
+    """The request's tier rank (0 = free); requests without metadata are the lowest tier."""
+    rank = seq.metadata.get("tier_rank")
+    return int(rank) if isinstance(rank, int | float) and not isinstance(rank, bool) else 0
+
+
+class PriorityPolicy(SchedulingPolicy):
+    """vLLM-style strict priority: higher tier rank first, then arrival.
+
+    When KV blocks run short the lowest-rank, newest running request is preempted, so paid
+    work displaces free work. It only reorders: every carried request still advances one
+    token per step, at the same speed as its batch mates.
+    """
+
+    name = "priority"
+
+    def order_running(self, running: list[Sequence], now: float) -> list[Sequence]:
+        return sorted(running, key=_priority_key)
+
+    def order_waiting(self, waiting: list[Sequence], now: float) -> list[Sequence]:
+        return sorted(waiting, key=_priority_key)
+
+    def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
+        return max(candidates, key=_priority_key)
+
+
+def _priority_key(seq: Sequence) -> tuple[int, float]:
+    return (-tier_rank(seq), seq.arrival_time)
 
 
 PolicyFactory = Callable[..., SchedulingPolicy]
@@ -82,4 +120,12 @@ def make_policy(name: str, **kwargs: Any) -> SchedulingPolicy:
     return factory(**kwargs)
 
 
+def _tier_policy(**kwargs: Any) -> SchedulingPolicy:
+    from tokenfactory.engine.tier_policy import TierPolicy  # it imports this module
+
+    return TierPolicy(**kwargs)
+
+
 register_policy(FcfsPolicy.name, FcfsPolicy)
+register_policy(PriorityPolicy.name, PriorityPolicy)
+register_policy("tier", _tier_policy)

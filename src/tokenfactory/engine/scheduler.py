@@ -141,7 +141,12 @@ class Scheduler:
         finished: list[Sequence] = []
         scheduled: set[Sequence] = set()
 
-        for seq in self.policy.order_running(list(self._running), now):
+        order = self.policy.order_running(list(self._running), now)
+        if self.config.enable_chunked_prefill:
+            cap = self.policy.step_token_budget(now)
+            if cap is not None:
+                budget = min(budget, max(1, cap))
+        for seq in order:
             if budget <= 0 or len(chunks) >= max_seqs:
                 break
             if seq.status is not SequenceStatus.RUNNING:

@@ -1,0 +1,140 @@
+"""Step-time model: how long an engine step takes, fitted online from measured steps.
+
+    step_s ~ a + b * decode_seqs + c * prefill_tokens + d * kv_tokens_read
+
+Least squares over a sliding window of recent steps, regularised toward a prior so that the
+model is usable before any data and never swings wildly on a handful of similar steps (a
+ridge pull toward the prior, worth `prior_weight` pseudo-steps per coefficient). The window's
+normal equations are kept incrementally, so an observation costs O(1) and a refit solves a
+4x4 system. Coefficients are clipped to be non-negative: more work never makes a step faster.
+
+Plain Python and numpy over plain numbers: the tier policy, /v1/tiers and the planner's
+simulator all use the same class.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NUM_FEATURES = 4  # 1, decode sequences, prefill tokens, KV tokens read
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    base_s: float  # a: fixed cost per step (launch, sampling, Python)
+    per_decode_s: float  # b: per decoding sequence (weights are read once, so this is small)
+    per_prefill_token_s: float  # c: per prompt token computed
+    per_kv_token_s: float  # d: per K/V token attended over
+
+    def as_array(self) -> np.ndarray:
+        return np.array(
+            [self.base_s, self.per_decode_s, self.per_prefill_token_s, self.per_kv_token_s]
+        )
+
+    def predict(self, decode_seqs: float, prefill_tokens: float, kv_tokens: float) -> float:
+        return (
+            self.base_s
+            + self.per_decode_s * decode_seqs
+            + self.per_prefill_token_s * prefill_tokens
+            + self.per_kv_token_s * kv_tokens
+        )
+
+
+# Roughly the embedded SmolLM2-135M on a few CPU cores; only a starting point.
+CPU_PRIOR = StepCoefficients(
+    base_s=0.02, per_decode_s=0.002, per_prefill_token_s=0.0005, per_kv_token_s=2e-7
+)
+
+# Typical feature sizes, used to scale the prior's pull so it is comparable across features.
+_TYPICAL = np.array([1.0, 16.0, 256.0, 4096.0])
+
+
+class StepTimeModel:
+    """Online least-squares fit of step time over a sliding window of steps."""
+
+    def __init__(
+        self,
+        prior: StepCoefficients = CPU_PRIOR,
+        window: int = 512,
+        prior_weight: float = 2.0,
+        skip_first: int = 2,
+    ):
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.prior = prior
+        self.window = window
+        self.prior_weight = prior_weight
+        self._skip = skip_first  # the first steps pay for warm-up, not for work
+        self._rows: deque[tuple[np.ndarray, float]] = deque()
+        self._xtx = np.zeros((NUM_FEATURES, NUM_FEATURES))
+        self._xty = np.zeros(NUM_FEATURES)
+        self._coef = prior.as_array()
+        self._dirty = False
+        self.num_observed = 0
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def observe(
+        self, duration_s: float, decode_seqs: float, prefill_tokens: float, kv_tokens: float
+    ) -> None:
+        if self._skip > 0:
+            self._skip -= 1
+            return
+        if not duration_s > 0 or not np.isfinite(duration_s):
+            return
+        x = np.array([1.0, decode_seqs, prefill_tokens, kv_tokens], dtype=np.float64)
+        self._rows.append((x, duration_s))
+        self._xtx += np.outer(x, x)
+        self._xty += x * duration_s
+        if len(self._rows) > self.window:
+            old_x, old_y = self._rows.popleft()
+            self._xtx -= np.outer(old_x, old_x)
+            self._xty -= old_x * old_y
+        self.num_observed += 1
+        self._dirty = True
+
+    def observe_step(self, stats: Any) -> None:
+        """Feed one engine `StepStats`."""
+        self.observe(
+            stats.duration_s,
+            stats.num_decode_tokens,
+            stats.num_prefill_tokens,
+            stats.num_kv_tokens_read,
+        )
+
+    # ---- the fit ----------------------------------------------------------------------------
+
+    @property
+    def coefficients(self) -> StepCoefficients:
+        if self._dirty:
+            self._refit()
+        return StepCoefficients(*(float(v) for v in self._coef))
+
+    def predict(self, decode_seqs: float, prefill_tokens: float = 0, kv_tokens: float = 0) -> float:
+        if self._dirty:
+            self._refit()
+        c = self._coef
+        return float(c[0] + c[1] * decode_seqs + c[2] * prefill_tokens + c[3] * kv_tokens)
+
+    def _refit(self) -> None:
+        self._dirty = False
+        # Ridge toward the prior: prior_weight pseudo-steps of typical size per feature.
+        lam = self.prior_weight * _TYPICAL**2
+        prior = self.prior.as_array()
+        a = self._xtx + np.diag(lam)
+        b = self._xty + lam * prior
+        try:
+            coef = np.linalg.solve(a, b)
+        except np.linalg.LinAlgError:
+            return
+        if not np.all(np.isfinite(coef)):
+            return
+        coef = np.maximum(coef, 0.0)
+        if coef[0] == 0.0 and len(self._rows) > 0:
+            # Keep a floor on the fixed cost: a step is never free.
+            coef[0] = min(float(prior[0]), min(y for _, y in self._rows))
+        self._coef = coef

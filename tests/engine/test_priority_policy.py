@@ -1,0 +1,42 @@
+"""The `priority` policy: strict tier-rank order, lowest rank preempted first."""
+
+from __future__ import annotations
+
+from tests.engine.test_scheduler import FakeEngine, config
+from tokenfactory.engine.policy import PriorityPolicy, make_policy
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.sequence import Sequence
+
+
+def seq(rid: str, rank: int | None, arrival: float) -> Sequence:
+    md = {} if rank is None else {"tier_rank": rank}
+    s = Sequence(rid, [1, 2, 3], SamplingParams(max_tokens=4), metadata=md)
+    s.arrival_time = arrival
+    return s
+
+
+def test_orders_by_rank_then_arrival_and_preempts_lowest_newest():
+    policy = make_policy("priority")
+    assert isinstance(policy, PriorityPolicy)
+    seqs = [
+        seq("free-old", 0, 1.0),
+        seq("super", 4, 3.0),
+        seq("std", 1, 0.5),
+        seq("none", None, 0.0),
+        seq("free-new", 0, 2.0),
+    ]
+    order = [s.request_id for s in policy.order_waiting(seqs, 0.0)]
+    assert order == ["super", "std", "none", "free-old", "free-new"]
+    assert [s.request_id for s in policy.order_running(seqs, 0.0)] == order
+    assert policy.preemption_victim(seqs).request_id == "free-new"
+
+
+def test_blocks_running_short_preempt_the_free_request_not_the_paid_one():
+    eng = FakeEngine(config(max_num_batched_tokens=64), num_blocks=8, policy="priority")
+    free = eng.add("free", list(range(1, 9)), max_tokens=20, arrival=0.0)
+    paid = eng.add("paid", list(range(11, 19)), max_tokens=20, arrival=1.0)
+    paid.metadata["tier_rank"] = 3
+    eng.run()
+    assert paid.num_preemptions == 0
+    assert free.num_preemptions >= 1
+    assert len(free.output_token_ids) == 20 and len(paid.output_token_ids) == 20
