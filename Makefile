@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/tokenfactory chat
+	$(BIN)/tokenfactory serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -40,6 +40,7 @@ def create_app(factory: Factory) -> FastAPI:
     )
     app.state.factory = factory
     _install_error_handlers(app)
+    _document_served_models(app, factory.model_names)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -107,6 +108,23 @@ def create_app(factory: Factory) -> FastAPI:
         return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _document_served_models(app: FastAPI, names: list[str]) -> None:
+    """Say in the OpenAPI schema which model names this server answers to."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for body in ("ChatCompletionRequest", "CompletionRequest"):
+                props = schema.get("components", {}).get("schemas", {}).get(body, {})
+                if "model" in props.get("properties", {}):
+                    props["properties"]["model"]["enum"] = list(names)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _lifespan(factory: Factory):
