@@ -153,7 +153,8 @@ class TierPolicy(SchedulingPolicy):
                 prefill.append(seq)
                 continue
             at = self.due_at(seq)
-            last = self._last_carried.setdefault(seq.request_id, self._steps)
+            # First seen decoding: its prompt's last chunk ran (and sampled) last step.
+            last = self._last_carried.setdefault(seq.request_id, self._steps - 1)
             starved = every is not None and self._steps - last >= every
             if (at is not None and at <= horizon) or starved:
                 due.append((at if at is not None else now, seq))
@@ -166,7 +167,9 @@ class TierPolicy(SchedulingPolicy):
         carried = [s for _, s in due]
         kv = sum(s.num_tokens for s in carried)
         for _, seq in ahead:
-            if self.model.predict(len(carried) + 1, 0, kv + seq.num_tokens) > target:
+            # Work-conserving: a step that would otherwise be empty carries someone.
+            fits = self.model.predict(len(carried) + 1, 0, kv + seq.num_tokens) <= target
+            if carried and not fits:
                 break
             carried.append(seq)
             kv += seq.num_tokens

@@ -1,0 +1,55 @@
+"""Every policy on the real engine: scheduling changes order and timing, never results."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+
+from tests.engine.engine_fixtures import assert_no_leaks, prompts, tiny_engine
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.tiers import load_tiers
+
+TIERS = load_tiers(preset="cpu")
+
+
+@functools.cache
+def run(policy: str, num_kv_blocks: int) -> tuple[dict[str, list[int]], int]:
+    engine = tiny_engine(policy=policy, num_kv_blocks=num_kv_blocks, max_num_batched_tokens=64)
+    names = [None, *TIERS.names]
+    for i, prompt in enumerate(prompts(8, seed=3)):
+        tier = names[i % len(names)]
+        md = {}
+        if tier is not None:
+            t = TIERS[tier]
+            md = {
+                "tier": t.name,
+                "tier_rank": t.rank,
+                "promised_tokens_per_s": t.tokens_per_s,
+                "promised_ttft_s": t.ttft_s,
+                "output_price": t.output_price,
+                "received_at": time.monotonic(),
+            }
+        params = SamplingParams(temperature=0.0, max_tokens=8 + 2 * i, ignore_eos=True)
+        engine.add_request(prompt, params, request_id=f"r{i}", metadata=md)
+    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(8)}
+    steps = 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.token_ids
+        steps += 1
+        assert steps < 5000, "no progress"
+        assert_no_leaks(engine)
+    assert_no_leaks(engine)
+    return tokens, engine.stats.total_preemptions
+
+
+@pytest.mark.parametrize("policy", ["priority", "tier"])
+@pytest.mark.parametrize("num_kv_blocks", [256, 12])  # plenty, and short enough to preempt
+def test_policy_gives_the_same_greedy_tokens_as_fcfs(policy: str, num_kv_blocks: int):
+    expected, _ = run("fcfs", num_kv_blocks)
+    got, preemptions = run(policy, num_kv_blocks)
+    assert got == expected
+    if num_kv_blocks == 12:
+        assert preemptions > 0
