@@ -7,6 +7,8 @@ is told about, exactly as under the engine.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tokenfactory.engine.block_manager import BlockManager
@@ -316,3 +318,38 @@ def test_every_policy_finishes_a_mixed_load(policy: str):
     sim.run()
     assert all(s.num_output_tokens == s.params.max_tokens for s in sim.seqs.values())
     assert sim.bm.num_free_blocks == 64
+
+
+def test_lower_tiers_do_not_overtake_a_request_waiting_for_capacity():
+    cost = StepCoefficients(0.001, 0.01, 0.0001, 0.0)
+    policy = TierPolicy(step_model=fitted(cost))
+    running = [running_seq(f"u{i}", "ultra", 3, 0.0) for i in range(5)]  # ~77% busy
+    sup = Sequence("super", [1] * 8, SamplingParams(), metadata=metadata("super", 0.0))
+    std = Sequence("std", [1] * 8, SamplingParams(), metadata=metadata("standard", 0.0))
+    assert policy.utilization([*running, std]) <= policy.config.max_utilization
+    policy.order_running(running, 0.0)  # a new step
+    assert not policy.may_admit(sup, running, 0.0)
+    assert not policy.may_admit(std, running, 0.0)  # it would fit, but super waits first
+    policy.order_running(running, 0.1)  # next step, super no longer waiting
+    assert policy.may_admit(std, running, 0.1)
+
+
+def test_a_long_prompt_gets_the_prefill_it_needs_to_make_its_ttft():
+    def ttft(urgent: bool) -> float:
+        # 60 paced requests, overloaded (admitted regardless) and always due: their decodes
+        # fill every step, leaving no spare time for prompts.
+        cost = StepCoefficients(0.01, 0.003, 0.0002, 1e-7)
+        policy = TierPolicy(TierPolicyConfig(max_utilization=10.0), step_model=fitted(cost))
+        if not urgent:  # the same policy without the TTFT rule: only the spare step time
+            policy.deadline = lambda seq: math.inf  # type: ignore[method-assign]
+        sim = Sim(policy, cost=cost)
+        for i in range(60):
+            sim.add(f"high{i}", "high", prompt_len=64, max_tokens=400)
+        sim.run(until=2.0)
+        sup = sim.add("super", "super", prompt_len=1200, max_tokens=20)
+        while sup.first_token_time is None and sim.now < 10.0:
+            sim.step()
+        return math.inf if sup.first_token_time is None else sim.ttft("super")
+
+    assert ttft(urgent=True) <= TIERS["super"].ttft_s
+    assert ttft(urgent=False) > TIERS["super"].ttft_s  # the rule is what makes it

@@ -91,6 +91,7 @@ class TierPolicy(SchedulingPolicy):
         self._last_carried: dict[str, int] = {}  # request id -> step it was last carried
         self._terms: dict[str, RequestTerms] = {}
         self._cap: int | None = None  # this step's token budget, from order_running
+        self._refused_rank = -1  # highest rank refused admission this step
         self._target_s = self.config.max_step_s
 
     # ---- terms and schedule ---------------------------------------------------------------
@@ -166,22 +167,39 @@ class TierPolicy(SchedulingPolicy):
 
         carried = [s for _, s in due]
         kv = sum(s.num_tokens for s in carried)
+        coef = self.model.coefficients
+        per_token = max(coef.per_prefill_token_s, 1e-9)
+        # Prompts in progress come before ahead decodes: the time the due decodes leave is
+        # theirs first (a first token is worth more than running further ahead).
+        due_s = self.model.predict(len(carried), 0, kv)
+        left_s = target - due_s
+        pending = sum(s.num_uncomputed_tokens for s in prefill)
+        reserved = min(pending, max(0, int(left_s / per_token)))
         for _, seq in ahead:
             # Work-conserving: a step that would otherwise be empty carries someone.
-            fits = self.model.predict(len(carried) + 1, 0, kv + seq.num_tokens) <= target
-            if carried and not fits:
+            cost = self.model.predict(len(carried) + 1, reserved, kv + seq.num_tokens)
+            if carried and cost > target:
                 break
             carried.append(seq)
             kv += seq.num_tokens
         for seq in carried:
             self._last_carried[seq.request_id] = self._steps
 
-        # Prefill gets the time the decodes leave, and never less than a minimal chunk.
-        coef = self.model.coefficients
-        spare = target - self.model.predict(len(carried), 0, kv)
-        per_token = max(coef.per_prefill_token_s, 1e-9)
-        prefill_tokens = max(cfg.min_prefill_tokens, int(spare / per_token))
+        # Prefill (and admissions) get what is left, and never less than a minimal chunk.
+        spare = target - self.model.predict(len(carried), reserved, kv)
+        prefill_tokens = max(cfg.min_prefill_tokens, reserved + max(0, int(spare / per_token)))
+        # Prompts whose TTFT deadline is near get what they need to make it, even if the step
+        # then runs long: each one's pending tokens spread over the steps left to its deadline.
+        urgent = [(self.deadline(s) - now, s.num_uncomputed_tokens) for s in prefill]
+        urgent = [(left, n) for left, n in urgent if left > 0]
+        needed = 0
+        for _ in range(3):  # fixed point: the prompt tokens lengthen the very steps they need
+            step_s = max(target, due_s + coef.per_prefill_token_s * needed)
+            # Steps still to come before each deadline; the last chunk must end in time.
+            needed = sum(math.ceil(n / max(1.0, left / step_s - 1)) for left, n in urgent)
+        prefill_tokens = max(prefill_tokens, needed)
         self._cap = len(carried) + prefill_tokens
+        self._refused_rank = -1
         prefill.sort(key=lambda s: self.urgency(s, now))
         # Decodes first so that the cap's prefill share goes to prompts, most urgent first.
         return carried + prefill
@@ -199,7 +217,13 @@ class TierPolicy(SchedulingPolicy):
             lowest = sum(1 for s in running if self.terms(s).rank == 0)
             if lowest < cfg.min_free_running:
                 return True
-        return self.utilization([*running, seq]) <= cfg.max_utilization
+        # No overtaking: once a request waits for capacity, lower tiers wait behind it.
+        if rank < self._refused_rank:
+            return False
+        if self.utilization([*running, seq]) <= cfg.max_utilization:
+            return True
+        self._refused_rank = max(self._refused_rank, rank)
+        return False
 
     def utilization(self, seqs: list[Sequence]) -> float:
         """Predicted busy share of the engine's time if `seqs` all keep their promises.
