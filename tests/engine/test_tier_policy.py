@@ -309,9 +309,11 @@ def test_blocks_running_short_preempt_free_work_and_everyone_finishes():
     assert all(s.num_output_tokens == 60 for s in sim.seqs.values())
 
 
+@pytest.mark.parametrize("chunked", [True, False])
 @pytest.mark.parametrize("policy", ["fcfs", "priority", "tier"])
-def test_every_policy_finishes_a_mixed_load(policy: str):
-    sim = Sim(policy, num_blocks=64)
+def test_every_policy_finishes_a_mixed_load(policy: str, chunked: bool):
+    # Without chunked prefill the tier policy's step cap is ignored: whole prompts still run.
+    sim = Sim(policy, num_blocks=64, enable_chunked_prefill=chunked, max_num_batched_tokens=256)
     tiers = ["free", "standard", "high", "ultra", "super", None]
     for i in range(24):
         sim.add(f"r{i}", tiers[i % len(tiers)], prompt_len=10 + 7 * i, max_tokens=5 + i)
