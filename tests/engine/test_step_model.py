@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenfactory.engine.stats import StepStats
+from tokenfactory.engine.stats import StatsLog, StepStats
 from tokenfactory.engine.step_model import CPU_PRIOR, StepCoefficients, StepTimeModel
 
 TRUE = StepCoefficients(
@@ -72,3 +72,12 @@ def test_observe_step_reads_step_stats():
         model.observe_step(stats)
     assert model.num_observed == 100
     assert model.predict(8, 64, 2000) == pytest.approx(TRUE.predict(8, 64, 2000), rel=1e-3)
+
+
+def test_from_steps_fits_a_stats_log():
+    log = StatsLog()
+    for t, d, p, kv in synthetic_steps(TRUE, 200, seed=4):
+        log.record(StepStats(0.0, t, d + (p > 0), d, p, kv, d, 0, 0, d, 0.1))
+    model = StepTimeModel.from_steps(log.recent(), prior_weight=1e-6)
+    assert model.num_observed == 200
+    assert model.predict(16, 0, 4000) == pytest.approx(TRUE.predict(16, 0, 4000), rel=1e-3)

@@ -15,6 +15,7 @@ simulator all use the same class.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,16 @@ class StepTimeModel:
         self._coef = prior.as_array()
         self._dirty = False
         self.num_observed = 0
+
+    @classmethod
+    def from_steps(cls, steps: Iterable[Any], **kwargs: Any) -> StepTimeModel:
+        """A model fitted to logged steps, e.g. `engine.stats.recent()` (for /v1/tiers, the
+        planner); nothing is skipped as warm-up unless `skip_first` says so."""
+        kwargs.setdefault("skip_first", 0)
+        model = cls(**kwargs)
+        for stats in steps:
+            model.observe_step(stats)
+        return model
 
     # ---- data -------------------------------------------------------------------------------
 
