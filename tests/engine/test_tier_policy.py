@@ -355,3 +355,18 @@ def test_a_long_prompt_gets_the_prefill_it_needs_to_make_its_ttft():
 
     assert ttft(urgent=True) <= TIERS["super"].ttft_s
     assert ttft(urgent=False) > TIERS["super"].ttft_s  # the rule is what makes it
+
+
+def test_retry_after_estimates_when_a_waiting_request_fits():
+    cost = StepCoefficients(0.001, 0.01, 0.0001, 0.0)
+    policy = TierPolicy(step_model=fitted(cost))
+    running = [running_seq(f"u{i}", "ultra", 3, 0.0) for i in range(5)]  # ~77% busy
+    for i, seq in enumerate(running):
+        seq.params.max_tokens = 3 + 15 * (i + 1)  # u0 has 15 tokens left: 1 s at 15 tokens/s
+    std = Sequence("std", [1] * 8, SamplingParams(), metadata=metadata("standard", 0.0))
+    sup = Sequence("super", [1] * 8, SamplingParams(), metadata=metadata("super", 0.0))
+    assert policy.retry_after_s(std, running, 0.0) is None  # fits now
+    # Super fits once one ultra is gone: the first to finish, at its promised pace.
+    assert policy.retry_after_s(sup, running, 0.0) == pytest.approx(1.0)
+    huge = StepCoefficients(0.001, 1.0, 0.0001, 0.0)  # 25 s of work per second: never
+    assert TierPolicy(step_model=fitted(huge)).retry_after_s(sup, running, 0.0) == math.inf

@@ -48,6 +48,7 @@ class TierPolicyConfig:
     min_prefill_tokens: int = 16  # prefill progress per step, however tight the step
     best_effort_ttft_s: float = 60.0  # TTFT "deadline" for requests without a promise
     value_unit: float = 1_000_000.0  # output price (micro-USD per Mtok) worth one weight step
+    unbounded_max_tokens: int = 1024  # tokens assumed left for a request without max_tokens
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,33 @@ class TierPolicy(SchedulingPolicy):
                 ttft = t.ttft_s or cfg.best_effort_ttft_s
                 busy += c.per_prefill_token_s * pending / ttft
         return busy
+
+    def retry_after_s(self, seq: Sequence, running: list[Sequence], now: float) -> float | None:
+        """How long until `seq` would be admissible: None if it is now, math.inf if never.
+
+        Running requests are assumed to finish at their promised pace (best effort: at its
+        minimum share of the steps), so the estimate errs long: a basis for Retry-After.
+        """
+        cfg = self.config
+        if self.utilization([*running, seq]) <= cfg.max_utilization:
+            return None
+        if self.utilization([seq]) > cfg.max_utilization:
+            return math.inf
+        speeds = [s for s in (self.terms(q).speed for q in [*running, seq]) if s is not None]
+        rate = max(speeds) / cfg.margin if speeds else 1.0 / cfg.max_step_s
+        ends = []
+        for other in running:
+            left = other.params.max_tokens or cfg.unbounded_max_tokens
+            left = max(0, left - other.num_output_tokens) + max(0, other.num_uncomputed_tokens - 1)
+            speed = self.terms(other).speed or cfg.min_share * rate
+            ends.append((left / speed, other))
+        ends.sort(key=lambda p: p[0])
+        remaining = list(running)
+        for wait, other in ends:
+            remaining.remove(other)
+            if self.utilization([*remaining, seq]) <= cfg.max_utilization:
+                return wait
+        return math.inf  # unreachable: alone it fits
 
     def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
         """Lowest value first: lowest rank, then cheapest, then the newest arrival."""
