@@ -370,3 +370,18 @@ def test_retry_after_estimates_when_a_waiting_request_fits():
     assert policy.retry_after_s(sup, running, 0.0) == pytest.approx(1.0)
     huge = StepCoefficients(0.001, 1.0, 0.0001, 0.0)  # 25 s of work per second: never
     assert TierPolicy(step_model=fitted(huge)).retry_after_s(sup, running, 0.0) == math.inf
+
+
+def test_utilization_is_the_same_through_the_per_step_cache():
+    tiers = ["free", "standard", "high", "ultra", "super", None]
+    seqs = [running_seq(f"r{i}", tiers[i % 6], 3 + i, 0.0) for i in range(30)]
+    seqs[4].num_computed_tokens = 2  # one still in prefill
+    warm = TierPolicy(step_model=fitted())
+    warm.order_running(seqs[:10], 0.0)
+    for n in range(10, 31):  # as the scheduler asks: running, then one admission at a time
+        fresh = TierPolicy(step_model=fitted())
+        assert warm.utilization(seqs[:n]) == pytest.approx(fresh.utilization(seqs[:n]))
+    other = seqs[5:]  # not a prefix of what was cached
+    assert warm.utilization(other) == pytest.approx(
+        TierPolicy(step_model=fitted()).utilization(other)
+    )

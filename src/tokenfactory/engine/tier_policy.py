@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tokenfactory.engine.policy import SchedulingPolicy, tier_rank
 from tokenfactory.engine.sequence import Sequence
 from tokenfactory.engine.step_model import CPU_PRIOR, StepCoefficients, StepTimeModel
@@ -93,6 +95,7 @@ class TierPolicy(SchedulingPolicy):
         self._terms: dict[str, RequestTerms] = {}
         self._cap: int | None = None  # this step's token budget, from order_running
         self._refused_rank = -1  # highest rank refused admission this step
+        self._load_cache: tuple | None = None  # utilization terms of this step's running
         self._target_s = self.config.max_step_s
 
     # ---- terms and schedule ---------------------------------------------------------------
@@ -238,19 +241,46 @@ class TierPolicy(SchedulingPolicy):
             return 0.0
         cfg = self.config
         c = self.model.coefficients
-        speeds = [s for s in (self.terms(q).speed for q in seqs) if s is not None]
-        rate = max(speeds) / cfg.margin if speeds else 1.0 / cfg.max_step_s
-        busy = rate * c.base_s
-        for seq in seqs:
+        # Within a step the scheduler asks about running + admitted so far + one candidate;
+        # the per-request terms of the prefix it asked about before are kept (numpy arrays).
+        cache = self._load_cache
+        if (
+            cache is not None
+            and cache[0] == self._steps
+            and cache[1] == c
+            and len(cache[2]) <= len(seqs)
+            and all(a is b for a, b in zip(cache[2], seqs, strict=False))
+        ):
+            base = cache[2]
+        else:
+            base = seqs[:-1]
+            self._load_cache = (self._steps, c, base, *self._loads(base, c))
+        _, _, _, speeds, per_token, prefill = self._load_cache
+        extra_speeds, extra_per_token, extra_prefill = self._loads(seqs[len(base) :], c)
+        speeds = np.concatenate([speeds, extra_speeds])
+        per_token = np.concatenate([per_token, extra_per_token])
+        rate = speeds.max() / cfg.margin if speeds.max() > 0 else 1.0 / cfg.max_step_s
+        tokens_per_s = np.maximum(speeds, cfg.min_share * rate)
+        busy = rate * c.base_s + float(tokens_per_s @ per_token) + prefill + extra_prefill
+        return float(busy)
+
+    def _loads(
+        self, seqs: list[Sequence], c: StepCoefficients
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Promised speeds (0: best effort), decode cost per token, summed prefill load."""
+        speeds = np.empty(len(seqs))
+        per_token = np.empty(len(seqs))
+        prefill = 0.0
+        for i, seq in enumerate(seqs):
             t = self.terms(seq)
-            floor = cfg.min_share * rate
-            tokens_per_s = max(t.speed or 0.0, floor)
-            busy += tokens_per_s * (c.per_decode_s + c.per_kv_token_s * seq.num_tokens)
+            speeds[i] = t.speed or 0.0
+            per_token[i] = c.per_decode_s + c.per_kv_token_s * seq.num_tokens
             pending = seq.num_uncomputed_tokens
             if pending > 1:
-                ttft = t.ttft_s or cfg.best_effort_ttft_s
-                busy += c.per_prefill_token_s * pending / ttft
-        return busy
+                prefill += (
+                    c.per_prefill_token_s * pending / (t.ttft_s or self.config.best_effort_ttft_s)
+                )
+        return speeds, per_token, prefill
 
     def retry_after_s(self, seq: Sequence, running: list[Sequence], now: float) -> float | None:
         """How long until `seq` would be admissible: None if it is now, math.inf if never.
