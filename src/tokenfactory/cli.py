@@ -355,6 +355,32 @@ def _batches(text: str | None) -> tuple[int, ...] | None:
 # Load generator: talks HTTP only; its options live with it in bench/serve/command.py.
 from tokenfactory.bench.serve.command import compare_command, serve_command  # noqa: E402
 
+
+@bench_app.command("http")
+def bench_http(
+    model: ModelOpt = None,
+    requests: Annotated[int, typer.Option(help="Concurrent streams")] = 64,
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request")] = 64,
+    output_len: Annotated[int, typer.Option(help="Output tokens per request")] = 128,
+    threads: ThreadsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
+) -> None:
+    """What the HTTP path costs: the same streams in-process and through `tokenfactory serve`."""
+    from tokenfactory.bench.http_overhead import measure, to_json
+
+    with err.status("engine in-process, then the server with concurrent streams..."):
+        result = measure(model, requests, prompt_len, output_len, threads)
+    err.print(
+        f"{requests} streams x {output_len} tokens: engine {result.engine_tokens_per_s:.0f} tok/s, "
+        f"server {result.server_tokens_per_s:.0f} tok/s -> {result.ratio:.1%} of the engine "
+        f"({result.server_errors} errors)"
+    )
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(to_json(result))
+        err.print(f"wrote {out}")
+
+
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
 
