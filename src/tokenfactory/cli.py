@@ -362,6 +362,7 @@ def bench_http(
     requests: Annotated[int, typer.Option(help="Concurrent streams")] = 64,
     prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request")] = 64,
     output_len: Annotated[int, typer.Option(help="Output tokens per request")] = 128,
+    rounds: Annotated[int, typer.Option(help="Alternating engine/server rounds")] = 3,
     threads: ThreadsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
 ) -> None:
@@ -369,11 +370,15 @@ def bench_http(
     from tokenfactory.bench.http_overhead import measure, to_json
 
     with err.status("engine in-process, then the server with concurrent streams..."):
-        result = measure(model, requests, prompt_len, output_len, threads)
+        result = measure(model, requests, prompt_len, output_len, threads, rounds)
     err.print(
-        f"{requests} streams x {output_len} tokens: engine {result.engine_tokens_per_s:.0f} tok/s, "
-        f"server {result.server_tokens_per_s:.0f} tok/s -> {result.ratio:.1%} of the engine "
-        f"({result.server_errors} errors)"
+        f"{requests} streams x {output_len} tokens, median of {rounds} alternating rounds: "
+        f"engine {result.engine_tokens_per_s:.0f} tok/s, server "
+        f"{result.server_tokens_per_s:.0f} tok/s -> {result.ratio:.1%} of the engine "
+        f"({result.server_errors} errors)\n  engine rounds: "
+        + ", ".join(f"{x:.0f}" for x in result.engine_tokens_per_s_each)
+        + "\n  server rounds: "
+        + ", ".join(f"{x:.0f}" for x in result.server_tokens_per_s_each)
     )
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

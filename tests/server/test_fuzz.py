@@ -35,7 +35,7 @@ def test_schemathesis_finds_no_server_error(tmp_path):
             "--request-timeout", "60",
             "--seed", "1",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
         counts = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
         assert counts and counts[1] == counts[2] and int(counts[1]) >= 200, proc.stdout[-3000:]

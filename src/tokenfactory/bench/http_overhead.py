@@ -13,11 +13,12 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -38,17 +39,21 @@ class OverheadResult:
     server_tokens_per_s: float
     ratio: float
     server_errors: int
+    rounds: int = 1
+    engine_tokens_per_s_each: list[float] = field(default_factory=list)
+    server_tokens_per_s_each: list[float] = field(default_factory=list)
 
 
-def prompts(n: int, length: int, vocab: int) -> list[list[int]]:
-    # distinct prompts so that the prefix cache helps neither side
-    return [[(31 * i + 7 * j + 11) % (vocab - 10) + 5 for j in range(length)] for i in range(n)]
+def prompts(n: int, length: int, vocab: int, salt: int = 0) -> list[list[int]]:
+    # distinct prompts (per request and per round) so that the prefix cache helps neither side
+    return [
+        [(31 * i + 7 * j + 1009 * salt + 11) % (vocab - 10) + 5 for j in range(length)]
+        for i in range(n)
+    ]
 
 
 def run_engine(engine: Engine, ids: list[list[int]], out: int) -> float:
     params = SamplingParams(temperature=0.0, max_tokens=out, ignore_eos=True)
-    warm = [[t + 1 for t in p] for p in ids]  # other prompts: the prefix cache stays cold
-    engine.generate(warm, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True))
     start = time.monotonic()
     done = engine.generate(ids, params)
     elapsed = time.monotonic() - start
@@ -56,81 +61,93 @@ def run_engine(engine: Engine, ids: list[list[int]], out: int) -> float:
     return elapsed
 
 
-async def _drive(base: str, key: str, model: str, ids: list[list[int]], out: int):
-    limits = httpx.Limits(max_connections=len(ids) + 4, max_keepalive_connections=len(ids) + 4)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=600) as client:
-        headers = {"Authorization": f"Bearer {key}"}
-        failures: list[str] = []
+async def _drive(client: httpx.AsyncClient, model: str, ids: list[list[int]], out: int):
+    failures: list[str] = []
 
-        async def one(prompt: list[int], max_tokens: int = out) -> int:
-            body = {
-                "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-            }
-            tokens = 0
-            async with client.stream("POST", "/v1/completions", json=body,
-                                     headers=headers) as r:
-                if r.status_code != 200:
-                    await r.aread()
-                    failures.append(f"{r.status_code} {r.text[:200]}")
-                    return -1
-                async for line in r.aiter_lines():
-                    if line.startswith("data: {"):
-                        chunk = json.loads(line[6:])
-                        if chunk.get("usage"):
-                            tokens = chunk["usage"]["completion_tokens"]
-            return tokens
+    async def one(prompt: list[int]) -> int:
+        body = {
+            "model": model, "prompt": prompt, "max_tokens": out, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+        }
+        tokens = 0
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                failures.append(f"{r.status_code} {r.text[:200]}")
+                return -1
+            async for line in r.aiter_lines():
+                # parse only the usage chunk: the client shares this machine's cores
+                if line.startswith("data: {") and '"usage":null' not in line:
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+        return tokens
 
-        # the same warm-up round as the engine gets, on prompts the timed round does not share
-        await asyncio.gather(*(one([t + 1 for t in p], 16) for p in ids))
-        start = time.monotonic()
-        counts = await asyncio.gather(*(one(p) for p in ids))
-        if failures:
-            print(f"{len(failures)} requests failed, first: {failures[0]}", file=sys.stderr)
-        return time.monotonic() - start, counts
+    start = time.monotonic()
+    counts = await asyncio.gather(*(one(p) for p in ids))
+    if failures:
+        print(f"{len(failures)} requests failed, first: {failures[0]}", file=sys.stderr)
+    return time.monotonic() - start, sum(1 for c in counts if c != out)
 
 
-def run_server(
-    model: str | None, ids: list[list[int]], out: int, max_num_seqs: int, threads: int | None
-) -> tuple[float, int]:
-    with tempfile.TemporaryDirectory() as tmp:
+class _Server:
+    """`tokenfactory serve` in a child process on a free loopback port."""
+
+    def __init__(self, model: str | None, max_num_seqs: int, threads: int | None):
+        self.tmp = tempfile.TemporaryDirectory()
+        tmp = Path(self.tmp.name)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         exe = Path(sys.executable).with_name("tokenfactory")
         # Promises any machine keeps: this measures the HTTP path, not which tiers open here.
-        tiers = Path(tmp) / "tiers.toml"
+        tiers = tmp / "tiers.toml"
         tiers.write_text(_open_tiers_toml())
-        cmd = [str(exe), "serve", "--port", str(port), "--data-dir", tmp, "--tiers", str(tiers),
-               "--max-num-seqs", str(max_num_seqs), "--probe-batches", "1"]
+        cmd = [str(exe), "serve", "--port", str(port), "--data-dir", str(tmp), "--tiers",
+               str(tiers), "--max-num-seqs", str(max_num_seqs), "--probe-batches", "1"]
         if model:
             cmd += ["--model", model]
         if threads:
             cmd += ["--threads", str(threads)]
-        log = open(Path(tmp) / "server.log", "wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(tmp) / "server.log").read_text())
-                try:
-                    if httpx.get(base + "/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
-            key = json.loads((Path(tmp) / "local-keys.json").read_text())["free"]
-            name = httpx.get(base + "/v1/models",
-                             headers={"Authorization": f"Bearer {key}"}).json()["data"][0]["id"]
-            elapsed, counts = asyncio.run(_drive(base, key, name, ids, out))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            log.close()
-    return elapsed, sum(1 for c in counts if c != out)
+        self.log = open(tmp / "server.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError((tmp / "server.log").read_text())
+            try:
+                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.key = json.loads((tmp / "local-keys.json").read_text())["free"]
+        models = httpx.get(self.base + "/v1/models", headers=self.headers).json()
+        self.model = models["data"][0]["id"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def run(self, ids: list[list[int]], out: int) -> tuple[float, int]:
+        async def go():
+            n = len(ids) + 4
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            async with httpx.AsyncClient(base_url=self.base, limits=limits, timeout=600,
+                                         headers=self.headers) as client:
+                return await _drive(client, self.model, ids, out)
+
+        return asyncio.run(go())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.log.close()
+        self.tmp.cleanup()
 
 
 def _open_tiers_toml() -> str:
@@ -151,24 +168,41 @@ def measure(
     prompt_len: int = 64,
     output_len: int = 128,
     threads: int | None = None,
+    rounds: int = 3,
 ) -> OverheadResult:
-    config = EngineConfig(max_num_seqs=requests, num_threads=threads)
-    engine = Engine.from_model_path(model, config)
-    ids = prompts(requests, prompt_len, engine.model_config.vocab_size)
-    engine_s = run_engine(engine, ids, output_len)
-    del engine  # free its KV cache before the server allocates its own
-    server_s, errors = run_server(model, ids, output_len, requests, threads)
+    """Alternate engine and server rounds (fresh prompts each round, so the prefix cache helps
+    neither) and compare medians: this machine's speed drifts more than the effect measured."""
+    server = _Server(model, requests, threads)
+    try:
+        engine = Engine.from_model_path(model, EngineConfig(max_num_seqs=requests,
+                                                            num_threads=threads))
+        vocab = engine.model_config.vocab_size
+        batches = [prompts(requests, prompt_len, vocab, salt=r) for r in range(2 * rounds + 2)]
+        run_engine(engine, batches[0], 16)  # warm-up, as the server's probe warmed it
+        server.run(batches[1], 16)
+        engine_s, server_s, errors = [], [], 0
+        for r in range(rounds):
+            engine_s.append(run_engine(engine, batches[2 + 2 * r], output_len))
+            elapsed, failed = server.run(batches[3 + 2 * r], output_len)
+            server_s.append(elapsed)
+            errors += failed
+    finally:
+        server.close()
+    e, s = statistics.median(engine_s), statistics.median(server_s)
     total = requests * output_len
     return OverheadResult(
         requests=requests,
         prompt_tokens=prompt_len,
         output_tokens=output_len,
-        engine_s=engine_s,
-        engine_tokens_per_s=total / engine_s,
-        server_s=server_s,
-        server_tokens_per_s=total / server_s,
-        ratio=engine_s / server_s,
+        engine_s=e,
+        engine_tokens_per_s=total / e,
+        server_s=s,
+        server_tokens_per_s=total / s,
+        ratio=e / s,
         server_errors=errors,
+        rounds=rounds,
+        engine_tokens_per_s_each=[total / x for x in engine_s],
+        server_tokens_per_s_each=[total / x for x in server_s],
     )
 
 

@@ -13,9 +13,9 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenfactory.engine.engine import Engine, RequestOutput
 from tokenfactory.engine.errors import EngineClosedError
@@ -23,6 +23,7 @@ from tokenfactory.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _END = object()  # stream sentinel: the request is over (finished or aborted)
 
 
@@ -35,11 +36,17 @@ class _Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
 class AsyncEngine:
     """Drive an `Engine` from a background thread; `generate` streams `RequestOutput`s."""
 
-    def __init__(self, engine: Engine, idle_wait_s: float = 0.05):
-        self.engine = engine
+    def __init__(self, engine: Engine | Callable[[], Engine], idle_wait_s: float = 0.05):
+        """`engine` may be a function that builds one: it then runs on the engine's thread,
+        so that loading, warm-up and serving all happen on one thread (see `call`)."""
         self._commands: queue.Queue[tuple[str, Any, concurrent.futures.Future | None]] = (
             queue.Queue()
         )
@@ -47,8 +54,19 @@ class AsyncEngine:
         self._idle_wait_s = idle_wait_s
         self._closed = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="tokenfactory-engine", daemon=True)
+        built: concurrent.futures.Future = concurrent.futures.Future()
+        if isinstance(engine, Engine):
+            self.engine = engine
+            built.set_result(engine)
+        self._thread = threading.Thread(
+            target=self._run, args=(engine, built), name="tokenfactory-engine", daemon=True
+        )
         self._thread.start()
+        try:
+            self.engine = built.result()
+        except BaseException:
+            self._closed = True
+            raise
 
     # -- public API (any thread / event loop) ----------------------------------------------------
 
@@ -111,6 +129,19 @@ class AsyncEngine:
         if not self._closed:
             self._commands.put(("abort", request_id, None))
 
+    def call(self, fn: Callable[[Engine], T], timeout: float | None = None) -> T:
+        """Run `fn(engine)` on the engine's own thread and return its result (blocking).
+
+        For work that drives the engine directly (a warm-up, a capacity probe): keeping every
+        model computation on one thread matters on CPUs, where each thread that runs parallel
+        torch ops gets its own OpenMP team and two teams on the same cores slow each other.
+        """
+        if self._closed:
+            raise EngineClosedError("the engine is shut down")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put(("call", fn, fut))
+        return fut.result(timeout)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop; unfinished requests end as aborted."""
         if self._closed:
@@ -124,6 +155,16 @@ class AsyncEngine:
         return self._thread.is_alive() and not self._closed
 
     # -- the loop thread ------------------------------------------------------------------------
+
+    def _run(self, engine: Engine | Callable[[], Engine], built: concurrent.futures.Future) -> None:
+        if not isinstance(engine, Engine):
+            try:
+                self.engine = engine()
+            except BaseException as exc:
+                built.set_exception(exc)
+                return
+            built.set_result(self.engine)
+        self._loop()
 
     def _loop(self) -> None:
         try:
@@ -139,10 +180,7 @@ class AsyncEngine:
                     log.exception("engine step failed")
                     self._fail_all(exc)
                     continue
-                for out in outputs:
-                    stream = self._streams.get(out.request_id)
-                    if stream is not None:
-                        stream.put(out)
+                self._deliver(outputs)
         finally:
             self._closed = True
             for rid in self.engine.unfinished_request_ids():
@@ -151,6 +189,20 @@ class AsyncEngine:
                 stream.put(_END)
             self._streams.clear()
             self._fail_pending_commands()
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their streams: one event-loop wake-up per loop, not per
+        request, so 64 streams cost the server's event loop one callback a step."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is not None:
+                batches.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                pass
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; False means stop. Blocks briefly when idle."""
@@ -166,6 +218,12 @@ class AsyncEngine:
                 return False
             if kind == "add":
                 self._apply_add(arg, fut)
+            elif kind == "call":
+                assert fut is not None
+                try:
+                    fut.set_result(arg(self.engine))
+                except Exception as exc:
+                    fut.set_exception(exc)
             elif kind == "abort":
                 if self.engine.abort(arg):
                     stream = self._streams.get(arg)

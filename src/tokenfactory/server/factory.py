@@ -57,6 +57,7 @@ class Factory:
         billing: Billing,
         capacity: Capacity,
         config: FactoryConfig,
+        async_engine: AsyncEngine | None = None,
     ):
         self.engine = engine
         self.catalog = catalog
@@ -67,7 +68,7 @@ class Factory:
         self.statuses: dict[str, TierStatus] = tier_statuses(catalog, capacity)
         for name, status in self.statuses.items():
             self.metrics.tier_open.labels(name).set(1 if status.available else 0)
-        self.async_engine = AsyncEngine(engine)
+        self.async_engine = async_engine or AsyncEngine(engine)
         self.in_flight: dict[str, Generation] = {}
         self.accepting = True
         self.fingerprint = f"tf-{secrets.token_hex(4)}"

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import uvicorn
 from rich.console import Console
 
 from tokenfactory.billing import Billing, default_data_dir
+from tokenfactory.engine.async_engine import AsyncEngine
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.server.app import create_app
@@ -62,9 +64,12 @@ def build_factory(
 ) -> Factory:
     console = console or Console(stderr=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else default_data_dir()
-    if engine is None:
-        with console.status("loading model..."):
-            engine = Engine.from_model_path(opts.model, opts.engine)
+    # The model is loaded, probed and served on the engine's own thread (AsyncEngine.call).
+    with console.status("loading model..."):
+        async_engine = AsyncEngine(
+            engine or (lambda: Engine.from_model_path(opts.model, opts.engine))
+        )
+    engine = async_engine.engine
     catalog: TierCatalog = load_tiers(opts.tiers_file, pick_preset(opts.tier_preset, engine))
     billing = Billing.open(catalog, opts.database_url, data_dir)
     reconciled = billing.reconcile_open_reservations(catalog)
@@ -78,8 +83,10 @@ def build_factory(
         console.print(f"saved, readable only by you, in {data_dir / 'local-keys.json'}")
     identity = str(opts.model or "embedded")
     with console.status("measuring what this hardware can promise..."):
-        capacity = load_or_measure(
-            engine, data_dir, identity, remeasure=opts.remeasure, batches=opts.probe_batches
+        capacity = async_engine.call(
+            lambda e: load_or_measure(
+                e, data_dir, identity, remeasure=opts.remeasure, batches=opts.probe_batches
+            )
         )
     name, aliases = served_names(engine, opts.served_model_name)
     factory = Factory(
@@ -88,6 +95,7 @@ def build_factory(
         billing,
         capacity,
         FactoryConfig(name, data_dir, max_waiting=opts.max_waiting, aliases=aliases),
+        async_engine,
     )
     _print_tiers(console, factory)
     return factory
@@ -114,6 +122,9 @@ def serve(opts: ServeOptions) -> None:
     console = Console(stderr=True)
     logging.basicConfig(level=opts.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     sock = _bind(opts.host, opts.port)  # fail fast, before loading anything, on a busy port
+    # The engine thread needs the GIL for a moment between torch ops; a short switch interval
+    # keeps the event loop's bursts (a step's worth of chunks) from stalling the model.
+    sys.setswitchinterval(0.001)
     factory = build_factory(opts, console)
     app = create_app(factory)
     config = uvicorn.Config(
