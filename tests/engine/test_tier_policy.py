@@ -385,3 +385,46 @@ def test_utilization_is_the_same_through_the_per_step_cache():
     assert warm.utilization(other) == pytest.approx(
         TierPolicy(step_model=fitted()).utilization(other)
     )
+
+
+# ---- shedding --------------------------------------------------------------------------------
+
+
+def test_sheddable_request_is_refused_on_arrival_only_when_capacity_is_gone():
+    cost = StepCoefficients(0.001, 0.01, 0.0001, 0.0)
+    policy = TierPolicy(step_model=fitted(cost))
+    sim = Sim(policy, cost=cost)
+
+    def add_free(rid: str) -> Sequence:
+        seq = sim.add(rid, "free", max_tokens=30)
+        seq.metadata["sheddable"] = True
+        return seq
+
+    # idle engine: free work is admitted, never shed
+    add_free("free0")
+    sim.step()
+    assert sim.seqs["free0"].finish_reason is None
+    # fill the engine with paid promises (three ultra + one super ~ 73% busy)
+    for i in range(3):
+        sim.add(f"ultra{i}", "ultra", max_tokens=200)
+    sim.add("super", "super", max_tokens=200)
+    sim.step()
+    sim.step()
+    assert policy.utilization(list(sim.sched.running)) > 0.5
+    # a second super does not fit: it waits (not sheddable); a free one is shed with a hint
+    sim.add("super2", "super", max_tokens=30)
+    add_free("free1")
+    plan = sim.step()
+    shed = [s for s in plan.finished if s.finish_reason is FinishReason.SHED]
+    assert [s.request_id for s in shed] == ["free1"]
+    assert 1.0 <= shed[0].metadata["retry_after_s"] <= policy.config.max_retry_after_s
+    assert sim.seqs["super2"].finish_reason is None  # paid work waits, it is never shed
+    assert sim.bm.num_free_blocks == sim.bm.num_blocks - sum(
+        len(s.block_table) for s in sim.sched.running
+    )
+
+
+def test_fcfs_and_priority_never_shed():
+    for name in ("fcfs", "priority"):
+        seq = Sequence("f", [1] * 8, SamplingParams(), metadata={"sheddable": True})
+        assert make_policy(name).shed(seq, [], 0.0) is None

@@ -58,6 +58,7 @@ class RequestOutput:
     first_token_time: float | None
     finished_time: float | None
     first_scheduled_time: float | None = None  # when it first ran: queue time = this - arrival
+    retry_after_s: float | None = None  # set when the request was shed on arrival
 
 
 @dataclass
@@ -330,6 +331,7 @@ class Engine:
             first_token_time=seq.first_token_time,
             finished_time=now,
             first_scheduled_time=seq.first_scheduled_time,
+            retry_after_s=seq.metadata.get("retry_after_s"),
         )
 
     def _postprocess(

@@ -46,6 +46,11 @@ class SchedulingPolicy(ABC):
         """
         return None
 
+    def shed(self, seq: Sequence, running: list[Sequence], now: float) -> float | None:
+        """Called for a request on arrival that `may_admit` refused: a number of seconds
+        (the Retry-After) ends it at once as shed; None lets it wait. Default: never shed."""
+        return None
+
 
 class FcfsPolicy(SchedulingPolicy):
     """First come, first served: arrival order everywhere, newest preempted first."""

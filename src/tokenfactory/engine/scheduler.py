@@ -211,6 +211,12 @@ class Scheduler:
                 finished.append(seq)
                 continue
             if not self.policy.may_admit(seq, list(self._running), now):
+                if seq.num_preemptions == 0 and seq.first_scheduled_time is None:
+                    retry = self.policy.shed(seq, list(self._running), now)
+                    if retry is not None:  # refused on arrival: no capacity for this tier
+                        seq.metadata["retry_after_s"] = retry
+                        self.finish(seq, FinishReason.SHED)
+                        finished.append(seq)
                 continue
             fresh = not seq.block_table
             cached = bm.allocate_prefix(seq) if fresh else 0

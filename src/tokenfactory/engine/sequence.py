@@ -20,6 +20,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # EOS, a stop string or a stop token
     LENGTH = "length"  # max_tokens or the context window
     ABORT = "abort"  # the caller went away or cancelled
+    SHED = "shed"  # refused on arrival: a sheddable tier and no capacity (see the policy)
 
 
 @dataclass(eq=False)

@@ -51,6 +51,7 @@ class TierPolicyConfig:
     best_effort_ttft_s: float = 60.0  # TTFT "deadline" for requests without a promise
     value_unit: float = 1_000_000.0  # output price (micro-USD per Mtok) worth one weight step
     unbounded_max_tokens: int = 1024  # tokens assumed left for a request without max_tokens
+    max_retry_after_s: float = 60.0  # the longest Retry-After a shed request is told
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class TierPolicy(SchedulingPolicy):
         self._terms: dict[str, RequestTerms] = {}
         self._cap: int | None = None  # this step's token budget, from order_running
         self._refused_rank = -1  # highest rank refused admission this step
+        self._refused_seq: Sequence | None = None  # the request refused at that rank
         self._load_cache: tuple | None = None  # utilization terms of this step's running
         self._target_s = self.config.max_step_s
 
@@ -203,7 +205,7 @@ class TierPolicy(SchedulingPolicy):
             needed = sum(math.ceil(n / max(1.0, left / step_s - 1)) for left, n in urgent)
         prefill_tokens = max(prefill_tokens, needed)
         self._cap = len(carried) + prefill_tokens
-        self._refused_rank = -1
+        self._refused_rank, self._refused_seq = -1, None
         prefill.sort(key=lambda s: self.urgency(s, now))
         # Decodes first so that the cap's prefill share goes to prompts, most urgent first.
         return carried + prefill
@@ -226,7 +228,8 @@ class TierPolicy(SchedulingPolicy):
             return False
         if self.utilization([*running, seq]) <= cfg.max_utilization:
             return True
-        self._refused_rank = max(self._refused_rank, rank)
+        if rank > self._refused_rank:
+            self._refused_rank, self._refused_seq = rank, seq
         return False
 
     def utilization(self, seqs: list[Sequence]) -> float:
@@ -308,6 +311,21 @@ class TierPolicy(SchedulingPolicy):
             if self.utilization([*remaining, seq]) <= cfg.max_utilization:
                 return wait
         return math.inf  # unreachable: alone it fits
+
+    def shed(self, seq: Sequence, running: list[Sequence], now: float) -> float | None:
+        """A sheddable request (metadata "sheddable") that cannot be admitted on arrival is
+        refused at once, with the model's estimate of when it could be (capped)."""
+        if not seq.metadata.get("sheddable"):
+            return None
+        retry = self.retry_after_s(seq, running, now)
+        if retry is None:
+            # It would fit, but better-paid work is already waiting for capacity: capacity is
+            # gone for this tier too. Hint when that waiting request could start.
+            waiting = self._refused_seq
+            if waiting is None or self.terms(waiting).rank <= self.terms(seq).rank:
+                return None
+            retry = self.retry_after_s(waiting, running, now) or 1.0
+        return min(max(retry, 1.0), self.config.max_retry_after_s)
 
     def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
         """Lowest value first: lowest rank, then cheapest, then the newest arrival."""

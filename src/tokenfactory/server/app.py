@@ -160,11 +160,47 @@ async def _complete(
     shaper = ResponseShaper(
         kind, gen.request_id, body.model, int(time.time()), engine.tokenizer, factory.fingerprint
     )
+    if tier.sheddable:
+        # A sheddable request may be refused on arrival when capacity is gone; that must be
+        # a 429, so wait for the engine's first word before choosing the response.
+        await _first_output_or_shed(factory, gen, request)
     if prepared.stream:
         return SSEResponse(
             _stream(gen, shaper, prepared), on_disconnect=gen.abort, headers=headers, generation=gen
         )
     return await _whole(gen, shaper, request, headers)
+
+
+async def _first_output_or_shed(factory: Factory, gen: Generation, request: Request) -> None:
+    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    peek = asyncio.ensure_future(gen.peek())
+    try:
+        done, _ = await asyncio.wait({peek, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        peek.cancel()
+        gen.settle("error", error="cancelled while queued")
+        raise
+    finally:
+        watcher.cancel()
+    if peek not in done:  # the client left while the request was queued
+        peek.cancel()
+        gen.client_disconnected = True
+        gen.settle("disconnected", client_disconnected=True)
+        raise errors.APIError(499, "client disconnected", "invalid_request_error")
+    first = peek.result()
+    if first is not None and first.finish_reason == "shed":
+        await gen.close_stream()
+        gen.settle("shed")
+        retry = first.retry_after_s or 1.0
+        raise errors.APIError(
+            429,
+            f"The {gen.tier.name} tier is shed under the current load: there is no capacity to "
+            f"serve it now. Retry after about {retry:.0f} s, or use a paid tier.",
+            "rate_limit_exceeded",
+            "tier_overloaded",
+            "service_tier",
+            {"retry-after": str(max(1, int(retry + 0.999)))},
+        )
 
 
 async def _whole(

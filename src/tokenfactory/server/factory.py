@@ -169,6 +169,7 @@ class Factory:
                     "promised_tokens_per_s": tier.tokens_per_s,
                     "promised_ttft_s": tier.ttft_s,
                     "output_price": tier.output_price,
+                    "sheddable": tier.sheddable,
                     "received_at": received_at,
                 },
             )
@@ -248,13 +249,14 @@ class Generation:
     client_disconnected: bool = False
     settled_tier: Tier | None = None
     _settled: bool = False
+    _iter: AsyncIterator[RequestOutput] | None = None
+    _peeked: list[RequestOutput] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.prepared.prompt_ids)
 
-    async def outputs(self) -> AsyncIterator[RequestOutput]:
-        """The engine's deltas; the caller counts what it delivered with `delivered`."""
+    async def _engine_outputs(self) -> AsyncIterator[RequestOutput]:
         stream = self.factory.async_engine.outputs(self.request_id)
         async with contextlib.aclosing(stream) as outputs:
             async for out in outputs:
@@ -262,6 +264,34 @@ class Generation:
                     self.first_scheduled_time = out.first_scheduled_time
                 self.cached_tokens = out.cached_tokens
                 yield out
+
+    def _source(self) -> AsyncIterator[RequestOutput]:
+        if self._iter is None:
+            self._iter = self._engine_outputs()
+        return self._iter
+
+    async def peek(self) -> RequestOutput | None:
+        """Wait for the first delta (None if the stream ended first); `outputs` yields it too."""
+        try:
+            out = await self._source().__anext__()
+        except StopAsyncIteration:
+            return None
+        self._peeked.append(out)
+        return out
+
+    async def close_stream(self) -> None:
+        await self._source().aclose()  # type: ignore[attr-defined]
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        """The engine's deltas; the caller counts what it delivered with `delivered`."""
+        src = self._source()
+        try:
+            while self._peeked:
+                yield self._peeked.pop(0)
+            async for out in src:
+                yield out
+        finally:
+            await src.aclose()  # type: ignore[attr-defined]
 
     def delivered(self, out: RequestOutput) -> None:
         """Count a delta as delivered to the client (called once it was handed over)."""
