@@ -386,6 +386,46 @@ def bench_http(
         err.print(f"wrote {out}")
 
 
+@bench_app.command("policies")
+def bench_policies(
+    policies: Annotated[str, typer.Option(help="Policies to compare")] = "fcfs,priority,tier",
+    sweep: Annotated[str, typer.Option(help="fcfs rates (req/s) to find 100% load")] = (
+        "0.5,1,2,4"
+    ),
+    levels: Annotated[str, typer.Option(help="Load levels, as shares of 100%")] = (
+        "0.5,1,1.5,2"
+    ),
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals per point")] = 60.0,
+    input_len: Annotated[str, typer.Option(help="Prompt lengths")] = "lognormal:160,0.6",
+    output_len: Annotated[str, typer.Option(help="Output lengths")] = "lognormal:48,0.5",
+    out_dir: Annotated[Path, typer.Option(help="Reports go here")] = Path(
+        "bench-results/policies"
+    ),
+) -> None:
+    """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
+    from tokenfactory.bench.policy_compare import (
+        PolicyBenchOptions,
+        markdown,
+        plot_speeds,
+        run,
+    )
+
+    opts = PolicyBenchOptions(
+        policies=tuple(policies.split(",")),
+        sweep_rates=tuple(float(x) for x in sweep.split(",")),
+        load_levels=tuple(float(x) for x in levels.split(",")),
+        duration_s=duration,
+        input_len=input_len,
+        output_len=output_len,
+        out_dir=out_dir,
+    )
+    result = run(opts, log=err.print)
+    print(markdown(result))
+    if 1.5 in opts.load_levels:
+        plot_speeds(out_dir, 1.5, opts.policies, out_dir / "speeds-150.png")
+        err.print(f"wrote {out_dir / 'speeds-150.png'}")
+
+
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
 

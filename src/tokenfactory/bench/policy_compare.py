@@ -1,0 +1,198 @@
+"""Scheduling policies side by side: fcfs, priority and tier under the same tiered load.
+
+For each policy a fresh `tokenfactory serve --policy P` runs on this machine (shipped tiers,
+the preset for its device); `tokenfactory bench serve` drives it with the same seeded tier mix
+and lengths at several request rates. 100% load is the highest rate of a sweep at which fcfs
+keeps every paid promise; the comparison then runs every policy at 50/100/150/200% of it.
+Everything goes through HTTP, as a customer sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+MIX = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02"
+PAID = ("standard", "high", "ultra", "super")
+
+
+@dataclass
+class PolicyBenchOptions:
+    policies: tuple[str, ...] = ("fcfs", "priority", "tier")
+    sweep_rates: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+    load_levels: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    duration_s: float = 60.0
+    input_len: str = "lognormal:160,0.6"
+    output_len: str = "lognormal:48,0.5"
+    mix: str = MIX
+    seed: int = 0
+    out_dir: Path = Path("bench-results/policies")
+    extra_serve_args: list[str] = field(default_factory=list)
+
+
+def _exe() -> str:
+    return str(Path(sys.executable).with_name("tokenfactory"))
+
+
+class _Factory:
+    def __init__(self, policy: str, data_dir: Path, extra: list[str]):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data_dir = data_dir
+        self.log = open(data_dir / f"serve-{policy}.log", "wb")
+        cmd = [_exe(), "serve", "--port", str(self.port), "--data-dir", str(data_dir),
+               "--policy", policy, *extra]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 600
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((data_dir / f"serve-{policy}.log").read_text())
+            try:
+                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _load(factory: _Factory, rate: float, opts: PolicyBenchOptions, out: Path) -> dict:
+    cmd = [
+        _exe(), "bench", "serve", "--base-url", factory.base, "--workload", "random",
+        "--input-len", opts.input_len, "--output-len", opts.output_len,
+        "--request-rate", str(rate), "--duration", str(opts.duration_s),
+        "--num-prompts", str(max(8, int(rate * opts.duration_s * 2))),
+        "--tier-mix", opts.mix, "--tier-keys", str(factory.data_dir / "local-keys.json"),
+        "--seed", str(opts.seed), "--out", str(out), "--no-progress", "--no-html",
+        "--timeout", "600",
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def summarize(report: dict) -> dict:
+    run = report["runs"][0]
+    tiers = run["summary"]["tiers"]
+    overall = run["summary"]["overall"]
+    return {
+        "rate": run["request_rate"],
+        "duration_s": run["duration_s"],
+        "attainment": {t: tiers[t]["promise"]["attainment"] for t in tiers},
+        "ttft_p99_s": {t: (tiers[t]["ttft_ms"]["p99"] or 0) / 1000 for t in tiers},
+        "revenue_usd_per_s": overall["revenue"]["usd_per_s"],
+        "output_tokens_per_s": overall["throughput"]["output_tokens_per_s"],
+        "errors": overall["errors"]["by_status"],
+    }
+
+
+def paid_kept(summary: dict, level: float = 0.99) -> bool:
+    att = summary["attainment"]
+    return all(att.get(t, 1.0) >= level for t in PAID if t in att)
+
+
+def run(opts: PolicyBenchOptions, log=print) -> dict:
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
+                    "levels": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        fcfs = _Factory("fcfs", Path(tmp), opts.extra_serve_args)
+        try:
+            for rate in opts.sweep_rates:
+                s = summarize(_load(fcfs, rate, opts, opts.out_dir / f"sweep-{rate}.json"))
+                result["sweep"].append(s)
+                log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
+        finally:
+            fcfs.close()
+    kept = [s["rate"] for s in result["sweep"] if paid_kept(s)]
+    base = max(kept) if kept else min(opts.sweep_rates)
+    result["rate_100"] = base
+    result["rate_100_found"] = bool(kept)
+    for policy in opts.policies:
+        with tempfile.TemporaryDirectory() as tmp:
+            factory = _Factory(policy, Path(tmp), opts.extra_serve_args)
+            try:
+                for level in opts.load_levels:
+                    rate = round(base * level, 4)
+                    path = opts.out_dir / f"{policy}-{int(level * 100)}.json"
+                    s = summarize(_load(factory, rate, opts, path))
+                    result["levels"].setdefault(policy, {})[str(level)] = s
+                    log(f"{policy} {int(level * 100)}% (rate {rate}): revenue "
+                        f"${s['revenue_usd_per_s']:.6f}/s, out {s['output_tokens_per_s']:.1f} "
+                        f"tok/s, attainment {s['attainment']}")
+            finally:
+                factory.close()
+    (opts.out_dir / "policies.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+TIERS_ORDER = ("free", "standard", "high", "ultra", "super")
+
+
+def markdown(result: dict) -> str:
+    """The comparison as a markdown table: one row per load level and policy."""
+    head = (
+        "| load | policy | " + " | ".join(f"{t} attained" for t in TIERS_ORDER)
+        + " | revenue $/s | output tok/s | TTFT p99 s (free / standard / high / ultra / super) |"
+    )
+    lines = [head, "|" + "---|" * (len(TIERS_ORDER) + 5)]
+    levels = sorted({lvl for p in result["levels"].values() for lvl in p}, key=float)
+    for level in levels:
+        for policy, by_level in result["levels"].items():
+            s = by_level.get(level)
+            if s is None:
+                continue
+            att = [s["attainment"].get(t) for t in TIERS_ORDER]
+            ttft = [s["ttft_p99_s"].get(t) for t in TIERS_ORDER]
+            lines.append(
+                f"| {int(float(level) * 100)}% ({s['rate']:g}/s) | {policy} | "
+                + " | ".join("-" if a is None else f"{a:.0%}" for a in att)
+                + f" | {s['revenue_usd_per_s']:.6f} | {s['output_tokens_per_s']:.1f} | "
+                + " / ".join("-" if x is None else f"{x:.1f}" for x in ttft)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def plot_speeds(out_dir: Path, level: float, policies: tuple[str, ...], path: Path) -> None:
+    """Per-tier decode speed of each request against its start time, one panel per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(policies), figsize=(5 * len(policies), 3.6), sharey=True)
+    for ax, policy in zip(axes, policies, strict=True):
+        report = json.loads((out_dir / f"{policy}-{int(level * 100)}.json").read_text())
+        for tier in TIERS_ORDER:
+            pts = [(r["start_s"], r["decode_tokens_per_s"]) for r in report["runs"][0]["requests"]
+                   if r["tier"] == tier and r["ok"] and r["decode_tokens_per_s"]]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.scatter(xs, ys, s=10, label=tier)
+        ax.set_title(f"{policy}, {int(level * 100)}% load")
+        ax.set_xlabel("request start (s)")
+        ax.set_yscale("log")
+    axes[0].set_ylabel("decode tokens/s per request")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
