@@ -428,3 +428,17 @@ def test_fcfs_and_priority_never_shed():
     for name in ("fcfs", "priority"):
         seq = Sequence("f", [1] * 8, SamplingParams(), metadata={"sheddable": True})
         assert make_policy(name).shed(seq, [], 0.0) is None
+
+
+def test_a_request_too_fast_for_the_machine_still_runs_when_the_engine_drains():
+    # 50 ms per step: a 25 tokens/s promise cannot be kept even alone; it must not wait forever
+    cost = StepCoefficients(0.05, 0.002, 0.0001, 0.0)
+    policy = TierPolicy(step_model=fitted(cost))
+    sim = Sim(policy, cost=cost)
+    sim.add("std", "standard", max_tokens=20)
+    sim.step()
+    sim.add("super", "super", max_tokens=10)
+    sim.add("free", "free", max_tokens=10)
+    sim.run(max_steps=5_000)
+    for rid in ("std", "super", "free"):
+        assert sim.seqs[rid].num_output_tokens > 0, rid

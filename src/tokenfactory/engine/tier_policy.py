@@ -219,6 +219,10 @@ class TierPolicy(SchedulingPolicy):
     def may_admit(self, seq: Sequence, running: list[Sequence], now: float) -> bool:
         cfg = self.config
         rank = self.terms(seq).rank
+        if not running:
+            # An idle engine takes anything: a request whose promise cannot be kept even
+            # alone must still run (at the best speed there is), never wait forever.
+            return True
         if rank == 0 and cfg.min_free_running > 0:
             lowest = sum(1 for s in running if self.terms(s).rank == 0)
             if lowest < cfg.min_free_running:
