@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import httpx
 
+from tokenfactory.bench.local_factory import LocalFactory
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
@@ -91,75 +86,30 @@ async def _drive(client: httpx.AsyncClient, model: str, ids: list[list[int]], ou
 
 
 class _Server:
-    """`tokenfactory serve` in a child process on a free loopback port."""
+    """The factory through HTTP: all tiers open, so only the HTTP path is measured."""
 
     def __init__(self, model: str | None, max_num_seqs: int, threads: int | None):
-        self.tmp = tempfile.TemporaryDirectory()
-        tmp = Path(self.tmp.name)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        exe = Path(sys.executable).with_name("tokenfactory")
-        # Promises any machine keeps: this measures the HTTP path, not which tiers open here.
-        tiers = tmp / "tiers.toml"
-        tiers.write_text(_open_tiers_toml())
-        cmd = [str(exe), "serve", "--port", str(port), "--data-dir", str(tmp), "--tiers",
-               str(tiers), "--max-num-seqs", str(max_num_seqs), "--probe-batches", "1"]
+        args = ["--max-num-seqs", str(max_num_seqs), "--probe-batches", "1"]
         if model:
-            cmd += ["--model", model]
+            args += ["--model", model]
         if threads:
-            cmd += ["--threads", str(threads)]
-        self.log = open(tmp / "server.log", "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError((tmp / "server.log").read_text())
-            try:
-                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.key = json.loads((tmp / "local-keys.json").read_text())["free"]
-        models = httpx.get(self.base + "/v1/models", headers=self.headers).json()
-        self.model = models["data"][0]["id"]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
+            args += ["--threads", str(threads)]
+        self.factory = LocalFactory(args, open_tiers=True)
+        self.headers = {"Authorization": f"Bearer {self.factory.key('free')}"}
+        self.model = self.factory.model()
 
     def run(self, ids: list[list[int]], out: int) -> tuple[float, int]:
         async def go():
             n = len(ids) + 4
             limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-            async with httpx.AsyncClient(base_url=self.base, limits=limits, timeout=600,
-                                         headers=self.headers) as client:
+            async with httpx.AsyncClient(base_url=self.factory.base, limits=limits,
+                                         timeout=600, headers=self.headers) as client:
                 return await _drive(client, self.model, ids, out)
 
         return asyncio.run(go())
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-        self.log.close()
-        self.tmp.cleanup()
-
-
-def _open_tiers_toml() -> str:
-    from tokenfactory.tiers import load_tiers
-
-    lines = []
-    catalog = load_tiers()
-    for t in catalog.tiers:
-        lines.append(f"[tiers.{t.name}]")
-    lines.append("[presets.cpu]")
-    lines += [f"{t.name} = {{ tokens_per_s = 0.01, ttft_s = 3600 }}" for t in catalog.tiers]
-    return "\n".join(lines) + "\n"
+        self.factory.close()
 
 
 def measure(

@@ -10,17 +10,12 @@ Everything goes through HTTP, as a customer sees it.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from tokenfactory.bench.local_factory import LocalFactory
 
 MIX = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02"
 PAID = ("standard", "high", "ultra", "super")
@@ -44,45 +39,13 @@ def _exe() -> str:
     return str(Path(sys.executable).with_name("tokenfactory"))
 
 
-class _Factory:
-    def __init__(self, policy: str, data_dir: Path, extra: list[str]):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.data_dir = data_dir
-        self.log = open(data_dir / f"serve-{policy}.log", "wb")
-        cmd = [_exe(), "serve", "--port", str(self.port), "--data-dir", str(data_dir),
-               "--policy", policy, *extra]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 600
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((data_dir / f"serve-{policy}.log").read_text())
-            try:
-                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-def _load(factory: _Factory, rate: float, opts: PolicyBenchOptions, out: Path) -> dict:
+def _load(factory: LocalFactory, rate: float, opts: PolicyBenchOptions, out: Path) -> dict:
     cmd = [
         _exe(), "bench", "serve", "--base-url", factory.base, "--workload", "random",
         "--input-len", opts.input_len, "--output-len", opts.output_len,
         "--request-rate", str(rate), "--duration", str(opts.duration_s),
         "--num-prompts", str(max(8, int(rate * opts.duration_s * 2))),
-        "--tier-mix", opts.mix, "--tier-keys", str(factory.data_dir / "local-keys.json"),
+        "--tier-mix", opts.mix, "--tier-keys", str(factory.keys_path),
         "--seed", str(opts.seed), "--out", str(out), "--no-progress", "--no-html",
         "--timeout", "600",
     ]
@@ -114,33 +77,31 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
                     "levels": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        fcfs = _Factory("fcfs", Path(tmp), opts.extra_serve_args)
-        try:
-            for rate in opts.sweep_rates:
-                s = summarize(_load(fcfs, rate, opts, opts.out_dir / f"sweep-{rate}.json"))
-                result["sweep"].append(s)
-                log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
-        finally:
-            fcfs.close()
+    fcfs = LocalFactory(["--policy", "fcfs", *opts.extra_serve_args])
+    try:
+        for rate in opts.sweep_rates:
+            s = summarize(_load(fcfs, rate, opts, opts.out_dir / f"sweep-{rate}.json"))
+            result["sweep"].append(s)
+            log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
+    finally:
+        fcfs.close()
     kept = [s["rate"] for s in result["sweep"] if paid_kept(s)]
     base = max(kept) if kept else min(opts.sweep_rates)
     result["rate_100"] = base
     result["rate_100_found"] = bool(kept)
     for policy in opts.policies:
-        with tempfile.TemporaryDirectory() as tmp:
-            factory = _Factory(policy, Path(tmp), opts.extra_serve_args)
-            try:
-                for level in opts.load_levels:
-                    rate = round(base * level, 4)
-                    path = opts.out_dir / f"{policy}-{int(level * 100)}.json"
-                    s = summarize(_load(factory, rate, opts, path))
-                    result["levels"].setdefault(policy, {})[str(level)] = s
-                    log(f"{policy} {int(level * 100)}% (rate {rate}): revenue "
-                        f"${s['revenue_usd_per_s']:.6f}/s, out {s['output_tokens_per_s']:.1f} "
-                        f"tok/s, attainment {s['attainment']}")
-            finally:
-                factory.close()
+        factory = LocalFactory(["--policy", policy, *opts.extra_serve_args])
+        try:
+            for level in opts.load_levels:
+                rate = round(base * level, 4)
+                path = opts.out_dir / f"{policy}-{int(level * 100)}.json"
+                s = summarize(_load(factory, rate, opts, path))
+                result["levels"].setdefault(policy, {})[str(level)] = s
+                log(f"{policy} {int(level * 100)}% (rate {rate}): revenue "
+                    f"${s['revenue_usd_per_s']:.6f}/s, out {s['output_tokens_per_s']:.1f} "
+                    f"tok/s, attainment {s['attainment']}")
+        finally:
+            factory.close()
     (opts.out_dir / "policies.json").write_text(json.dumps(result, indent=2))
     return result
 

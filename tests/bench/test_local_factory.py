@@ -1,0 +1,12 @@
+"""The open tiers file the HTTP benchmarks serve with: every shipped tier, trivially keepable."""
+
+import tomllib
+
+from tokenfactory.bench.local_factory import open_tiers_toml
+from tokenfactory.tiers import load_tiers, parse_tiers
+
+
+def test_open_tiers_keep_the_shipped_names_and_promise_almost_nothing():
+    catalog = parse_tiers(tomllib.loads(open_tiers_toml()), "cpu")
+    assert catalog.names == load_tiers().names
+    assert all(t.tokens_per_s <= 0.01 and t.ttft_s >= 3600 for t in catalog.tiers)
