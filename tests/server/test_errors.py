@@ -67,6 +67,9 @@ def test_invalid_request_names_the_param(factory_server, body, param):
 def test_bad_json_and_bad_completion_prompts(factory_server):
     _error(_post(factory_server, None, raw=b"{not json"), 400)
     _error(_post(factory_server, None, raw=b"[1, 2]"), 400)
+    garbage = _error(_post(factory_server, None, raw=b"\xff\xfe\x00", path="/v1/completions"),
+                     400)
+    assert "None" not in garbage["message"]
     p = "/v1/completions"
     _error(_post(factory_server, {"model": MODEL, "prompt": ""}, path=p), 400, param="prompt")
     _error(_post(factory_server, {"model": MODEL, "prompt": [10**9]}, path=p), 400, param="prompt")

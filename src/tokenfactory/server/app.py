@@ -439,6 +439,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             err = errors.invalid_request("We could not parse the JSON body of your request.")
+        elif param is None:
+            err = errors.invalid_request(f"The request body must be a JSON object: {msg}.")
         elif first.get("type") == "missing":
             err = errors.invalid_request(f"Missing required parameter: '{param}'.", param)
         else:
