@@ -10,3 +10,8 @@ def test_open_tiers_keep_the_shipped_names_and_promise_almost_nothing():
     catalog = parse_tiers(tomllib.loads(open_tiers_toml()), "cpu")
     assert catalog.names == load_tiers().names
     assert all(t.tokens_per_s <= 0.01 and t.ttft_s >= 3600 for t in catalog.tiers)
+    shipped = load_tiers()
+    for t in catalog.tiers:  # same prices, so billing checks against the shipped file hold
+        s = shipped[t.name]
+        assert (t.input_price, t.cached_input_price, t.output_price, t.sheddable) == (
+            s.input_price, s.cached_input_price, s.output_price, s.sheddable)

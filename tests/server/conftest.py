@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tokenfactory.bench.local_factory import open_tiers_toml
+
 MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -69,42 +71,11 @@ class ServerProcess:
         return self.proc.returncode
 
 
-# Promises any machine keeps, so that the tests do not depend on how fast (or how loaded) the
-# machine running them is; the shipped presets are tested through /v1/tiers and unit tests.
-LOOSE_TIERS = """
-default_tier = "standard"
-[tiers.free]
-sheddable = true
-[tiers.standard]
-input_usd_per_mtok = "0.75"
-cached_input_usd_per_mtok = "0.075"
-output_usd_per_mtok = "3"
-[tiers.high]
-input_usd_per_mtok = "1.5"
-cached_input_usd_per_mtok = "0.15"
-output_usd_per_mtok = "6"
-[tiers.ultra]
-input_usd_per_mtok = "11.25"
-cached_input_usd_per_mtok = "1.125"
-output_usd_per_mtok = "45"
-[tiers.super]
-input_usd_per_mtok = "37.5"
-cached_input_usd_per_mtok = "3.75"
-output_usd_per_mtok = "150"
-[presets.cpu]
-free = { tokens_per_s = 0.01, ttft_s = 600 }
-standard = { tokens_per_s = 0.02, ttft_s = 600 }
-high = { tokens_per_s = 0.03, ttft_s = 600 }
-ultra = { tokens_per_s = 0.04, ttft_s = 600 }
-super = { tokens_per_s = 0.05, ttft_s = 600 }
-"""
-
-
 def start_server(data_dir: Path, *extra: str, timeout: float = 240) -> ServerProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     if "--tiers" not in extra:
         tiers = data_dir / "loose-tiers.toml"
-        tiers.write_text(LOOSE_TIERS)
+        tiers.write_text(open_tiers_toml())  # tests must not depend on this machine's speed
         extra = ("--tiers", str(tiers), *extra)
     port = free_port()
     log_path = data_dir / f"server-{port}.log"

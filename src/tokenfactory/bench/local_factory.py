@@ -20,11 +20,21 @@ import httpx
 
 
 def open_tiers_toml() -> str:
-    """The shipped tiers with promises any machine keeps: for measuring something else."""
+    """The shipped tiers and prices with promises any machine keeps: for measuring (or
+    testing) something other than which tiers this machine can open."""
     from tokenfactory.tiers import load_tiers
 
     catalog = load_tiers()
-    lines = [f"[tiers.{t.name}]" for t in catalog.tiers]
+    lines = [f'default_tier = "{catalog.default_tier}"']
+    for t in catalog.tiers:
+        price = t.as_dict()["price_usd_per_mtok"]
+        lines += [
+            f"[tiers.{t.name}]",
+            f'input_usd_per_mtok = "{price["input"]}"',
+            f'cached_input_usd_per_mtok = "{price["cached_input"]}"',
+            f'output_usd_per_mtok = "{price["output"]}"',
+            f"sheddable = {'true' if t.sheddable else 'false'}",
+        ]
     lines.append("[presets.cpu]")
     lines += [f"{t.name} = {{ tokens_per_s = 0.01, ttft_s = 3600 }}" for t in catalog.tiers]
     return "\n".join(lines) + "\n"

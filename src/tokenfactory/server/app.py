@@ -27,6 +27,7 @@ from tokenfactory.server.factory import Factory, Generation
 from tokenfactory.server.prepare import PreparedRequest, prepare_chat, prepare_completion
 from tokenfactory.server.responses import DONE, ResponseShaper
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
+from tokenfactory.tiers import OPENAI_ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +380,6 @@ def _tiers_body(factory: Factory) -> dict:
     cap = factory.capacity
     data = []
     aliases: dict[str, list[str]] = {}
-    from tokenfactory.tiers import OPENAI_ALIASES
-
     for alias, name in OPENAI_ALIASES.items():
         aliases.setdefault(name, []).append(alias)
     for tier in factory.catalog.tiers:
