@@ -41,6 +41,21 @@ def test_recovers_synthetic_coefficients():
     assert model.predict(32, 0, 32 * 300) == pytest.approx(TRUE.predict(32, 0, 32 * 300), rel=0.05)
 
 
+def test_learns_the_fixed_cost_of_a_step_that_computes_prompt_tokens():
+    # Decode-only steps take a faster path than mixed ones: one fixed cost per prefill step.
+    mixed = StepCoefficients(0.02, 0.001, 0.0005, 1e-7, prefill_step_s=0.03)
+    model = StepTimeModel(skip_first=0)
+    for t, d, p, kv in synthetic_steps(mixed, 400, noise=0.02):
+        model.observe(t, d, p, kv)
+    got = model.coefficients
+    assert got.prefill_step_s == pytest.approx(0.03, rel=0.15)
+    assert got.base_s == pytest.approx(0.02, rel=0.15)
+    # a small prompt chunk costs the fixed cost, not just its tokens
+    assert model.predict(4, 16, 800) - model.predict(4, 0, 800) == pytest.approx(
+        0.03 + 16 * 0.0005, rel=0.15
+    )
+
+
 def test_sliding_window_follows_a_change():
     model = StepTimeModel(window=200, skip_first=0)
     for t, d, p, kv in synthetic_steps(TRUE, 300, seed=1):

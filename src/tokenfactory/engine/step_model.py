@@ -1,6 +1,6 @@
 """Step-time model: how long an engine step takes, fitted online from measured steps.
 
-    step_s ~ a + b * decode_seqs + c * prefill_tokens + d * kv_tokens_read
+    step_s ~ a + b * decode_seqs + c * prefill_tokens + d * kv_tokens_read + e * [prefill > 0]
 
 Least squares over a sliding window of recent steps, regularised toward a prior so that the
 model is usable before any data and never swings wildly on a handful of similar steps (a
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-NUM_FEATURES = 4  # 1, decode sequences, prefill tokens, KV tokens read
+NUM_FEATURES = 5  # 1, decode sequences, prefill tokens, KV tokens read, any prefill
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,19 @@ class StepCoefficients:
     per_decode_s: float  # b: per decoding sequence (weights are read once, so this is small)
     per_prefill_token_s: float  # c: per prompt token computed
     per_kv_token_s: float  # d: per K/V token attended over
+    # e: what a step pays once for computing any prompt tokens: decode-only steps take a
+    # faster path (the skinny CPU kernels, CUDA graphs), mixed steps the general one.
+    prefill_step_s: float = 0.0
 
     def as_array(self) -> np.ndarray:
         return np.array(
-            [self.base_s, self.per_decode_s, self.per_prefill_token_s, self.per_kv_token_s]
+            [
+                self.base_s,
+                self.per_decode_s,
+                self.per_prefill_token_s,
+                self.per_kv_token_s,
+                self.prefill_step_s,
+            ]
         )
 
     def predict(self, decode_seqs: float, prefill_tokens: float, kv_tokens: float) -> float:
@@ -42,16 +51,21 @@ class StepCoefficients:
             + self.per_decode_s * decode_seqs
             + self.per_prefill_token_s * prefill_tokens
             + self.per_kv_token_s * kv_tokens
+            + (self.prefill_step_s if prefill_tokens > 0 else 0.0)
         )
 
 
 # Roughly the embedded SmolLM2-135M on a few CPU cores; only a starting point.
 CPU_PRIOR = StepCoefficients(
-    base_s=0.02, per_decode_s=0.002, per_prefill_token_s=0.0005, per_kv_token_s=2e-7
+    base_s=0.02,
+    per_decode_s=0.002,
+    per_prefill_token_s=0.0005,
+    per_kv_token_s=2e-7,
+    prefill_step_s=0.02,
 )
 
 # Typical feature sizes, used to scale the prior's pull so it is comparable across features.
-_TYPICAL = np.array([1.0, 16.0, 256.0, 4096.0])
+_TYPICAL = np.array([1.0, 16.0, 256.0, 4096.0, 1.0])
 
 
 class StepTimeModel:
@@ -97,7 +111,10 @@ class StepTimeModel:
             return
         if not duration_s > 0 or not np.isfinite(duration_s):
             return
-        x = np.array([1.0, decode_seqs, prefill_tokens, kv_tokens], dtype=np.float64)
+        x = np.array(
+            [1.0, decode_seqs, prefill_tokens, kv_tokens, 1.0 if prefill_tokens > 0 else 0.0],
+            dtype=np.float64,
+        )
         self._rows.append((x, duration_s))
         self._xtx += np.outer(x, x)
         self._xty += x * duration_s
@@ -129,7 +146,13 @@ class StepTimeModel:
         if self._dirty:
             self._refit()
         c = self._coef
-        return float(c[0] + c[1] * decode_seqs + c[2] * prefill_tokens + c[3] * kv_tokens)
+        return float(
+            c[0]
+            + c[1] * decode_seqs
+            + c[2] * prefill_tokens
+            + c[3] * kv_tokens
+            + (c[4] if prefill_tokens > 0 else 0.0)
+        )
 
     def _refit(self) -> None:
         self._dirty = False
