@@ -401,6 +401,13 @@ def bench_policies(
     out_dir: Annotated[Path, typer.Option(help="Reports go here")] = Path(
         "bench-results/policies"
     ),
+    simulate: Annotated[
+        bool, typer.Option(help="Simulated engine (no model, no HTTP): a preview in seconds")
+    ] = False,
+    step_cost: Annotated[
+        str | None,
+        typer.Option(help="With --simulate: step seconds BASE,PER_DECODE,PER_PREFILL,PER_KV"),
+    ] = None,
 ) -> None:
     """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
     from tokenfactory.bench.policy_compare import (
@@ -408,6 +415,7 @@ def bench_policies(
         markdown,
         plot_speeds,
         run,
+        run_simulated,
     )
 
     opts = PolicyBenchOptions(
@@ -419,6 +427,12 @@ def bench_policies(
         output_len=output_len,
         out_dir=out_dir,
     )
+    if simulate:
+        result = run_simulated(opts, _step_cost(step_cost), log=err.print)
+        print(markdown(result))
+        return
+    if step_cost is not None:
+        raise typer.BadParameter("--step-cost applies only with --simulate")
     result = run(opts, log=err.print)
     print(markdown(result))
     if 1.5 in opts.load_levels:
@@ -428,6 +442,22 @@ def bench_policies(
 
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
+
+def _step_cost(text: str | None):
+    from tokenfactory.engine.step_model import StepCoefficients
+
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or any(not v >= 0 for v in values) or values[0] <= 0:
+        raise typer.BadParameter(
+            f"expected BASE,PER_DECODE,PER_PREFILL,PER_KV seconds (BASE > 0), got {text!r}"
+        )
+    return StepCoefficients(*values)
+
 
 def _range(text: str) -> tuple[int, int]:
     try:

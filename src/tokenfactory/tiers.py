@@ -110,6 +110,24 @@ class TierCatalog:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
+    def scheduling_terms(self, tier: Tier) -> dict:
+        """What the engine's scheduler is told about a request of `tier`: its rank, promise,
+        price and sheddability, and the slower tiers it is billed at if it misses its promise
+        (best first), so the scheduler can weigh what a late request is still worth."""
+        lower = sorted((t for t in self.tiers if t.rank < tier.rank), key=lambda t: -t.rank)
+        return {
+            "tier": tier.name,
+            "tier_rank": tier.rank,
+            "promised_tokens_per_s": tier.tokens_per_s,
+            "promised_ttft_s": tier.ttft_s,
+            "output_price": tier.output_price,
+            "sheddable": tier.sheddable,
+            "fallbacks": [
+                {"tokens_per_s": t.tokens_per_s, "ttft_s": t.ttft_s, "output_price": t.output_price}
+                for t in lower
+            ],
+        }
+
     def resolve(self, service_tier: str | None, key_default: str | None = None) -> Tier:
         """Map a request's `service_tier` (OpenAI's values or ours) onto a tier."""
         if service_tier is None or service_tier == "auto":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,9 +44,20 @@ def open_tiers_toml() -> str:
 class LocalFactory:
     """Start `tokenfactory serve ARGS` in a fresh data directory and wait until it is ready."""
 
-    def __init__(self, args: list[str], open_tiers: bool = False, ready_timeout_s: float = 600):
+    def __init__(
+        self,
+        args: list[str],
+        open_tiers: bool = False,
+        ready_timeout_s: float = 600,
+        probe_dir: str | Path | None = None,
+    ):
         self._tmp = tempfile.TemporaryDirectory()
         self.data_dir = Path(self._tmp.name)
+        if probe_dir is not None:
+            # Reuse a hardware probe already taken (same machine and model), so that factories
+            # compared side by side open the same tiers, not each its own probe's noise.
+            for f in Path(probe_dir).glob("capacity-*.json"):
+                shutil.copy(f, self.data_dir / f.name)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

@@ -10,12 +10,15 @@ Everything goes through HTTP, as a customer sees it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenfactory.bench.local_factory import LocalFactory
+from tokenfactory.engine.step_model import StepCoefficients
 
 MIX = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02"
 PAID = ("standard", "high", "ultra", "super")
@@ -78,6 +81,10 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
                     "levels": {}}
     fcfs = LocalFactory(["--policy", "fcfs", *opts.extra_serve_args])
+    # Every policy's factory opens the tiers this first one's hardware probe opened.
+    probe = tempfile.TemporaryDirectory()
+    for f in fcfs.data_dir.glob("capacity-*.json"):
+        shutil.copy(f, Path(probe.name) / f.name)
     try:
         for rate in opts.sweep_rates:
             s = summarize(_load(fcfs, rate, opts, opts.out_dir / f"sweep-{rate}.json"))
@@ -90,7 +97,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     result["rate_100"] = base
     result["rate_100_found"] = bool(kept)
     for policy in opts.policies:
-        factory = LocalFactory(["--policy", policy, *opts.extra_serve_args])
+        factory = LocalFactory(["--policy", policy, *opts.extra_serve_args], probe_dir=probe.name)
         try:
             for level in opts.load_levels:
                 rate = round(base * level, 4)
@@ -102,7 +109,45 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
                     f"tok/s, attainment {s['attainment']}")
         finally:
             factory.close()
+    probe.cleanup()
     (opts.out_dir / "policies.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_simulated(
+    opts: PolicyBenchOptions, cost: StepCoefficients | None = None, log=print
+) -> dict:
+    """The same comparison on a simulated engine (`bench.policy_sim`): no model, no HTTP, the
+    step time from `cost` (default: the embedded model on the 2-core reference machine).
+    Seconds instead of half an hour; a preview and a regression check, not a measurement."""
+    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST, SimLoad, simulate
+    from tokenfactory.tiers import load_tiers
+
+    cost = cost or EMBEDDED_CPU_COST
+    catalog = load_tiers(preset="cpu")
+    result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
+                    "levels": {}, "simulated": True, "step_cost": vars(cost)}
+
+    def one(policy: str, rate: float) -> dict:
+        load = SimLoad(rate, opts.duration_s, opts.mix, opts.input_len, opts.output_len,
+                       opts.seed)
+        return simulate(policy, load, catalog, cost=cost)
+
+    for rate in opts.sweep_rates:
+        s = one("fcfs", rate)
+        result["sweep"].append(s)
+        log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
+    kept = [s["rate"] for s in result["sweep"] if paid_kept(s)]
+    base = max(kept) if kept else min(opts.sweep_rates)
+    result["rate_100"], result["rate_100_found"] = base, bool(kept)
+    for policy in opts.policies:
+        for level in opts.load_levels:
+            s = one(policy, round(base * level, 4))
+            result["levels"].setdefault(policy, {})[str(level)] = s
+            log(f"{policy} {int(level * 100)}%: revenue ${s['revenue_usd_per_s']:.6f}/s, "
+                f"out {s['output_tokens_per_s']:.1f} tok/s, attainment {s['attainment']}")
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    (opts.out_dir / "policies-simulated.json").write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -1,0 +1,119 @@
+"""The policy benchmark's load, simulated: same mix, lengths and arrivals, no model, no HTTP.
+
+Requests carry the metadata the server would give them (tier, promise, price, sheddable), go
+through the real scheduler and policy on a `SimulatedEngine`, and are scored as `bench serve`
+scores them: a request attains its promise when its TTFT and decode speed meet its tier's, a
+shed request is a miss, and revenue is each request priced at the tier it delivered. The step
+cost comes from a fit of this machine's measured steps, so minutes of load take seconds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tokenfactory.bench.serve.arrivals import arrival_gaps
+from tokenfactory.bench.serve.lengths import LengthDist
+from tokenfactory.bench.serve.tiers_info import parse_mix
+from tokenfactory.engine.policy import make_policy
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.sequence import FinishReason, Sequence
+from tokenfactory.engine.simulator import SimulatedEngine
+from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.tiers import TierCatalog, decode_speed
+
+# The embedded SmolLM2-135M on the 2-core reference VM (fit of 1,437 mixed steps, 2026-11-27;
+# median error 12%): a step that computes any prompt token pays ~31 ms more than a decode-only
+# one (the general matmul path instead of the skinny decode kernels).
+EMBEDDED_CPU_COST = StepCoefficients(
+    base_s=0.025,
+    per_decode_s=0.0004,
+    per_prefill_token_s=0.00051,
+    per_kv_token_s=4.0e-6,
+    prefill_step_s=0.031,
+)
+
+
+@dataclass(frozen=True)
+class SimLoad:
+    rate: float  # requests per second (Poisson)
+    duration_s: float
+    mix: str
+    input_len: str = "lognormal:160,0.6"
+    output_len: str = "lognormal:48,0.5"
+    seed: int = 0
+
+
+def simulate(
+    policy: str,
+    load: SimLoad,
+    catalog: TierCatalog,
+    cost: StepCoefficients = EMBEDDED_CPU_COST,
+    noise: float = 0.15,
+    max_num_seqs: int = 64,
+    **policy_args: Any,
+) -> dict:
+    """Run `load` through `policy` and summarise it like `policy_compare.summarize`."""
+    engine = SimulatedEngine(
+        make_policy(policy, **policy_args),
+        cost,
+        max_num_seqs=max_num_seqs,
+        noise=noise,
+        seed=load.seed,
+    )
+    rng = random.Random(load.seed)
+    mix = parse_mix(load.mix)
+    names, weights = list(mix), list(mix.values())
+    ins, outs = LengthDist.parse(load.input_len, lo=1), LengthDist.parse(load.output_len, lo=1)
+    gaps = arrival_gaps(load.rate, seed=load.seed)
+    t, i = 0.0, 0
+    while True:
+        t += next(gaps)
+        if t >= load.duration_s:
+            break
+        engine.run_until(t)
+        tier = catalog[rng.choices(names, weights)[0]]
+        prompt = [1 + (i * 31 + k) % 997 for k in range(ins.sample(rng))]
+        metadata = {**catalog.scheduling_terms(tier), "received_at": t}
+        seq = Sequence(
+            f"r{i}", prompt, SamplingParams(max_tokens=outs.sample(rng)), metadata=metadata
+        )
+        engine.add(seq)
+        i += 1
+    engine.drain()
+    return _summarize(engine, load, catalog)
+
+
+def _summarize(engine: SimulatedEngine, load: SimLoad, catalog: TierCatalog) -> dict:
+    kept: dict[str, list[bool]] = defaultdict(list)
+    ttfts: dict[str, list[float]] = defaultdict(list)
+    revenue = 0
+    output = 0
+    shed = 0
+    for seq in engine.seqs.values():
+        tier = catalog[seq.metadata["tier"]]
+        if seq.finish_reason is FinishReason.SHED or seq.first_token_time is None:
+            shed += seq.finish_reason is FinishReason.SHED
+            kept[tier.name].append(False)
+            continue
+        ttft = seq.first_token_time - seq.metadata["received_at"]  # as the client sees it
+        speed = decode_speed(seq.num_output_tokens, seq.first_token_time, seq.finished_time)
+        kept[tier.name].append(tier.keeps_promise(ttft, speed))
+        ttfts[tier.name].append(ttft)
+        billed = catalog.delivered(tier.name, ttft, speed)
+        revenue += billed.cost_micro_usd(seq.num_prompt_tokens, 0, seq.num_output_tokens)
+        output += seq.num_output_tokens
+    dur = max(engine.now, load.duration_s)
+    return {
+        "rate": load.rate,
+        "duration_s": dur,
+        "attainment": {t: sum(v) / len(v) for t, v in kept.items()},
+        "ttft_p99_s": {t: float(np.percentile(v, 99)) for t, v in ttfts.items()},
+        "revenue_usd_per_s": revenue / 1e6 / dur,
+        "output_tokens_per_s": output / dur,
+        "errors": {"429": shed} if shed else {},
+    }

@@ -1,0 +1,99 @@
+"""The simulated engine and the simulated policy benchmark (no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, run_simulated
+from tokenfactory.bench.policy_sim import SimLoad, simulate
+from tokenfactory.engine.policy import make_policy
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.sequence import Sequence
+from tokenfactory.engine.simulator import SimulatedEngine
+from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.tiers import load_tiers
+
+COST = StepCoefficients(base_s=0.02, per_decode_s=0.001, per_prefill_token_s=0.0005,
+                        per_kv_token_s=0.0)
+TIERS = load_tiers(preset="cpu")
+
+
+def test_steps_take_what_the_cost_model_says():
+    engine = SimulatedEngine(make_policy("fcfs"), COST)
+    engine.add(Sequence("a", [1] * 10, SamplingParams(max_tokens=5)))
+    engine.step()  # the whole prompt, sampling the first token
+    assert engine.now == pytest.approx(0.02 + 10 * 0.0005)
+    assert engine.ttft("a") == pytest.approx(engine.now)
+    engine.drain()
+    # four more single-sequence decode steps
+    assert engine.now == pytest.approx(0.025 + 4 * 0.021)
+    assert engine.seqs["a"].num_output_tokens == 5
+    assert engine.speed("a") == pytest.approx(4 / (4 * 0.021))
+
+
+def test_noise_is_bounded_and_seeded():
+    def times(seed: int) -> list[float]:
+        engine = SimulatedEngine(make_policy("fcfs"), COST, noise=0.2, seed=seed)
+        engine.add(Sequence("a", [1] * 4, SamplingParams(max_tokens=50)))
+        out = []
+        while engine.has_unfinished():
+            before = engine.now
+            engine.step()
+            out.append(engine.now - before)
+        return out
+
+    steps = times(1)
+    decode = COST.predict(1, 0, 0)
+    assert all(0.8 * decode - 1e-12 <= t for t in steps[1:])
+    assert all(t <= 1.2 * decode + 1e-12 for t in steps[1:])
+    assert len(set(round(t, 9) for t in steps[1:])) > 1
+    assert times(1) == steps and times(2) != steps
+
+
+def test_idle_time_passes_until_the_next_arrival():
+    engine = SimulatedEngine(make_policy("fcfs"), COST)
+    engine.run_until(5.0)
+    assert engine.now == 5.0 and not engine.steps
+
+
+def test_simulated_load_scores_like_the_load_generator():
+    # A light load on fast steps: every promise kept, revenue = every request priced at the
+    # tier it asked for (input + output tokens).
+    fast = StepCoefficients(0.001, 0.0001, 0.00001, 0.0)
+    out = simulate("fcfs", SimLoad(rate=2, duration_s=20, mix="standard=1,ultra=1"), TIERS,
+                   cost=fast, noise=0.0)
+    assert out["attainment"] == {"standard": 1.0, "ultra": 1.0}
+    assert out["revenue_usd_per_s"] > 0
+    assert out["output_tokens_per_s"] > 0
+    # The same load on steps too slow for ultra: ultra misses and is billed below its price.
+    slow = StepCoefficients(0.2, 0.0001, 0.00001, 0.0)
+    late = simulate("fcfs", SimLoad(rate=2, duration_s=20, mix="standard=1,ultra=1"), TIERS,
+                    cost=slow, noise=0.0)
+    assert late["attainment"]["ultra"] == 0.0
+    assert late["revenue_usd_per_s"] < out["revenue_usd_per_s"]
+
+
+def test_simulated_policy_comparison_writes_its_table(tmp_path):
+    opts = PolicyBenchOptions(sweep_rates=(1.0, 2.0), load_levels=(1.0, 1.5), duration_s=20,
+                              mix=MIX, out_dir=tmp_path)
+    result = run_simulated(opts, log=lambda *_: None)
+    assert result["simulated"] is True
+    assert set(result["levels"]) == {"fcfs", "priority", "tier"}
+    assert (tmp_path / "policies-simulated.json").exists()
+
+
+def test_bench_policies_simulate_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from tokenfactory.cli import app
+
+    args = ["bench", "policies", "--simulate", "--sweep", "1,2", "--levels", "1",
+            "--duration", "10", "--out-dir", str(tmp_path)]
+    ok = CliRunner().invoke(app, [*args, "--step-cost", "0.02,0.001,0.0005,0"])
+    assert ok.exit_code == 0, ok.output
+    assert "| 100% (" in ok.output and "| tier |" in ok.output
+    for bad in ("0.02,0.001", "a,b,c,d", "0,0.001,0.0005,0", "0.02,-1,0,0"):
+        res = CliRunner().invoke(app, [*args, "--step-cost", bad])
+        assert res.exit_code == 2 and "BASE,PER_DECODE" in res.output, bad
+    res = CliRunner().invoke(app, ["bench", "policies", "--step-cost", "0.02,0.001,0.0005,0"])
+    assert res.exit_code == 2 and "only with --simulate" in res.output
