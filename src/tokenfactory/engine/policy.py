@@ -35,6 +35,13 @@ class SchedulingPolicy(ABC):
     def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
         """The candidate of lowest value, preempted first when KV blocks run out."""
 
+    def set_limits(self, max_num_seqs: int) -> None:  # noqa: B027 - optional hook
+        """Told the engine's limits once, when the scheduler is built."""
+
+    def see_waiting(self, waiting: list[Sequence], now: float) -> None:  # noqa: B027
+        """Told the waiting queue just before `order_running`, for policies that weigh
+        waiting work against running work (optional hook, no-op by default)."""
+
     def on_step(self, stats: Any) -> None:  # noqa: B027 - optional hook, no-op by default
         """Told about every finished step (for policies that pace or adapt)."""
 

@@ -69,6 +69,7 @@ class Scheduler:
         self.config = config
         self.block_manager = block_manager
         self.policy = policy
+        policy.set_limits(max_num_seqs=config.max_num_seqs)
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._seqs: dict[str, Sequence] = {}  # unfinished, by request id
@@ -141,6 +142,7 @@ class Scheduler:
         finished: list[Sequence] = []
         scheduled: set[Sequence] = set()
 
+        self.policy.see_waiting(list(self._waiting), now)
         order = self.policy.order_running(list(self._running), now)
         if self.config.enable_chunked_prefill:
             cap = self.policy.step_token_budget(now)

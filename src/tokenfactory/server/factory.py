@@ -163,15 +163,7 @@ class Factory:
                 prepared.prompt_ids,
                 prepared.params,
                 request_id,
-                metadata={
-                    "tier": tier.name,
-                    "tier_rank": tier.rank,
-                    "promised_tokens_per_s": tier.tokens_per_s,
-                    "promised_ttft_s": tier.ttft_s,
-                    "output_price": tier.output_price,
-                    "sheddable": tier.sheddable,
-                    "received_at": received_at,
-                },
+                metadata={**self.catalog.scheduling_terms(tier), "received_at": received_at},
             )
         except ContextLengthExceededError as exc:
             gen.settle("rejected", error=str(exc))
