@@ -70,7 +70,9 @@ def create_app(factory: Factory) -> FastAPI:
 
     @app.get("/v1/tiers")
     async def tiers() -> dict:
-        return _tiers_body(factory)
+        body = _tiers_body(factory)
+        body["step_model"] = await asyncio.to_thread(_step_model_body, factory)
+        return body
 
     @app.get("/v1/usage")
     async def usage(request: Request, since: str | None = None) -> dict:
@@ -415,6 +417,25 @@ def _tiers_body(factory: Factory) -> dict:
                 for p in cap.points
             ],
         },
+    }
+
+
+def _step_model_body(factory: Factory) -> dict:
+    """The step-time model fitted to the engine's recent steps: what a step costs right now
+    (the scheduler's view; the probe above is the idle machine's)."""
+    from tokenfactory.engine.step_model import StepTimeModel
+
+    steps = factory.engine.stats.recent(512)
+    model = StepTimeModel.from_steps(steps)
+    c = model.coefficients
+    return {
+        "policy": factory.engine.scheduler.policy.name,
+        "steps_observed": model.num_observed,
+        "fitted": model.num_observed > 0,
+        "base_s": c.base_s,
+        "per_decode_s": c.per_decode_s,
+        "per_prefill_token_s": c.per_prefill_token_s,
+        "per_kv_token_s": c.per_kv_token_s,
     }
 
 
