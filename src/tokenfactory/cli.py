@@ -234,7 +234,9 @@ def serve(
     served_model_name: Annotated[
         list[str] | None, typer.Option(help="Name(s) clients use for the model")
     ] = None,
-    policy: Annotated[str, typer.Option(help="Scheduling policy")] = "fcfs",
+    policy: Annotated[
+        str, typer.Option(help="Scheduling policy: tier (speed per tier), fcfs or priority")
+    ] = "tier",
     max_num_seqs: Annotated[int, typer.Option(help="Most requests decoding at once")] = 64,
     grace_period: Annotated[
         float, typer.Option(help="Seconds in-flight requests get on shutdown")

@@ -5,30 +5,36 @@ batch grows. So instead of carrying everyone every step, the policy paces: each 
 has a token schedule from its promised speed (token k is due at first_token_time + k / (pace *
 speed)), and each step is planned in three parts:
 
-1. Length: the step may last a share (`slack_share`) of the time until the most pressed
-   request's next token is due, so a request that ran ahead lends its lead to one longer,
-   better-filled step; never longer than `max_step_s`, never shorter than the step the due
-   work needs.
-2. Decodes: every request that would be late if it skipped this step is carried, whatever the
-   step then costs; then, work-conserving, requests that are ahead (least ahead first, dearer
-   first) while the step-time model says the step still fits its length.
-3. Prefill: prompt chunks (continuing and new), ordered by TTFT deadline weighted by value, in
-   the time left (at least `min_prefill_tokens`, more when a deadline needs it).
+1. Length: as long as no paced request falls behind for good: a request may lend its lead
+   (time until its next token is due), and a late one gets steps of at most `catch_up` of its
+   token interval, so it gains every step; never longer than `max_step_s`.
+2. Decodes: every request that would be late if it skipped this step is carried; in overload,
+   the dearest first. Then, work-conserving, requests that are ahead (least ahead first,
+   dearer first) while the step-time model says the step still fits its length.
+3. Prefill: prompt chunks (continuing, and the next admission) by TTFT deadline weighted by
+   value, in the time left. A step that computes any prompt token pays a fixed cost (decode-only
+   steps take a faster path), so prompts go in chunks worth it, or wait until their deadline
+   makes them urgent; then they run whole, as far as the paced decodes can absorb.
 
-Slower tiers therefore skip steps, faster tiers get small, frequent steps, and steps grow long
+Slower tiers therefore skip steps, faster tiers get frequent short steps, and steps grow long
 and full when nobody is pressed. Requests without a promise (no metadata: offline use) are best
 effort: they only fill, but each running one is carried at least once every `1 / min_share`
 steps so it never starves.
 
+A request's terms are read at its *level*: the best tier it can still be billed at (its own,
+or a slower fallback once its TTFT is missed), so late requests are paced and valued at what
+they can still earn.
+
 Admission is by value: a waiting request is admitted when the requests of its tier and dearer
-ones, itself included, still fit in the engine's time (`utilization <= max_utilization`, a
-fluid estimate: steps per second the fastest promise needs times the fixed step cost, plus every
-promised token's cost, plus prompts spread over their TTFT). Cheaper running work does not hold
-dearer work back: it only gets what is left. A request that does not fit waits, and cheaper
-tiers wait behind it. A sheddable request (the free tier) that does not fit on arrival, and
-could not start within `shed_wait_share` of its TTFT as running work finishes, is refused at
-once with a Retry-After from the same estimate. The lowest tier is always let in while fewer
-than `min_free_running` of its requests run, so free work never starves entirely.
+ones, itself included, fit in the engine's time (`utilization <= max_utilization`, a fluid
+estimate: steps per second the fastest promise needs times the fixed step cost, plus every
+promised token's cost, plus prompts spread over their TTFT); after half its TTFT, up to a full
+load. Cheaper running work does not hold dearer work back: it gets what is left. A request that
+does not fit waits, and cheaper tiers wait behind it. A sheddable request (the free tier) that
+does not fit on arrival is refused at once with a Retry-After from the same estimate when
+dearer work already waits or it could not start within `shed_wait_share` of its TTFT; it may
+hold at most `sheddable_slot_share` of the sequence slots. The lowest tier is always let in
+while fewer than `min_free_running` of its requests run, so free work never starves entirely.
 
 The policy is plain Python over `Sequence` objects and a clock passed in, so it runs the same
 under the engine and under a simulator with a synthetic clock (`engine/simulator.py`).
