@@ -113,10 +113,12 @@ def test_models_tiers_health_metrics(factory_server):
     assert [t["name"] for t in tiers["data"]] == ["free", "standard", "high", "ultra", "super"]
     assert all("available" in t and "reason" in t for t in tiers["data"])
     assert tiers["capacity"]["decode"][0]["batch"] == 1
-    # the live step-time model, fitted to the steps served so far (this module's requests)
-    step = tiers["step_model"]
+    # the live step-time model, fitted to the steps served so far
+    client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=8)
+    step = httpx.get(base + "/v1/tiers").json()["step_model"]
     assert step["fitted"] and step["steps_observed"] > 0
     assert step["base_s"] > 0 and step["policy"] in ("fcfs", "priority", "tier")
+    assert step["prefill_step_s"] >= 0
     assert httpx.get(base + "/health").json() == {"status": "ok"}
     assert httpx.get(base + "/ready").status_code == 200
     metrics = httpx.get(base + "/metrics").text

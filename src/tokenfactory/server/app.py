@@ -436,6 +436,7 @@ def _step_model_body(factory: Factory) -> dict:
         "per_decode_s": c.per_decode_s,
         "per_prefill_token_s": c.per_prefill_token_s,
         "per_kv_token_s": c.per_kv_token_s,
+        "prefill_step_s": c.prefill_step_s,
     }
 
 

@@ -136,7 +136,8 @@ def serve(opts: ServeOptions) -> None:
     server = _FactoryServer(config, factory, opts.grace_period_s)
     console.print(
         f"[bold]tokenfactory[/bold] serving [bold]{factory.model_label}[/bold] on "
-        f"http://{opts.host}:{sock.getsockname()[1]}/v1  (Ctrl-C stops; in-flight requests "
+        f"http://{opts.host}:{sock.getsockname()[1]}/v1, scheduling policy "
+        f"{factory.engine.scheduler.policy.name}  (Ctrl-C stops; in-flight requests "
         f"get {opts.grace_period_s:g} s to finish and are all settled)"
     )
     asyncio.run(server.serve(sockets=[sock]))
