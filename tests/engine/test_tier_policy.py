@@ -541,3 +541,27 @@ def test_the_step_model_learns_the_step_period_not_just_the_compute():
     for i in range(200):
         idle.on_step(stats(i * 0.03, running=0))
     assert idle.model.predict(4, 0, 400) == pytest.approx(0.02, rel=0.05)
+
+
+def test_prompts_run_in_chunks_worth_the_prefill_step_cost():
+    # A step with any prompt token pays 30 ms more; a prompt token costs 0.5 ms. A paced
+    # ultra request leaves a short step: no 20-token chunk (40 ms for 10 ms of work); with a
+    # long lead, a chunk of at least 60 tokens (as much work as the fixed cost) goes.
+    cost = StepCoefficients(0.01, 0.001, 0.0005, 0.0, prefill_step_s=0.03)
+    now = 10.0
+
+    def prompt_tokens(lead_s: float) -> int:
+        policy = TierPolicy(step_model=fitted(cost))
+        ultra = running_seq("u", "ultra", outputs=10, first_token_time=0.0)
+        # place its next token `lead_s` from now
+        ultra.first_token_time = now + lead_s - 10 / (15 * policy.config.pace)
+        waiting = Sequence("p", [1] * 400, SamplingParams(), metadata=metadata("free", now))
+        waiting.status = SequenceStatus.RUNNING
+        waiting.num_computed_tokens = 0
+        policy._steps = 1  # not a minimum-share step
+        carried = policy.order_running([ultra, waiting], now)
+        assert ultra in carried
+        return policy.step_token_budget(now) - sum(1 for s in carried if not s.is_prefill)
+
+    assert prompt_tokens(lead_s=0.03) == 0
+    assert prompt_tokens(lead_s=0.2) >= 60

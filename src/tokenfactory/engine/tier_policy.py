@@ -321,8 +321,11 @@ class TierPolicy(SchedulingPolicy):
         # faster path), so prompts go in chunks worth that cost, or wait.
         fixed = coef.prefill_step_s
         pending = sum(s.num_uncomputed_tokens for s in budget_prefill)
+        # Worth it: at least as much prompt work as the fixed cost it pays (or all there is).
+        worth = max(cfg.min_prefill_tokens, math.ceil(fixed / per_token))
+        worth = min(pending, worth) if pending else cfg.min_prefill_tokens
         room = int((target - due_s - fixed) / per_token)
-        reserved = min(pending, room) if room >= cfg.min_prefill_tokens else 0
+        reserved = min(pending, room) if room >= worth else 0
         for _, seq in ahead:
             # Work-conserving: a step that would otherwise be empty carries someone.
             cost = self.model.predict(len(carried) + 1, reserved, kv + seq.num_tokens)
@@ -339,11 +342,11 @@ class TierPolicy(SchedulingPolicy):
             prefill_tokens = reserved + max(0, int(spare / per_token))
         else:
             room = int((spare - fixed) / per_token)
-            prefill_tokens = room if room >= cfg.min_prefill_tokens else 0
+            prefill_tokens = room if room >= worth else 0
         paced = any(self.terms(s).speed is not None for s in carried)
         if not paced or (every is not None and self._steps % every == 0):
-            # Nobody's pace at stake, or the prompts' minimum share of steps: a minimal chunk.
-            prefill_tokens = max(cfg.min_prefill_tokens, prefill_tokens)
+            # Nobody's pace at stake, or the prompts' minimum share of steps: a chunk worth it.
+            prefill_tokens = max(worth, prefill_tokens)
         # Prompts whose TTFT deadline is near run whole now, even if the step then runs long.
         # Prompts worth as much as the dearest decode carried may lengthen the step as far as
         # they need; cheaper ones only as far as every paced decode can absorb (a cheaper
