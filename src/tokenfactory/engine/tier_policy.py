@@ -171,8 +171,10 @@ class _Load:
     decode_s: float = 0.0  # seconds per second of decode work at the promised speeds
     best_effort_s: float = 0.0  # decode seconds per step of the best-effort requests
     prefill_s: float = 0.0  # seconds per second of prompt work, each spread over its TTFT
+    count: int = 0  # requests summed
 
     def add(self, other: _Load, sign: float = 1.0) -> None:
+        self.count += int(sign) * other.count
         self.max_speed = max(self.max_speed, other.max_speed)
         self.decode_s += sign * other.decode_s
         self.best_effort_s += sign * other.best_effort_s
@@ -503,6 +505,10 @@ class TierPolicy(SchedulingPolicy):
         if self._free_share_due(seq, running):
             return True
         base = self._load_from(rank, running)
+        if base.count == 0:
+            # Nothing of its tier or dearer runs: waiting cannot make it fit better (cheaper
+            # work is not counted; it yields to this request step by step).
+            return True
         busy = self._busy_with(base, seq)
         if busy <= cfg.max_utilization:
             return True
@@ -567,7 +573,7 @@ class TierPolicy(SchedulingPolicy):
         c = self.model.coefficients
         t = self.terms(seq)
         per_token = c.per_decode_s + c.per_kv_token_s * seq.num_tokens
-        load = _Load()
+        load = _Load(count=1)
         if t.speed is None:
             load.best_effort_s = per_token
         else:
