@@ -196,8 +196,8 @@ def test_best_effort_never_starves_below_its_share():
 
 
 def test_infeasible_admission_waits_until_capacity_frees():
-    # 10 ms per decode: each super request (25 tokens/s, paced 5% faster) keeps the engine
-    # ~26% busy; three fit (~81%), a fourth would need ~108%: it must wait.
+    # 10 ms per decode: each super request (25 tokens/s, paced 10% faster) keeps the engine
+    # ~28% busy; three fit (~85%), a fourth would need ~113%: it must wait.
     cost = StepCoefficients(0.001, 0.01, 0.0001, 0.0)
     policy = TierPolicy(step_model=fitted(cost))
     sim = Sim(policy, cost=cost)
@@ -235,7 +235,7 @@ def test_dearer_work_is_admitted_whatever_cheaper_work_needs():
 
 
 def test_free_tier_is_admitted_even_when_paid_load_is_full():
-    cost = StepCoefficients(0.001, 0.05, 0.0001, 0.0)  # one super alone is 125% busy
+    cost = StepCoefficients(0.001, 0.05, 0.0001, 0.0)  # one super alone is ~140% busy
     policy = TierPolicy(step_model=fitted(cost))
     running = [running_seq("super", "super", outputs=5, first_token_time=0.0)]
     assert policy.utilization(running) > 1
@@ -304,7 +304,7 @@ def test_every_policy_finishes_a_mixed_load(policy: str, chunked: bool):
 def test_lower_tiers_do_not_overtake_a_request_waiting_for_capacity():
     cost = StepCoefficients(0.001, 0.01, 0.0001, 0.0)
     policy = TierPolicy(step_model=fitted(cost))
-    running = [running_seq(f"s{i}", "super", 3, 0.0) for i in range(3)]  # ~81% busy
+    running = [running_seq(f"s{i}", "super", 3, 0.0) for i in range(3)]  # ~85% busy
     sup = Sequence("super", [1] * 8, SamplingParams(), metadata=metadata("super", 0.0))
     std = Sequence("std", [1] * 8, SamplingParams(), metadata=metadata("standard", 0.0))
     assert policy.utilization([*running, std]) <= policy.config.max_utilization
@@ -339,7 +339,7 @@ def test_a_long_prompt_gets_the_prefill_it_needs_to_make_its_ttft():
 def test_retry_after_estimates_when_a_waiting_request_fits():
     cost = StepCoefficients(0.001, 0.01, 0.0001, 0.0)
     policy = TierPolicy(step_model=fitted(cost))
-    running = [running_seq(f"s{i}", "super", 3, 0.0) for i in range(3)]  # ~81% busy
+    running = [running_seq(f"s{i}", "super", 3, 0.0) for i in range(3)]  # ~85% busy
     for i, seq in enumerate(running):
         seq.params.max_tokens = 3 + 25 * (i + 1)  # s0 has 25 tokens left: 1 s at 25 tokens/s
     std = Sequence("std", [1] * 8, SamplingParams(), metadata=metadata("standard", 0.0))
@@ -379,7 +379,7 @@ def test_sheddable_request_is_refused_on_arrival_only_when_capacity_is_gone():
 
     # idle engine: free work is admitted, never shed
     assert policy.may_admit(free("f0"), [], 0.0)
-    # Three super requests (~89% busy) and one free one running: no room for more free work.
+    # Three super requests (~94% busy) and one free one running: no room for more free work.
     supers = [running_seq(f"s{i}", "super", 3, 0.0) for i in range(3)]
     running = [*supers, running_seq("f0", "free", 3, 0.0)]
     # The first super ends in 4 s at its pace: later than the free tier's wait budget
@@ -568,7 +568,7 @@ def test_prompts_run_in_chunks_worth_the_prefill_step_cost():
 
 
 def test_a_request_with_nothing_as_dear_running_is_admitted_even_when_it_cannot_fit():
-    # Steps so slow that a super request alone is "125% busy": waiting would not change that
+    # Steps so slow that a super request alone is "~140% busy": waiting would not change that
     # while only cheaper work runs (it is not counted and yields step by step), so it is let
     # in at once instead of waiting for the engine to drain.
     cost = StepCoefficients(0.05, 0.002, 0.0001, 0.0)

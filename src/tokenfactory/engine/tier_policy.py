@@ -202,7 +202,6 @@ class TierPolicy(SchedulingPolicy):
         # This step's running load by rank, and the request ids it already counts.
         self._by_rank: dict[int, _Load] | None = None
         self._counted: set[str] = set()
-        self._target_s = self.config.max_step_s
         self._waiting: list[Sequence] = []  # the queue as of this step (see_waiting)
         self._max_num_seqs: int | None = None  # the engine's sequence slots (set_limits)
         self._now = 0.0  # the clock as of the latest call (levels depend on it)
@@ -251,12 +250,14 @@ class TierPolicy(SchedulingPolicy):
         never less than `catch_up` of its token interval: carried in every step that short, a
         request that is late gains on its schedule each step, so lateness never compounds.
         """
+        decoding = [(self.due_at(s), s) for s in running if not s.is_prefill]
+        return self._target_from(decoding, now)
+
+    def _target_from(self, decoding: list[tuple[float | None, Sequence]], now: float) -> float:
+        """`target_step_s` over (due time, request) pairs already worked out."""
         cfg = self.config
         target = cfg.max_step_s
-        for seq in running:
-            if seq.is_prefill:
-                continue
-            due = self.due_at(seq)
+        for due, seq in decoding:
             if due is None:
                 continue
             interval = 1.0 / (self.terms(seq).speed * cfg.pace)  # type: ignore[operator]
@@ -280,7 +281,9 @@ class TierPolicy(SchedulingPolicy):
         coef = self.model.coefficients
         per_token = max(coef.per_prefill_token_s, 1e-9)
         min_step = self.model.predict(1, 0, 0)
-        target = self.target_step_s(running, now)
+        # Each decoding request's due time, once per step.
+        decoding = [(self.due_at(s), s) for s in running if not s.is_prefill]
+        target = self._target_from(decoding, now)
         # Skipped now, a request's next chance ends after this step and a minimal next one.
         horizon = now + max(target, min_step) + min_step
         every = max(1, round(1 / cfg.min_share)) if cfg.min_share > 0 else None
@@ -288,12 +291,8 @@ class TierPolicy(SchedulingPolicy):
         must: list[Sequence] = []  # not carried for 1 / min_share steps: carried now
         due: list[tuple[float, Sequence]] = []
         ahead: list[tuple[float, Sequence]] = []
-        prefill: list[Sequence] = []
-        for seq in running:
-            if seq.is_prefill:
-                prefill.append(seq)
-                continue
-            at = self.due_at(seq)
+        prefill = [s for s in running if s.is_prefill]
+        for at, seq in decoding:
             # First seen decoding: its prompt's last chunk ran (and sampled) last step.
             last = self._last_carried.setdefault(seq.request_id, self._steps - 1)
             starved = every is not None and self._steps - last >= every
@@ -363,7 +362,6 @@ class TierPolicy(SchedulingPolicy):
             limit = self._absorbable_s(carried, now, min_step)
             room = limit - self.model.predict(len(carried), max(1, prefill_tokens), kv)
             prefill_tokens += max(0, min(cheap - prefill_tokens, int(room / per_token)))
-        self._target_s = target
         self._cap = len(carried) + prefill_tokens
         self._refused_rank, self._refused_seq = -1, None
         return carried + self._fund(urgent, budget_prefill, entrant, prefill_tokens)
