@@ -421,9 +421,9 @@ def bench_policies(
     )
 
     opts = PolicyBenchOptions(
-        policies=tuple(policies.split(",")),
-        sweep_rates=tuple(float(x) for x in sweep.split(",")),
-        load_levels=tuple(float(x) for x in levels.split(",")),
+        policies=_policies(policies),
+        sweep_rates=_positive_list(sweep, "--sweep"),
+        load_levels=_positive_list(levels, "--levels"),
         duration_s=duration,
         input_len=input_len,
         output_len=output_len,
@@ -444,6 +444,27 @@ def bench_policies(
 
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
+
+def _positive_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise typer.BadParameter(f"{option} expects numbers > 0 separated by commas, got {text!r}")
+    return values
+
+
+def _policies(text: str) -> tuple[str, ...]:
+    from tokenfactory.engine.policy import known_policies
+
+    names = tuple(x.strip() for x in text.split(","))
+    unknown = [n for n in names if n not in known_policies()]
+    if unknown:
+        known = ", ".join(known_policies())
+        raise typer.BadParameter(f"unknown policy {unknown[0]!r} in --policies; known: {known}")
+    return names
+
 
 def _step_cost(text: str | None):
     from tokenfactory.engine.step_model import StepCoefficients

@@ -97,3 +97,7 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
         assert res.exit_code == 2 and "BASE,PER_DECODE" in res.output, bad
     res = CliRunner().invoke(app, ["bench", "policies", "--step-cost", "0.02,0.001,0.0005,0"])
     assert res.exit_code == 2 and "only with --simulate" in res.output
+    for opt, bad, says in (("--levels", "x", "numbers > 0"), ("--sweep", "0,1", "numbers > 0"),
+                           ("--policies", "fcfs,bogus", "unknown policy 'bogus'")):
+        res = CliRunner().invoke(app, ["bench", "policies", "--simulate", opt, bad])
+        assert res.exit_code == 2 and says in res.output, (opt, res.output)
