@@ -305,7 +305,6 @@ class TierPolicy(SchedulingPolicy):
                 ahead.append((at if at is not None else math.inf, seq))
         due.sort(key=lambda p: (p[0], -self.weight(p[1])))
         ahead.sort(key=lambda p: (p[0], -self.weight(p[1])))
-        prefill.sort(key=lambda s: self.urgency(s, now))
         # The prompts this step's prefill budget is for: the running ones and the most urgent
         # waiting request that would be admitted (the scheduler admits after running work).
         entrant = self._entrant(running, now)
