@@ -29,9 +29,8 @@ def linear(
 ) -> torch.Tensor:
     """F.linear, except that decode-sized bf16 batches on CPU take the native skinny kernel,
     which streams the weights at memory speed where oneDNN does not (it falls back itself
-    whenever it cannot run). `batched` also lets 9..256-row batches take its AMX path: the
-    runner allows it for decode steps only, so a prompt's first token is computed exactly as
-    before whatever the batch."""
+    whenever it cannot run). 9..256-row batches take its AMX path in decode steps (`batched`)
+    and, while `skinny.BATCHED` is set (the default), in prompt and mixed steps too."""
     if x.shape[0] <= MAX_M and x.dtype is torch.bfloat16 and x.is_cpu:
         n, k = weight.shape
         if should_use(x.shape[0], n, k, batched=batched or None):
