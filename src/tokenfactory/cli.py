@@ -408,7 +408,10 @@ def bench_policies(
     ] = False,
     step_cost: Annotated[
         str | None,
-        typer.Option(help="With --simulate: step seconds BASE,PER_DECODE,PER_PREFILL,PER_KV"),
+        typer.Option(
+            help="With --simulate: step seconds BASE,PER_DECODE,PER_PREFILL,PER_KV"
+            "[,PREFILL_STEP] (the last: fixed cost of a step that computes prompt tokens)"
+        ),
     ] = None,
 ) -> None:
     """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
@@ -475,9 +478,10 @@ def _step_cost(text: str | None):
         values = [float(x) for x in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or any(not v >= 0 for v in values) or values[0] <= 0:
+    if len(values) not in (4, 5) or any(not v >= 0 for v in values) or values[0] <= 0:
         raise typer.BadParameter(
-            f"expected BASE,PER_DECODE,PER_PREFILL,PER_KV seconds (BASE > 0), got {text!r}"
+            "expected BASE,PER_DECODE,PER_PREFILL,PER_KV[,PREFILL_STEP] seconds (BASE > 0), "
+            f"got {text!r}"
         )
     return StepCoefficients(*values)
 

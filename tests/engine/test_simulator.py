@@ -92,7 +92,9 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
     ok = CliRunner().invoke(app, [*args, "--step-cost", "0.02,0.001,0.0005,0"])
     assert ok.exit_code == 0, ok.output
     assert "| 100% (" in ok.output and "| tier |" in ok.output
-    for bad in ("0.02,0.001", "a,b,c,d", "0,0.001,0.0005,0", "0.02,-1,0,0"):
+    five = CliRunner().invoke(app, [*args, "--step-cost", "0.02,0.001,0.0005,0,0.01"])
+    assert five.exit_code == 0, five.output
+    for bad in ("0.02,0.001", "a,b,c,d", "0,0.001,0.0005,0", "0.02,-1,0,0", "0.02,0,0,0,0,0"):
         res = CliRunner().invoke(app, [*args, "--step-cost", bad])
         assert res.exit_code == 2 and "BASE,PER_DECODE" in res.output, bad
     res = CliRunner().invoke(app, ["bench", "policies", "--step-cost", "0.02,0.001,0.0005,0"])

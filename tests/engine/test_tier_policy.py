@@ -508,17 +508,26 @@ def test_sheddable_work_leaves_sequence_slots_for_paid_work():
 
 def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_fcfs():
     # The policy benchmark's mix at 1.5x the load fcfs can keep, simulated with this
-    # machine's step costs: tier keeps high/ultra/super promises that fcfs misses, and earns
-    # more. (The HTTP benchmark measures the same on the real model: docs/benchmarks.md.)
+    # machine's step costs over three arrival seeds: tier keeps high/ultra/super promises
+    # that fcfs misses, and earns more. (The HTTP benchmark measures the same on the real
+    # model: docs/benchmarks.md.)
     from tokenfactory.bench.policy_compare import MIX
     from tokenfactory.bench.policy_sim import SimLoad, simulate
 
-    load = SimLoad(rate=3.0, duration_s=60, mix=MIX, seed=1)
-    tier, fcfs = simulate("tier", load, TIERS), simulate("fcfs", load, TIERS)
+    tier: dict[str, float] = {}
+    fcfs: dict[str, float] = {}
+    revenue = {"tier": 0.0, "fcfs": 0.0}
+    for seed in (0, 1, 2):
+        load = SimLoad(rate=3.0, duration_s=60, mix=MIX, seed=seed)
+        for name, into in (("tier", tier), ("fcfs", fcfs)):
+            result = simulate(name, load, TIERS)
+            revenue[name] += result["revenue_usd_per_s"]
+            for t, share in result["attainment"].items():
+                into[t] = into.get(t, 0.0) + share / 3
     for name in ("high", "ultra", "super"):
-        assert tier["attainment"][name] >= 0.9, name
-    assert min(fcfs["attainment"][t] for t in ("ultra", "super")) < 0.9
-    assert tier["revenue_usd_per_s"] >= 1.3 * fcfs["revenue_usd_per_s"]
+        assert tier[name] >= 0.9, (name, tier)
+    assert min(fcfs["ultra"], fcfs["super"]) < 0.9, fcfs
+    assert revenue["tier"] >= 1.3 * revenue["fcfs"], revenue
 
 
 def test_the_step_model_learns_the_step_period_not_just_the_compute():

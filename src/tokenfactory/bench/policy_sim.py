@@ -26,15 +26,16 @@ from tokenfactory.engine.simulator import SimulatedEngine
 from tokenfactory.engine.step_model import StepCoefficients
 from tokenfactory.tiers import TierCatalog, decode_speed
 
-# The embedded SmolLM2-135M on the 2-core reference VM (fit of 1,437 mixed steps, 2026-11-27;
-# median error 12%): a step that computes any prompt token pays ~31 ms more than a decode-only
-# one (the general matmul path instead of the skinny decode kernels).
+# The embedded SmolLM2-135M on the 2-core reference VM (fit of 1,062 steps of a staggered
+# load, batches 1-48, prompt chunks up to 256 tokens, 2026-11-27; median error 6%): a step
+# that computes any prompt token pays ~11 ms more than a decode-only one, and each KV token
+# read costs more than a sequence's share of the matmuls.
 EMBEDDED_CPU_COST = StepCoefficients(
-    base_s=0.025,
-    per_decode_s=0.0004,
-    per_prefill_token_s=0.00051,
-    per_kv_token_s=4.0e-6,
-    prefill_step_s=0.031,
+    base_s=0.031,
+    per_decode_s=0.000093,
+    per_prefill_token_s=0.000685,
+    per_kv_token_s=5.0e-6,
+    prefill_step_s=0.0115,
 )
 
 

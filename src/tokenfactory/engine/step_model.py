@@ -61,7 +61,7 @@ CPU_PRIOR = StepCoefficients(
     per_decode_s=0.002,
     per_prefill_token_s=0.0005,
     per_kv_token_s=2e-7,
-    prefill_step_s=0.02,
+    prefill_step_s=0.01,
 )
 
 # Typical feature sizes, used to scale the prior's pull so it is comparable across features.
