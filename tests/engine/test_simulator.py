@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, run_simulated
@@ -103,3 +105,16 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
                            ("--policies", "fcfs,bogus", "unknown policy 'bogus'")):
         res = CliRunner().invoke(app, ["bench", "policies", "--simulate", opt, bad])
         assert res.exit_code == 2 and says in res.output, (opt, res.output)
+
+
+@pytest.mark.parametrize("policies", [("tier",), ("fcfs", "priority", "tier")])
+def test_speed_plot_has_a_panel_per_policy_even_for_one(tmp_path, policies):
+    from tokenfactory.bench.policy_compare import plot_speeds
+
+    request = {"start_s": 1.0, "tier": "ultra", "ok": True, "decode_tokens_per_s": 16.0}
+    for policy in policies:
+        report = {"runs": [{"requests": [request, {**request, "tier": "free"}]}]}
+        (tmp_path / f"{policy}-150.json").write_text(json.dumps(report))
+    out = tmp_path / "speeds.png"
+    plot_speeds(tmp_path, 1.5, policies, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

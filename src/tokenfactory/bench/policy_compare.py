@@ -186,7 +186,10 @@ def plot_speeds(out_dir: Path, level: float, policies: tuple[str, ...], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(policies), figsize=(5 * len(policies), 3.6), sharey=True)
+    fig, grid = plt.subplots(
+        1, len(policies), figsize=(5 * len(policies), 3.6), sharey=True, squeeze=False
+    )
+    axes = list(grid[0])  # one panel per policy, also when there is one policy
     for ax, policy in zip(axes, policies, strict=True):
         report = json.loads((out_dir / f"{policy}-{int(level * 100)}.json").read_text())
         for tier in TIERS_ORDER:
