@@ -121,3 +121,5 @@ def test_scheduling_terms_carry_the_promise_and_the_slower_tiers_best_first(cpu)
         cpu[name].ttft_s for name in ("high", "standard", "free")
     ]
     assert cpu.scheduling_terms(cpu["free"])["fallbacks"] == []
+    assert "downgradable" not in terms
+    assert cpu.scheduling_terms(cpu["high"], downgradable=True)["downgradable"] is True

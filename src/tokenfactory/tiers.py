@@ -110,12 +110,14 @@ class TierCatalog:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def scheduling_terms(self, tier: Tier) -> dict:
+    def scheduling_terms(self, tier: Tier, downgradable: bool = False) -> dict:
         """What the engine's scheduler is told about a request of `tier`: its rank, promise,
         price and sheddability, and the slower tiers it is billed at if it misses its promise
-        (best first), so the scheduler can weigh what a late request is still worth."""
+        (best first), so the scheduler can weigh what a late request is still worth.
+        `downgradable` (the request asked for `service_tier=auto`): rather than wait for its
+        tier, it may start at once at a slower one."""
         lower = sorted((t for t in self.tiers if t.rank < tier.rank), key=lambda t: -t.rank)
-        return {
+        terms = {
             "tier": tier.name,
             "tier_rank": tier.rank,
             "promised_tokens_per_s": tier.tokens_per_s,
@@ -127,6 +129,9 @@ class TierCatalog:
                 for t in lower
             ],
         }
+        if downgradable:
+            terms["downgradable"] = True
+        return terms
 
     def resolve(self, service_tier: str | None, key_default: str | None = None) -> Tier:
         """Map a request's `service_tier` (OpenAI's values or ours) onto a tier."""

@@ -234,6 +234,32 @@ def test_dearer_work_is_admitted_whatever_cheaper_work_needs():
     assert not policy.may_admit(std, [*running, sup], 0.0)
 
 
+def test_an_auto_request_starts_at_once_at_a_slower_tier_when_its_own_is_full():
+    # A super and three ultra requests keep the engine ~87% busy; a standard request (4
+    # tokens/s) would take it past 90%, at the free tier's 1 token/s it fits. Asked for by
+    # name, standard waits; with service_tier=auto ("downgradable") it starts now, paced,
+    # valued and later billed as free.
+    cost = StepCoefficients(0.001, 0.011, 0.0001, 0.0)
+    policy = TierPolicy(step_model=fitted(cost))
+    running = [
+        running_seq("super", "super", 3, 0.0),
+        *(running_seq(f"u{i}", "ultra", 3, 0.0) for i in range(3)),
+    ]
+    named = Sequence("named", [1] * 8, SamplingParams(), metadata=metadata("standard", 0.0))
+    terms = TIERS.scheduling_terms(TIERS["standard"], downgradable=True)
+    auto = Sequence("auto", [1] * 8, SamplingParams(), metadata={**terms, "received_at": 0.0})
+    assert not policy.may_admit(named, running, 0.0)
+    assert policy.terms(named).speed == TIERS["standard"].tokens_per_s
+    assert policy.may_admit(auto, running, 0.0)
+    assert policy.terms(auto).speed == TIERS["free"].tokens_per_s
+    assert policy.terms(auto).price == TIERS["free"].output_price
+    # When no slower level fits either, it waits at its own tier like any other request.
+    other = Sequence("other", [1] * 8, SamplingParams(), metadata={**terms, "received_at": 0.0})
+    busy = [*running, running_seq("s0", "standard", 3, 0.0)]
+    assert not policy.may_admit(other, busy, 0.0)
+    assert policy.terms(other).speed == TIERS["standard"].tokens_per_s
+
+
 def test_free_tier_is_admitted_even_when_paid_load_is_full():
     cost = StepCoefficients(0.001, 0.05, 0.0001, 0.0)  # one super alone is ~140% busy
     policy = TierPolicy(step_model=fitted(cost))

@@ -30,11 +30,13 @@ ones, itself included, fit in the engine's time (`utilization <= max_utilization
 estimate: steps per second the fastest promise needs times the fixed step cost, plus every
 promised token's cost, plus prompts spread over their TTFT); after half its TTFT, up to a full
 load. Cheaper running work does not hold dearer work back: it gets what is left. A request that
-does not fit waits, and cheaper tiers wait behind it. A sheddable request (the free tier) that
-does not fit on arrival is refused at once with a Retry-After from the same estimate when
-dearer work already waits or it could not start within `shed_wait_share` of its TTFT; it may
-hold at most `sheddable_slot_share` of the sequence slots. The lowest tier is always let in
-while fewer than `min_free_running` of its requests run, so free work never starves entirely.
+does not fit waits, and cheaper tiers wait behind it; one that asked for `service_tier=auto`
+starts at once at a slower tier that fits instead (`_downgrade`). A sheddable request (the
+free tier) that does not fit on arrival is refused at once with a Retry-After from the same
+estimate when dearer work already waits or it could not start within `shed_wait_share` of its
+TTFT; it may hold at most `sheddable_slot_share` of the sequence slots. The lowest tier is
+always let in while fewer than `min_free_running` of its requests run, so free work never
+starves entirely.
 
 The policy is plain Python over `Sequence` objects and a clock passed in, so it runs the same
 under the engine and under a simulator with a synthetic clock (`engine/simulator.py`).
@@ -481,7 +483,7 @@ class TierPolicy(SchedulingPolicy):
         # (except the lowest tier's minimum share).
         if running and rank < self._refused_rank and not self._free_share_due(seq, running):
             return False
-        if self._fits(seq, running, now):
+        if self._fits(seq, running, now) or self._downgrade(seq, running, now):
             return True
         if rank > self._refused_rank:
             self._refused_rank, self._refused_seq = rank, seq
@@ -513,6 +515,25 @@ class TierPolicy(SchedulingPolicy):
         # at all (the margin is for noise; missing the first token for sure is worse).
         waited = now - terms.received_at
         return waited >= cfg.last_call * (terms.ttft_s or cfg.best_effort_ttft_s) and busy <= 1.0
+
+    def _downgrade(self, seq: Sequence, running: list[Sequence], now: float) -> bool:
+        """A request that asked for `service_tier=auto` (metadata "downgradable") and does not
+        fit at its level starts now at the best slower level that fits and whose TTFT it can
+        still meet, instead of waiting: from then on it is paced, valued and billed at that
+        tier. Requests that named their tier wait for it."""
+        if not seq.metadata.get("downgradable"):
+            return False
+        terms = self.terms(seq)
+        waited = now - terms.received_at
+        for i in range(terms.level + 1, len(terms.levels)):
+            ttft = terms.levels[i].ttft_s
+            if ttft is not None and ttft < waited:
+                continue
+            self._terms[seq.request_id] = replace(terms, level=i, final=True)
+            if self._fits(seq, running, now):
+                return True
+        self._terms[seq.request_id] = terms
+        return False
 
     def _free_share_due(self, seq: Sequence, running: list[Sequence]) -> bool:
         """A lowest-tier request while fewer than `min_free_running` of them run."""

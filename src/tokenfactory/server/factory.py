@@ -130,7 +130,9 @@ class Factory:
     async def start(
         self, key: ApiKey, prepared: PreparedRequest, tier: Tier, received_at: float
     ) -> Generation:
-        """Reserve the request's cost, queue it in the engine, and hand back its Generation."""
+        """Reserve the request's cost, queue it in the engine, and hand back its Generation.
+        A request that asked for `service_tier=auto` (or none) may be started at a slower tier
+        when its own is full (it is then billed at the tier delivered)."""
         if not self.accepting or not self.async_engine.is_running:
             raise errors.overloaded("The server is shutting down; retry on another replica.", 1)
         if self.engine.scheduler.num_waiting >= self.config.max_waiting:
@@ -163,7 +165,7 @@ class Factory:
                 prepared.prompt_ids,
                 prepared.params,
                 request_id,
-                metadata={**self.catalog.scheduling_terms(tier), "received_at": received_at},
+                metadata=engine_metadata(self.catalog, tier, prepared.service_tier, received_at),
             )
         except ContextLengthExceededError as exc:
             gen.settle("rejected", error=str(exc))
@@ -384,3 +386,15 @@ class Generation:
         if queue is not None:
             m.queue.labels(model, asked).observe(queue)
         m.e2e.labels(model, asked).observe(time.monotonic() - self.received_at)
+
+
+def engine_metadata(
+    catalog: TierCatalog, tier: Tier, service_tier: str | None, received_at: float
+) -> dict:
+    """What the scheduler is told about a request: its tier's terms, when it arrived, and
+    whether it may start at a slower tier (it asked for `service_tier=auto`, or for none)."""
+    downgradable = service_tier in (None, "auto")
+    return {
+        **catalog.scheduling_terms(tier, downgradable=downgradable),
+        "received_at": received_at,
+    }

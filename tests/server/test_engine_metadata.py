@@ -1,0 +1,21 @@
+"""What the server tells the scheduler about a request (no server process needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenfactory.server.factory import engine_metadata
+from tokenfactory.tiers import load_tiers
+
+CATALOG = load_tiers(preset="cpu")
+
+
+@pytest.mark.parametrize(
+    ("service_tier", "downgradable"),
+    [(None, True), ("auto", True), ("high", False), ("priority", False), ("default", False)],
+)
+def test_only_auto_requests_may_start_at_a_slower_tier(service_tier, downgradable):
+    md = engine_metadata(CATALOG, CATALOG["high"], service_tier, received_at=12.5)
+    assert md["tier"] == "high" and md["received_at"] == 12.5
+    assert md["fallbacks"]  # the slower tiers it can still be billed at
+    assert md.get("downgradable", False) is downgradable
