@@ -253,6 +253,9 @@ def test_an_auto_request_starts_at_once_at_a_slower_tier_when_its_own_is_full():
     assert policy.may_admit(auto, running, 0.0)
     assert policy.terms(auto).speed == TIERS["free"].tokens_per_s
     assert policy.terms(auto).price == TIERS["free"].output_price
+    # It starts now, so its first token keeps standard's deadline, not free's 30 s (with
+    # that, its prompt would wait and it would start later than the request that waited).
+    assert policy.deadline(auto) == pytest.approx(TIERS["standard"].ttft_s)
     # When no slower level fits either, it waits at its own tier like any other request.
     other = Sequence("other", [1] * 8, SamplingParams(), metadata={**terms, "received_at": 0.0})
     busy = [*running, running_seq("s0", "standard", 3, 0.0)]

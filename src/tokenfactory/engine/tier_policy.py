@@ -526,10 +526,17 @@ class TierPolicy(SchedulingPolicy):
         terms = self.terms(seq)
         waited = now - terms.received_at
         for i in range(terms.level + 1, len(terms.levels)):
-            ttft = terms.levels[i].ttft_s
-            if ttft is not None and ttft < waited:
+            slower = terms.levels[i]
+            if slower.ttft_s is not None and slower.ttft_s < waited:
                 continue
-            self._terms[seq.request_id] = replace(terms, level=i, final=True)
+            # It starts now: its first token keeps the deadline it had (a slower tier's
+            # longer TTFT would let its prompt wait, so it would start later, not sooner).
+            known = [t for t in (terms.ttft_s, slower.ttft_s) if t is not None]
+            levels = list(terms.levels)
+            levels[i] = replace(slower, ttft_s=min(known) if known else None)
+            self._terms[seq.request_id] = replace(
+                terms, levels=tuple(levels), level=i, final=True
+            )
             if self._fits(seq, running, now):
                 return True
         self._terms[seq.request_id] = terms
