@@ -20,6 +20,11 @@ TIER_ORDER = ("free", "standard", "high", "ultra", "super")  # shipped names, sl
 OPENAI_ALIASES = {"default": "standard", "flex": "free", "priority": "high", "scale": "high"}
 
 
+def is_auto(service_tier: str | None) -> bool:
+    """A request that left the tier to us: `auto`, or no `service_tier` at all."""
+    return service_tier is None or service_tier == "auto"
+
+
 class TierError(ValueError):
     """A tiers file or a service_tier value that cannot be used."""
 
@@ -135,7 +140,7 @@ class TierCatalog:
 
     def resolve(self, service_tier: str | None, key_default: str | None = None) -> Tier:
         """Map a request's `service_tier` (OpenAI's values or ours) onto a tier."""
-        if service_tier is None or service_tier == "auto":
+        if is_auto(service_tier):
             return self[key_default or self.default_tier]
         name = OPENAI_ALIASES.get(service_tier, service_tier)
         if name not in self._by_name:

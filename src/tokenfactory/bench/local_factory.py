@@ -41,6 +41,12 @@ def open_tiers_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def copy_probe(src: str | Path, dst: str | Path) -> None:
+    """Copy a data directory's cached hardware probe (`capacity-*.json`) into another."""
+    for f in Path(src).glob("capacity-*.json"):
+        shutil.copy(f, Path(dst) / f.name)
+
+
 class LocalFactory:
     """Start `tokenfactory serve ARGS` in a fresh data directory and wait until it is ready."""
 
@@ -56,8 +62,7 @@ class LocalFactory:
         if probe_dir is not None:
             # Reuse a hardware probe already taken (same machine and model), so that factories
             # compared side by side open the same tiers, not each its own probe's noise.
-            for f in Path(probe_dir).glob("capacity-*.json"):
-                shutil.copy(f, self.data_dir / f.name)
+            copy_probe(probe_dir, self.data_dir)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

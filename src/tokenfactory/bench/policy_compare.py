@@ -10,14 +10,13 @@ Everything goes through HTTP, as a customer sees it.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenfactory.bench.local_factory import LocalFactory
+from tokenfactory.bench.local_factory import LocalFactory, copy_probe
 from tokenfactory.engine.step_model import StepCoefficients
 
 MIX = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02"
@@ -83,8 +82,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     fcfs = LocalFactory(["--policy", "fcfs", *opts.extra_serve_args])
     # Every policy's factory opens the tiers this first one's hardware probe opened.
     probe = tempfile.TemporaryDirectory()
-    for f in fcfs.data_dir.glob("capacity-*.json"):
-        shutil.copy(f, Path(probe.name) / f.name)
+    copy_probe(fcfs.data_dir, probe.name)
     try:
         for rate in opts.sweep_rates:
             s = summarize(_load(fcfs, rate, opts, opts.out_dir / f"sweep-{rate}.json"))

@@ -36,7 +36,7 @@ from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
 from tokenfactory.server.metrics import FactoryMetrics
 from tokenfactory.server.prepare import PreparedRequest
 from tokenfactory.server.responses import Usage
-from tokenfactory.tiers import Tier, TierCatalog, UnknownTierError, decode_speed
+from tokenfactory.tiers import Tier, TierCatalog, UnknownTierError, decode_speed, is_auto
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ class Factory:
             tier = self.catalog.resolve(service_tier, key.tier)
         except UnknownTierError as exc:
             raise errors.invalid_request(str(exc), "service_tier") from None
-        auto = service_tier in (None, "auto")
-        if auto and not self.statuses[tier.name].available:
+        if is_auto(service_tier) and not self.statuses[tier.name].available:
             # auto means "whatever my key gets": the best open tier at or below it.
             open_tiers = [
                 t
@@ -393,8 +392,7 @@ def engine_metadata(
 ) -> dict:
     """What the scheduler is told about a request: its tier's terms, when it arrived, and
     whether it may start at a slower tier (it asked for `service_tier=auto`, or for none)."""
-    downgradable = service_tier in (None, "auto")
     return {
-        **catalog.scheduling_terms(tier, downgradable=downgradable),
+        **catalog.scheduling_terms(tier, downgradable=is_auto(service_tier)),
         "received_at": received_at,
     }
