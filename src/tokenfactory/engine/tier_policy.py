@@ -518,22 +518,17 @@ class TierPolicy(SchedulingPolicy):
 
     def _downgrade(self, seq: Sequence, running: list[Sequence], now: float) -> bool:
         """A request that asked for `service_tier=auto` (metadata "downgradable") and does not
-        fit at its level starts now at the best slower level that fits and whose TTFT it can
-        still meet, instead of waiting: from then on it is paced, valued and billed at that
-        tier. Requests that named their tier wait for it."""
+        fit at its level starts now at the best slower level that fits, instead of waiting:
+        from then on it is paced, valued and billed at that tier. Requests that named their
+        tier wait for it."""
         if not seq.metadata.get("downgradable"):
             return False
-        terms = self.terms(seq)
-        waited = now - terms.received_at
+        terms = self.terms(seq)  # settled: its level's TTFT, the shortest left, is not past
         for i in range(terms.level + 1, len(terms.levels)):
-            slower = terms.levels[i]
-            if slower.ttft_s is not None and slower.ttft_s < waited:
-                continue
             # It starts now: its first token keeps the deadline it had (a slower tier's
             # longer TTFT would let its prompt wait, so it would start later, not sooner).
-            known = [t for t in (terms.ttft_s, slower.ttft_s) if t is not None]
             levels = list(terms.levels)
-            levels[i] = replace(slower, ttft_s=min(known) if known else None)
+            levels[i] = replace(levels[i], ttft_s=terms.ttft_s)
             self._terms[seq.request_id] = replace(
                 terms, levels=tuple(levels), level=i, final=True
             )
