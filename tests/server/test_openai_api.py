@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -124,6 +126,10 @@ def test_models_tiers_health_metrics(factory_server):
     metrics = httpx.get(base + "/metrics").text
     assert "tokenfactory_requests_total" in metrics
     assert "tokenfactory_revenue_micro_usd_total" in metrics
+    # the start-up heap (model, tokenizer, web stack) is frozen, and collections are timed
+    frozen = re.search(r"^tokenfactory_gc_frozen_objects (\S+)$", metrics, re.M)
+    assert frozen and float(frozen.group(1)) > 50_000
+    assert "tokenfactory_gc_pause_seconds_count" in metrics
     for raw in factory_server.keys.values():
         assert raw not in metrics
 

@@ -91,6 +91,18 @@ class FactoryMetrics:
         self.kv_usage = Gauge(
             "tokenfactory_kv_cache_usage", "Share of KV blocks in use", registry=r
         )
+        self.gc_pause = Histogram(
+            "tokenfactory_gc_pause_seconds",
+            "Pauses of Python's garbage collector, by generation (2: the oldest)",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.gc_frozen_objects = Gauge(
+            "tokenfactory_gc_frozen_objects",
+            "Objects frozen after start-up (exempt from garbage collection)",
+            registry=r,
+        )
         self.tier_open = Gauge(
             "tokenfactory_tier_open", "1 if the tier is open on this hardware", ["tier"], registry=r
         )

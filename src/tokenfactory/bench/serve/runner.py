@@ -17,6 +17,7 @@ from tokenfactory.bench.serve.arrivals import arrival_gaps
 from tokenfactory.bench.serve.client import RequestRecord, stream_request
 from tokenfactory.bench.serve.tiers_info import KeyRing
 from tokenfactory.bench.serve.workloads import Clamp, Session, WorkloadOptions, build_sessions
+from tokenfactory.gc_heap import freeze_heap
 from tokenfactory.tiers import TierCatalog
 
 
@@ -144,6 +145,9 @@ class Runner:
         o = self.opts
         clamp = Clamp(self.workload.max_context)
         sessions = build_sessions(self.workload, clamp)
+        # The prompts and the client's own state live through the run: a full collection
+        # walking them mid-run would delay every timestamp it catches, so exempt them.
+        freeze_heap()
         limit = point.max_concurrency
         pool = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
         timeout = httpx.Timeout(o.timeout_s, connect=min(o.timeout_s, 30.0))
