@@ -440,9 +440,11 @@ def bench_policies(
         raise typer.BadParameter("--step-cost applies only with --simulate")
     result = run(opts, log=err.print)
     print(markdown(result))
-    if 1.5 in opts.load_levels:
-        plot_speeds(out_dir, 1.5, opts.policies, out_dir / "speeds-150.png")
-        err.print(f"wrote {out_dir / 'speeds-150.png'}")
+    for level in opts.load_levels:
+        if level >= 1.5:  # the overloaded levels, where the policies differ
+            path = out_dir / f"speeds-{int(level * 100)}.png"
+            plot_speeds(out_dir, level, opts.policies, path)
+            err.print(f"wrote {path}")
 
 
 bench_app.command("serve")(serve_command)
