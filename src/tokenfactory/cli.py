@@ -400,6 +400,13 @@ def bench_policies(
     duration: Annotated[float, typer.Option(help="Seconds of arrivals per point")] = 60.0,
     input_len: Annotated[str, typer.Option(help="Prompt lengths")] = "lognormal:160,0.6",
     output_len: Annotated[str, typer.Option(help="Output lengths")] = "lognormal:48,0.5",
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="Arrival seeds: each point runs once per seed, pooled (more requests per "
+            "tier; that many times the run time)"
+        ),
+    ] = "0",
     out_dir: Annotated[Path, typer.Option(help="Reports go here")] = Path(
         "bench-results/policies"
     ),
@@ -430,6 +437,7 @@ def bench_policies(
         duration_s=duration,
         input_len=input_len,
         output_len=output_len,
+        seeds=_seed_list(seeds),
         out_dir=out_dir,
     )
     if simulate:
@@ -449,6 +457,18 @@ def bench_policies(
 
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise typer.BadParameter(
+            f"--seeds expects distinct whole numbers >= 0 separated by commas, got {text!r}"
+        )
+    return values
+
 
 def _positive_list(text: str, option: str) -> tuple[float, ...]:
     try:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, run_simulated
+from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, markdown, run_simulated
 from tokenfactory.bench.policy_sim import SimLoad, simulate
 from tokenfactory.engine.policy import make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
@@ -84,6 +84,22 @@ def test_simulated_policy_comparison_writes_its_table(tmp_path):
     assert (tmp_path / "policies-simulated.json").exists()
 
 
+def test_simulated_points_pool_their_seeds(tmp_path):
+    def point(seeds: tuple[int, ...]) -> dict:
+        opts = PolicyBenchOptions(policies=("tier",), sweep_rates=(1.0,), load_levels=(1.0,),
+                                  duration_s=20, mix=MIX, seeds=seeds, out_dir=tmp_path)
+        return run_simulated(opts, log=lambda *_: None)["levels"]["tier"]["1.0"]
+
+    one, other, both = point((0,)), point((1,)), point((0, 1))
+    assert one["runs"] == 1 and both["runs"] == 2
+    assert both["duration_s"] == one["duration_s"] + other["duration_s"]
+    # revenue pools over the summed time: between the two runs' own rates
+    low, high = sorted((one["revenue_usd_per_s"], other["revenue_usd_per_s"]))
+    assert low <= both["revenue_usd_per_s"] <= high
+    table = markdown({"levels": {"tier": {"1.0": both}}})
+    assert "| 100% (1/s, 2 seeds) | tier |" in table
+
+
 def test_bench_policies_simulate_from_the_command_line(tmp_path):
     from typer.testing import CliRunner
 
@@ -102,7 +118,10 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
     res = CliRunner().invoke(app, ["bench", "policies", "--step-cost", "0.02,0.001,0.0005,0"])
     assert res.exit_code == 2 and "only with --simulate" in res.output
     for opt, bad, says in (("--levels", "x", "numbers > 0"), ("--sweep", "0,1", "numbers > 0"),
-                           ("--policies", "fcfs,bogus", "unknown policy 'bogus'")):
+                           ("--policies", "fcfs,bogus", "unknown policy 'bogus'"),
+                           ("--seeds", "1,1", "distinct whole numbers"),
+                           ("--seeds", "-1", "distinct whole numbers"),
+                           ("--seeds", "a", "distinct whole numbers")):
         res = CliRunner().invoke(app, ["bench", "policies", "--simulate", opt, bad])
         assert res.exit_code == 2 and says in res.output, (opt, res.output)
 

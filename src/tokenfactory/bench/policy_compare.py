@@ -4,7 +4,8 @@ For each policy a fresh `tokenfactory serve --policy P` runs on this machine (sh
 the preset for its device); `tokenfactory bench serve` drives it with the same seeded tier mix
 and lengths at several request rates. 100% load is the highest rate of a sweep at which fcfs
 keeps every paid promise; the comparison then runs every policy at 50/100/150/200% of it.
-Everything goes through HTTP, as a customer sees it.
+Everything goes through HTTP, as a customer sees it. With several `seeds` each point runs once
+per seed and the runs are pooled (`point_tally`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenfactory.bench.local_factory import LocalFactory, copy_probe
+from tokenfactory.bench.point_tally import PointTally
 from tokenfactory.engine.step_model import StepCoefficients
 
 MIX = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02"
@@ -32,7 +34,9 @@ class PolicyBenchOptions:
     input_len: str = "lognormal:160,0.6"
     output_len: str = "lognormal:48,0.5"
     mix: str = MIX
-    seed: int = 0
+    # Arrival/length seeds: each point runs once per seed and the runs are pooled (more
+    # requests of the rare dear tiers per cell, at that many times the run time).
+    seeds: tuple[int, ...] = (0,)
     out_dir: Path = Path("bench-results/policies")
     extra_serve_args: list[str] = field(default_factory=list)
 
@@ -41,33 +45,38 @@ def _exe() -> str:
     return str(Path(sys.executable).with_name("tokenfactory"))
 
 
-def _load(factory: LocalFactory, rate: float, opts: PolicyBenchOptions, out: Path) -> dict:
+def _load(
+    factory: LocalFactory, rate: float, opts: PolicyBenchOptions, out: Path, seed: int
+) -> dict:
     cmd = [
         _exe(), "bench", "serve", "--base-url", factory.base, "--workload", "random",
         "--input-len", opts.input_len, "--output-len", opts.output_len,
         "--request-rate", str(rate), "--duration", str(opts.duration_s),
         "--num-prompts", str(max(8, int(rate * opts.duration_s * 2))),
         "--tier-mix", opts.mix, "--tier-keys", str(factory.keys_path),
-        "--seed", str(opts.seed), "--out", str(out), "--no-progress", "--no-html",
+        "--seed", str(seed), "--out", str(out), "--no-progress", "--no-html",
         "--timeout", "600",
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def summarize(report: dict) -> dict:
-    run = report["runs"][0]
-    tiers = run["summary"]["tiers"]
-    overall = run["summary"]["overall"]
-    return {
-        "rate": run["request_rate"],
-        "duration_s": run["duration_s"],
-        "attainment": {t: tiers[t]["promise"]["attainment"] for t in tiers},
-        "ttft_p99_s": {t: (tiers[t]["ttft_ms"]["p99"] or 0) / 1000 for t in tiers},
-        "revenue_usd_per_s": overall["revenue"]["usd_per_s"],
-        "output_tokens_per_s": overall["throughput"]["output_tokens_per_s"],
-        "errors": overall["errors"]["by_status"],
-    }
+def _point(factory: LocalFactory, rate: float, opts: PolicyBenchOptions, name: str) -> list[dict]:
+    """One load point, once per seed: reports NAME.json (the first seed) and NAME-seedS.json."""
+    reports = []
+    for i, seed in enumerate(opts.seeds):
+        path = opts.out_dir / (f"{name}.json" if i == 0 else f"{name}-seed{seed}.json")
+        reports.append(_load(factory, rate, opts, path, seed))
+    return reports
+
+
+def summarize(*reports: dict) -> dict:
+    """One load point's summary from its `bench serve` report; given several (the same point
+    under different seeds), pooled over all their requests and their summed duration."""
+    tally = PointTally.of_report(reports[0])
+    for report in reports[1:]:
+        tally.add(PointTally.of_report(report))
+    return tally.summary()
 
 
 def paid_kept(summary: dict, level: float = 0.99) -> bool:
@@ -85,7 +94,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     copy_probe(fcfs.data_dir, probe.name)
     try:
         for rate in opts.sweep_rates:
-            s = summarize(_load(fcfs, rate, opts, opts.out_dir / f"sweep-{rate}.json"))
+            s = summarize(*_point(fcfs, rate, opts, f"sweep-{rate}"))
             result["sweep"].append(s)
             log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
     finally:
@@ -99,8 +108,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
         try:
             for level in opts.load_levels:
                 rate = round(base * level, 4)
-                path = opts.out_dir / f"{policy}-{int(level * 100)}.json"
-                s = summarize(_load(factory, rate, opts, path))
+                s = summarize(*_point(factory, rate, opts, f"{policy}-{int(level * 100)}"))
                 result["levels"].setdefault(policy, {})[str(level)] = s
                 log(f"{policy} {int(level * 100)}% (rate {rate}): revenue "
                     f"${s['revenue_usd_per_s']:.6f}/s, out {s['output_tokens_per_s']:.1f} "
@@ -118,7 +126,7 @@ def run_simulated(
     """The same comparison on a simulated engine (`bench.policy_sim`): no model, no HTTP, the
     step time from `cost` (default: the embedded model on the 2-core reference machine).
     Seconds instead of half an hour; a preview and a regression check, not a measurement."""
-    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST, SimLoad, simulate
+    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST, SimLoad, simulate_tally
     from tokenfactory.tiers import load_tiers
 
     cost = cost or EMBEDDED_CPU_COST
@@ -127,9 +135,12 @@ def run_simulated(
                     "levels": {}, "simulated": True, "step_cost": vars(cost)}
 
     def one(policy: str, rate: float) -> dict:
-        load = SimLoad(rate, opts.duration_s, opts.mix, opts.input_len, opts.output_len,
-                       opts.seed)
-        return simulate(policy, load, catalog, cost=cost)
+        tally = PointTally(rate=rate)
+        for seed in opts.seeds:
+            load = SimLoad(rate, opts.duration_s, opts.mix, opts.input_len, opts.output_len,
+                           seed)
+            tally.add(simulate_tally(policy, load, catalog, cost=cost))
+        return tally.summary()
 
     for rate in opts.sweep_rates:
         s = one("fcfs", rate)
@@ -167,8 +178,9 @@ def markdown(result: dict) -> str:
                 continue
             att = [s["attainment"].get(t) for t in TIERS_ORDER]
             ttft = [s["ttft_p99_s"].get(t) for t in TIERS_ORDER]
+            seeds = f", {s['runs']} seeds" if s.get("runs", 1) > 1 else ""
             lines.append(
-                f"| {int(float(level) * 100)}% ({s['rate']:g}/s) | {policy} | "
+                f"| {int(float(level) * 100)}% ({s['rate']:g}/s{seeds}) | {policy} | "
                 + " | ".join("-" if a is None else f"{a:.0%}" for a in att)
                 + f" | {s['revenue_usd_per_s']:.6f} | {s['output_tokens_per_s']:.1f} | "
                 + " / ".join("-" if x is None else f"{x:.1f}" for x in ttft)

@@ -10,12 +10,10 @@ cost comes from a fit of this machine's measured steps, so minutes of load take 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from tokenfactory.bench.point_tally import PointTally
 from tokenfactory.bench.serve.arrivals import arrival_gaps
 from tokenfactory.bench.serve.lengths import LengthDist
 from tokenfactory.bench.serve.tiers_info import parse_mix
@@ -59,6 +57,21 @@ def simulate(
     **policy_args: Any,
 ) -> dict:
     """Run `load` through `policy` and summarise it like `policy_compare.summarize`."""
+    return simulate_tally(
+        policy, load, catalog, cost, noise, max_num_seqs, **policy_args
+    ).summary()
+
+
+def simulate_tally(
+    policy: str,
+    load: SimLoad,
+    catalog: TierCatalog,
+    cost: StepCoefficients = EMBEDDED_CPU_COST,
+    noise: float = 0.15,
+    max_num_seqs: int = 64,
+    **policy_args: Any,
+) -> PointTally:
+    """Run `load` through `policy`: what it measured, poolable with other runs."""
     engine = SimulatedEngine(
         make_policy(policy, **policy_args),
         cost,
@@ -89,32 +102,21 @@ def simulate(
     return _summarize(engine, load, catalog)
 
 
-def _summarize(engine: SimulatedEngine, load: SimLoad, catalog: TierCatalog) -> dict:
-    kept: dict[str, list[bool]] = defaultdict(list)
-    ttfts: dict[str, list[float]] = defaultdict(list)
-    revenue = 0
-    output = 0
-    shed = 0
+def _summarize(engine: SimulatedEngine, load: SimLoad, catalog: TierCatalog) -> PointTally:
+    tally = PointTally(rate=load.rate, duration_s=max(engine.now, load.duration_s), runs=1)
     for seq in engine.seqs.values():
         tier = catalog[seq.metadata["tier"]]
         if seq.finish_reason is FinishReason.SHED or seq.first_token_time is None:
-            shed += seq.finish_reason is FinishReason.SHED
-            kept[tier.name].append(False)
+            if seq.finish_reason is FinishReason.SHED:
+                tally.errors["429"] += 1
+            tally.request(tier.name, kept=False)
             continue
         ttft = seq.first_token_time - seq.metadata["received_at"]  # as the client sees it
         speed = decode_speed(seq.num_output_tokens, seq.first_token_time, seq.finished_time)
-        kept[tier.name].append(tier.keeps_promise(ttft, speed))
-        ttfts[tier.name].append(ttft)
+        tally.request(tier.name, tier.keeps_promise(ttft, speed), ttft)
         billed = catalog.delivered(tier.name, ttft, speed)
-        revenue += billed.cost_micro_usd(seq.num_prompt_tokens, 0, seq.num_output_tokens)
-        output += seq.num_output_tokens
-    dur = max(engine.now, load.duration_s)
-    return {
-        "rate": load.rate,
-        "duration_s": dur,
-        "attainment": {t: sum(v) / len(v) for t, v in kept.items()},
-        "ttft_p99_s": {t: float(np.percentile(v, 99)) for t, v in ttfts.items()},
-        "revenue_usd_per_s": revenue / 1e6 / dur,
-        "output_tokens_per_s": output / dur,
-        "errors": {"429": shed} if shed else {},
-    }
+        tally.revenue_micro_usd += billed.cost_micro_usd(
+            seq.num_prompt_tokens, 0, seq.num_output_tokens
+        )
+        tally.output_tokens += seq.num_output_tokens
+    return tally
