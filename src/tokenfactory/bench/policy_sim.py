@@ -47,19 +47,10 @@ class SimLoad:
     seed: int = 0
 
 
-def simulate(
-    policy: str,
-    load: SimLoad,
-    catalog: TierCatalog,
-    cost: StepCoefficients = EMBEDDED_CPU_COST,
-    noise: float = 0.15,
-    max_num_seqs: int = 64,
-    **policy_args: Any,
-) -> dict:
-    """Run `load` through `policy` and summarise it like `policy_compare.summarize`."""
-    return simulate_tally(
-        policy, load, catalog, cost, noise, max_num_seqs, **policy_args
-    ).summary()
+def simulate(policy: str, load: SimLoad, catalog: TierCatalog, **options: Any) -> dict:
+    """Run `load` through `policy` and summarise it like `policy_compare.summarize`
+    (options as `simulate_tally`)."""
+    return simulate_tally(policy, load, catalog, **options).summary()
 
 
 def simulate_tally(
