@@ -7,8 +7,8 @@ which the engine thread (and every stream) stands still, more than a fast tier's
 margin. How often one comes depends on what requests allocate (none in two 60 s loads, two
 in another). Objects alive after start-up live as long as the process, so `freeze_heap` moves
 them to the permanent generation, which collections skip (after it, the same collection took
-under 1 ms); what requests allocate is still collected as usual. vLLM and SGLang freeze their heaps after start-up for the same
-reason.
+under 1 ms); what requests allocate is still collected as usual. vLLM and SGLang freeze
+their heaps after start-up for the same reason.
 
 `GcPauseWatch` times every collection (a `gc.callbacks` hook: process-wide by nature) and
 reports it, e.g. to a metrics histogram, and logs the long ones.
