@@ -11,8 +11,8 @@ speed)), and each step is planned in three parts:
 2. Decodes: every request that would be late if it skipped this step is carried; in overload,
    the dearest first. Then, work-conserving, requests that are ahead (least ahead first,
    dearer first) while the step-time model says the step still fits its length.
-3. Prefill: prompt chunks (continuing, and the next admission) by TTFT deadline weighted by
-   value, in the time left. A step that computes any prompt token pays a fixed cost (decode-only
+3. Prefill: prompt chunks (continuing, and the next admission), dearest level first and by
+   TTFT deadline within a level, in the time left. A step that computes any prompt token pays a fixed cost (decode-only
    steps take a faster path), so prompts go in chunks worth it, or wait until their deadline
    makes them urgent; then they run whole, as far as the paced decodes can absorb.
 
@@ -240,10 +240,13 @@ class TierPolicy(SchedulingPolicy):
         """Value weight: 1 for free work, growing with the log of the output price."""
         return 1.0 + math.log2(1.0 + self.terms(seq).price / self.config.value_unit)
 
-    def urgency(self, seq: Sequence, now: float) -> tuple[bool, float]:
-        """Sort key for prefill work: deadlines still meetable first, then by slack / value."""
+    def urgency(self, seq: Sequence, now: float) -> tuple[bool, float, float]:
+        """Sort key for prefill work and admission: deadlines still meetable first, then the
+        dearest level, then the least slack. Value comes before the deadline: when prompt time
+        is short, a cheaper prompt near its deadline must not take it from a dearer one that
+        would then be late (prompts whose deadline is near run first anyway: `_urgent`)."""
         slack = self.deadline(seq) - now
-        return (slack < 0, slack / self.weight(seq))
+        return (slack < 0, -self.weight(seq), slack)
 
     def target_step_s(self, running: list[Sequence], now: float) -> float:
         """How long the next step may last without any paced request falling behind for good.
