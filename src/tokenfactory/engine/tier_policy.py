@@ -12,9 +12,10 @@ speed)), and each step is planned in three parts:
    the dearest first. Then, work-conserving, requests that are ahead (least ahead first,
    dearer first) while the step-time model says the step still fits its length.
 3. Prefill: prompt chunks (continuing, and the next admission), dearest level first and by
-   TTFT deadline within a level, in the time left. A step that computes any prompt token pays a fixed cost (decode-only
-   steps take a faster path), so prompts go in chunks worth it, or wait until their deadline
-   makes them urgent; then they run whole, as far as the paced decodes can absorb.
+   TTFT deadline within a level, in the time left. A step that computes any prompt token pays
+   a fixed cost (decode-only steps take a faster path), so prompts go in chunks worth it, or
+   wait until their deadline makes them urgent (the dearest first tokens do not wait); then
+   they run whole, as far as the paced decodes can absorb.
 
 Slower tiers therefore skip steps, faster tiers get frequent short steps, and steps grow long
 and full when nobody is pressed. Requests without a promise (no metadata: offline use) are best
@@ -69,7 +70,10 @@ class TierPolicyConfig:
     min_free_running: int = 1  # lowest-tier requests always admissible below this count
     # Sheddable requests are admitted only while fewer than this share of slots are taken.
     sheddable_slot_share: float = 0.5
-    ttft_safety: float = 0.5  # see _urgent_tokens: the share of the time left trusted
+    ttft_safety: float = 0.5  # see _urgent: the share of the time left trusted
+    # First tokens paying at least this (USD per million output tokens) do not wait for their
+    # deadline: their prompts run whole as soon as they can (ultra and super as shipped).
+    at_once_usd_per_mtok: float = 30.0
     min_prefill_tokens: int = 16  # prefill progress per step, however tight the step
     best_effort_ttft_s: float = 60.0  # TTFT "deadline" for requests without a promise
     value_unit: float = 1_000_000.0  # output price (micro-USD per Mtok) worth one weight step
@@ -406,15 +410,18 @@ class TierPolicy(SchedulingPolicy):
         """The `prompts` (most urgent first) that must run whole this step: a
         prompt is urgent once `ttft_safety` of the time left before its TTFT deadline is no
         more than this step (with it whole) and one more. Noise and the model's error must not
-        turn a just-in-time first token into a late one."""
+        turn a just-in-time first token into a late one. Prompts of the dearest first tokens
+        (`at_once_usd_per_mtok`) are urgent from the start: their TTFTs are the shortest and
+        a miss costs the most, so waiting for the deadline only spends their margin."""
         share = self.config.ttft_safety
+        at_once = self.config.at_once_usd_per_mtok * 1_000_000  # prices are in micro-USD
         total = 0
         urgent = []
         for seq in prompts:
             n = seq.num_uncomputed_tokens
             finish = self.model.predict(len(carried), total + n, kv)
             left = self.deadline(seq) - now
-            if 0 < left and share * left <= finish + target:
+            if 0 < left and (share * left <= finish + target or self.terms(seq).price >= at_once):
                 total += n
                 urgent.append(seq)
         return urgent
