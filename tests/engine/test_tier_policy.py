@@ -352,24 +352,30 @@ def test_lower_tiers_do_not_overtake_a_request_waiting_for_capacity():
     assert policy.may_admit(std, running, 0.1)
 
 
+# Paced high requests that fill every step (overloaded: admitted regardless, always due).
+BUSY_COST = StepCoefficients(0.01, 0.003, 0.0002, 1e-7)
+
+
+def _ttft_beside_60_paced_highs(policy: TierPolicy, tier: str, prompt_len: int) -> float:
+    """TTFT of one `tier` request arriving while 60 paced high requests decode (inf: none)."""
+    sim = Sim(policy, cost=BUSY_COST)
+    for i in range(60):
+        sim.add(f"high{i}", "high", prompt_len=64, max_tokens=400)
+    sim.run(until=2.0)
+    seq = sim.add("late", tier, prompt_len=prompt_len, max_tokens=20)
+    while seq.first_token_time is None and sim.now < 10.0:
+        sim.step()
+    return math.inf if seq.first_token_time is None else sim.ttft("late")
+
+
 def test_a_long_prompt_gets_the_prefill_it_needs_to_make_its_ttft():
     def ttft(urgent: bool) -> float:
-        # 60 paced requests, overloaded (admitted regardless) and always due: their decodes
-        # fill every step, leaving no spare time for prompts.
-        cost = StepCoefficients(0.01, 0.003, 0.0002, 1e-7)
         # (the deadline rule alone: not the one that runs the dearest prompts at once)
         config = TierPolicyConfig(max_utilization=10.0, at_once_usd_per_mtok=math.inf)
-        policy = TierPolicy(config, step_model=fitted(cost))
+        policy = TierPolicy(config, step_model=fitted(BUSY_COST))
         if not urgent:  # the same policy without the TTFT rule: only the spare step time
             policy.deadline = lambda seq: math.inf  # type: ignore[method-assign]
-        sim = Sim(policy, cost=cost)
-        for i in range(60):
-            sim.add(f"high{i}", "high", prompt_len=64, max_tokens=400)
-        sim.run(until=2.0)
-        sup = sim.add("super", "super", prompt_len=1200, max_tokens=20)
-        while sup.first_token_time is None and sim.now < 10.0:
-            sim.step()
-        return math.inf if sup.first_token_time is None else sim.ttft("super")
+        return _ttft_beside_60_paced_highs(policy, "super", prompt_len=1200)
 
     assert ttft(urgent=True) <= TIERS["super"].ttft_s
     assert ttft(urgent=False) > TIERS["super"].ttft_s  # the rule is what makes it
@@ -377,20 +383,12 @@ def test_a_long_prompt_gets_the_prefill_it_needs_to_make_its_ttft():
 
 def test_the_dearest_first_tokens_do_not_wait_for_their_deadline():
     def ttft(at_once_usd_per_mtok: float) -> float:
-        # Paced high requests fill every step; an ultra prompt ($45/M) arrives beside them.
-        cost = StepCoefficients(0.01, 0.003, 0.0002, 1e-7)
+        # An ultra prompt ($45/M) arrives beside the paced high requests.
         config = TierPolicyConfig(max_utilization=10.0, at_once_usd_per_mtok=at_once_usd_per_mtok)
-        sim = Sim(TierPolicy(config, step_model=fitted(cost)), cost=cost)
-        for i in range(60):
-            sim.add(f"high{i}", "high", prompt_len=64, max_tokens=400)
-        sim.run(until=2.0)
-        ultra = sim.add("ultra", "ultra", prompt_len=600, max_tokens=20)
-        while ultra.first_token_time is None and sim.now < 10.0:
-            sim.step()
-        return sim.ttft("ultra")
+        policy = TierPolicy(config, step_model=fitted(BUSY_COST))
+        return _ttft_beside_60_paced_highs(policy, "ultra", prompt_len=600)
 
-    at_once = ttft(30.0)
-    assert at_once < 0.5 * TIERS["ultra"].ttft_s  # runs as soon as it can
+    assert ttft(30.0) < 0.5 * TIERS["ultra"].ttft_s  # runs as soon as it can
     # Only above the price: at $50/M it waits until its deadline nears (and still makes it).
     assert 0.5 * TIERS["ultra"].ttft_s < ttft(50.0) <= TIERS["ultra"].ttft_s
 
