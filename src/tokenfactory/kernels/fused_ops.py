@@ -2,9 +2,9 @@
 
 At a handful of rows each PyTorch op costs far more in dispatch than in arithmetic; the norm
 replaces three ops with one vectorised C call (2026-11-27, 2-core VM: 15 vs 26 us at 8 rows,
-21 vs 27 us at 16; PyTorch's threaded ops catch up near 64 rows). It computes what the PyTorch
-fallback computes (same roundings; only the float32 sum of squares is added in another order),
-and falls back to it wherever the native library or AVX2 is unavailable.
+21 vs 27 us at 16; PyTorch's threaded ops catch up near 64 rows). It rounds once, from float32
+(PyTorch's bf16 `rms_norm` rounds elsewhere: see MAX_NORM_ROWS), and PyTorch is the fallback
+wherever the native library or AVX2 is unavailable.
 
 The SiLU gate stays in PyTorch: a native version (scalar, then AVX2 and AVX-512 with a
 polynomial exp) was measured no faster than PyTorch's two vectorised ops at any row count,
@@ -24,8 +24,11 @@ from tokenfactory.kernels import _build
 
 log = logging.getLogger(__name__)
 
-# Beyond this row count PyTorch's ops (threaded, no longer dominated by dispatch) win.
-MAX_NORM_ROWS = 32
+# Prompt chunks of up to this many rows take the kernel too, although PyTorch's threaded ops
+# are as fast from ~64 rows: F.rms_norm rounds differently on bf16, and with it on the prompt
+# rows the embedded model's greedy answer to "What is the capital of France?" flips from
+# "The capital of France is Paris." to "L'Etoile, ...".
+MAX_NORM_ROWS = 256
 
 _SOURCE = Path(__file__).with_name("fused_ops.c")
 _FLAGS = ["-O3", "-march=x86-64-v3", "-ffp-contract=off"]
