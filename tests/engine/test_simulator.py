@@ -7,11 +7,11 @@ import json
 import pytest
 
 from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, markdown, run_simulated
-from tokenfactory.bench.policy_sim import SimLoad, simulate
+from tokenfactory.bench.policy_sim import SimLoad, simulate, simulate_tally
 from tokenfactory.engine.policy import make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.engine.sequence import Sequence
-from tokenfactory.engine.simulator import SimulatedEngine
+from tokenfactory.engine.sequence import FinishReason, Sequence
+from tokenfactory.engine.simulator import SIM_STOP_AFTER, SimulatedEngine
 from tokenfactory.engine.step_model import StepCoefficients
 from tokenfactory.tiers import load_tiers
 
@@ -50,6 +50,25 @@ def test_noise_is_bounded_and_seeded():
     assert all(t <= 1.2 * decode + 1e-12 for t in steps[1:])
     assert len(set(round(t, 9) for t in steps[1:])) > 1
     assert times(1) == steps and times(2) != steps
+
+
+def test_a_sequence_may_stop_by_itself_before_max_tokens():
+    engine = SimulatedEngine(make_policy("fcfs"), COST)
+    engine.add(Sequence("a", [1] * 4, SamplingParams(max_tokens=50),
+                        metadata={SIM_STOP_AFTER: 7}))
+    engine.drain()
+    seq = engine.seqs["a"]
+    assert seq.num_output_tokens == 7 and seq.finish_reason is FinishReason.STOP
+
+
+def test_early_stops_leave_the_rest_of_the_load_unchanged():
+    def tally(share: float):
+        load = SimLoad(rate=2.0, duration_s=20, mix=MIX, seed=3, early_stop_share=share)
+        return simulate_tally("fcfs", load, TIERS)
+
+    none, some = tally(0.0), tally(0.5)
+    assert none.sent == some.sent  # the same arrivals and tiers
+    assert some.output_tokens < none.output_tokens  # shorter answers
 
 
 def test_idle_time_passes_until_the_next_arrival():

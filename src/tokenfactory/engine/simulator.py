@@ -24,6 +24,10 @@ from tokenfactory.tiers import decode_speed
 _IDLE_TICK_S = 0.001  # how far the clock moves when there is nothing to run
 
 
+# Sequence metadata: the output token after which the simulated model stops by itself.
+SIM_STOP_AFTER = "sim_stop_after"
+
+
 @dataclass
 class SimulatedEngine:
     policy: SchedulingPolicy
@@ -78,7 +82,15 @@ class SimulatedEngine:
         self.scheduler.on_step_done(plan)
         for c in plan.chunks:
             seq = c.seq
-            if c.samples and seq.num_output_tokens >= (seq.params.max_tokens or 1):
+            if not c.samples:
+                continue
+            # A request may carry where its model would stop on its own (end of sequence),
+            # which the policy cannot know in advance, as under the engine.
+            stop_after = seq.metadata.get(SIM_STOP_AFTER)
+            if isinstance(stop_after, int) and seq.num_output_tokens >= stop_after:
+                seq.finished_time = self.now
+                self.scheduler.finish(seq, FinishReason.STOP)
+            elif seq.num_output_tokens >= (seq.params.max_tokens or 1):
                 seq.finished_time = self.now
                 self.scheduler.finish(seq, FinishReason.LENGTH)
         self.policy.on_step(
