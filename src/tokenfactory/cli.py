@@ -420,6 +420,15 @@ def bench_policies(
             "[,PREFILL_STEP] (the last: fixed cost of a step that computes prompt tokens)"
         ),
     ] = None,
+    early_stop_share: Annotated[
+        float,
+        typer.Option(
+            help="With --simulate: share of requests that stop by themselves before their "
+            "max_tokens, at a uniform point (0-1)",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.0,
 ) -> None:
     """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
     from tokenfactory.bench.policy_compare import (
@@ -438,6 +447,7 @@ def bench_policies(
         input_len=input_len,
         output_len=output_len,
         seeds=_seed_list(seeds),
+        early_stop_share=early_stop_share,
         out_dir=out_dir,
     )
     if simulate:
@@ -446,6 +456,8 @@ def bench_policies(
         return
     if step_cost is not None:
         raise typer.BadParameter("--step-cost applies only with --simulate")
+    if early_stop_share:
+        raise typer.BadParameter("--early-stop-share applies only with --simulate")
     result = run(opts, log=err.print)
     print(markdown(result))
     for level in opts.load_levels:
@@ -457,6 +469,7 @@ def bench_policies(
 
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
+
 
 def _seed_list(text: str) -> tuple[int, ...]:
     try:

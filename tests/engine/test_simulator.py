@@ -136,6 +136,12 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
         assert res.exit_code == 2 and "BASE,PER_DECODE" in res.output, bad
     res = CliRunner().invoke(app, ["bench", "policies", "--step-cost", "0.02,0.001,0.0005,0"])
     assert res.exit_code == 2 and "only with --simulate" in res.output
+    stops = CliRunner().invoke(app, [*args, "--early-stop-share", "0.5"])
+    assert stops.exit_code == 0, stops.output
+    res = CliRunner().invoke(app, ["bench", "policies", "--early-stop-share", "0.1"])
+    assert res.exit_code == 2 and "only with --simulate" in res.output
+    res = CliRunner().invoke(app, [*args, "--early-stop-share", "1.5"])
+    assert res.exit_code == 2, res.output
     for opt, bad, says in (("--levels", "x", "numbers > 0"), ("--sweep", "0,1", "numbers > 0"),
                            ("--policies", "fcfs,bogus", "unknown policy 'bogus'"),
                            ("--seeds", "1,1", "distinct whole numbers"),

@@ -55,5 +55,3 @@ def test_large_batches_and_other_dtypes_use_torch():
     out, res = fused_ops.add_rms_norm(x, x.clone(), w, 1e-6)
     want, want_res = _reference_add_norm(x, x.clone(), w, 1e-6)
     assert torch.equal(out, want) and torch.equal(res, want_res)
-    gu = torch.randn(3, 20)
-    assert torch.equal(fused_ops.silu_mul(gu), F.silu(gu[:, :10]) * gu[:, 10:])

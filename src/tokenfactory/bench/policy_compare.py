@@ -37,6 +37,8 @@ class PolicyBenchOptions:
     # Arrival/length seeds: each point runs once per seed and the runs are pooled (more
     # requests of the rare dear tiers per cell, at that many times the run time).
     seeds: tuple[int, ...] = (0,)
+    # Simulator only: share of requests that stop by themselves before max_tokens.
+    early_stop_share: float = 0.0
     out_dir: Path = Path("bench-results/policies")
     extra_serve_args: list[str] = field(default_factory=list)
 
@@ -138,7 +140,7 @@ def run_simulated(
         tally = PointTally(rate=rate)
         for seed in opts.seeds:
             load = SimLoad(rate, opts.duration_s, opts.mix, opts.input_len, opts.output_len,
-                           seed)
+                           seed, opts.early_stop_share)
             tally.add(simulate_tally(policy, load, catalog, cost=cost))
         return tally.summary()
 

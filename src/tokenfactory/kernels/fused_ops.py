@@ -1,4 +1,4 @@
-"""Fused residual-add + RMSNorm for decode-sized bf16 batches on CPU, and the SiLU gate.
+"""Fused residual-add + RMSNorm for decode-sized bf16 batches on CPU.
 
 At a handful of rows each PyTorch op costs far more in dispatch than in arithmetic; the norm
 replaces three ops with one vectorised C call (2026-11-27, 2-core VM: 15 vs 26 us at 8 rows,
@@ -6,9 +6,10 @@ replaces three ops with one vectorised C call (2026-11-27, 2-core VM: 15 vs 26 u
 (PyTorch's bf16 `rms_norm` rounds elsewhere: see MAX_NORM_ROWS), and PyTorch is the fallback
 wherever the native library or AVX2 is unavailable.
 
-The SiLU gate stays in PyTorch: a native version (scalar, then AVX2 and AVX-512 with a
-polynomial exp) was measured no faster than PyTorch's two vectorised ops at any row count,
-and the scalar one cost ~2.5 ms per decode step at 8 rows.
+The SiLU gate has no kernel here (it runs in PyTorch, `models.llama.silu_mul`): a native
+version (scalar, then AVX2 and AVX-512 with a polynomial exp) was measured no faster than
+PyTorch's two vectorised ops at any row count, and the scalar one cost ~2.5 ms per decode step
+at 8 rows.
 """
 
 from __future__ import annotations
@@ -87,9 +88,3 @@ def add_rms_norm(
         return out, new_residual
     new_residual = x if residual is None else x + residual
     return F.rms_norm(new_residual, (x.shape[-1],), weight, eps), new_residual
-
-
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up, where gate_up = [gate | up] along the last dimension."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
