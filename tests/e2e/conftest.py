@@ -22,7 +22,9 @@ def make_engine(embedded_files: LoadedModel):
     def make(dtype: str = "auto", **overrides) -> Engine:
         config = EngineConfig(dtype=dtype, **{"num_kv_blocks": 2048, **overrides})
         if dtype not in models:
-            models[dtype] = build_model(embedded_files.config, config, embedded_files.state_dict)
+            model = build_model(embedded_files.config, config, embedded_files.state_dict)
+            model.attach_q4_weights(embedded_files.q4_weights)  # as Engine.from_model_path does
+            models[dtype] = model
         return Engine(models[dtype], embedded_files.tokenizer, config, model_name="smollm2")
 
     return make

@@ -132,6 +132,8 @@ class Engine:
         config = config or EngineConfig()
         loaded = load_model_files(path)
         model = build_model(loaded.config, config, state_dict=loaded.state_dict)
+        if config.q4_decode:
+            model.attach_q4_weights(loaded.q4_weights)
         # The file or directory name says what users chose (quantization included); the
         # metadata's general.name is often a training-run label.
         source = Path(str(loaded.source))

@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 import torch
 
+from tokenfactory.kernels.q4_linear import Q4Weight
 from tokenfactory.models.config import ModelConfig, RopeScaling
 from tokenfactory.models.errors import (
     CorruptModelError,
@@ -183,6 +184,22 @@ def _unpermute(f: GGUFFile, name: str, array: np.ndarray, config: ModelConfig) -
         return unpermute_rows(array, heads)
     except ValueError as e:
         raise CorruptModelError(f"{f.path}: tensor {name!r} does not match the config: {e}") from e
+
+
+def load_gguf_q4_weights(f: GGUFFile, config: ModelConfig) -> dict[str, Q4Weight]:
+    """The 2-D weights stored as Q4_1, under HF names, in the decode kernel's layout (rows in
+    the same order as the dequantized state dict's)."""
+    permute = f.architecture == "llama"
+    out: dict[str, Q4Weight] = {}
+    for tensor in f.tensors:
+        name = hf_name(tensor.name)
+        if name is None or tensor.tensor_type != Q.Q4_1 or len(tensor.shape) != 2:
+            continue
+        raw = np.asarray(tensor.data, dtype=np.uint8).reshape(int(tensor.shape[1]), -1)
+        if permute:
+            raw = _unpermute(f, tensor.name, raw, config)
+        out[name] = Q4Weight.from_gguf_blocks(raw)
+    return out
 
 
 def load_gguf_state_dict(

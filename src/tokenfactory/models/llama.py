@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenfactory.kernels import q4_linear
 from tokenfactory.kernels.fused_ops import add_rms_norm
 from tokenfactory.kernels.skinny import MAX_M, should_use, skinny_linear
 from tokenfactory.models.config import ModelConfig
@@ -46,7 +47,16 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
+    """nn.Linear, plus optionally the same weight as stored in a GGUF file (Q4_1), which
+    decode steps of a few sequences read instead: ~3x fewer bytes, the same result."""
+
+    q4: q4_linear.Q4Weight | None = None
+
     def forward(self, x: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        if batched and self.q4 is not None and x.shape[0] <= q4_linear.DECODE_MAX_ROWS:
+            y = q4_linear.q4_linear(x, self.q4, self.bias)
+            if y is not None:
+                return y
         return linear(x, self.weight, self.bias, batched)
 
 
@@ -239,6 +249,37 @@ class LlamaForCausalLM(nn.Module):
         return self.compute_logits(self.forward(input_ids, positions, DenseCausalAttention()))
 
     # -- weights -------------------------------------------------------------------------------
+
+    def attach_q4_weights(self, weights: dict[str, q4_linear.Q4Weight]) -> int:
+        """Give the layer linears their Q4_1 form (HF names, as `load_hf_state_dict` takes
+        the dequantized weights), fusing q/k/v and gate/up alike; a linear whose parts are
+        not all there keeps reading bf16. Only for bf16 weights on a CPU where the kernel
+        runs. Returns how many linears read Q4_1 from now on."""
+        if self.device.type != "cpu" or self.dtype is not torch.bfloat16:
+            return 0
+        if not weights or not q4_linear.available():
+            return 0
+        attached = 0
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            for module, names in (
+                (layer.qkv_proj, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                (layer.o_proj, ("self_attn.o_proj",)),
+                (layer.gate_up_proj, ("mlp.gate_proj", "mlp.up_proj")),
+                (layer.down_proj, ("mlp.down_proj",)),
+            ):
+                parts = [weights.get(f"{p}{n}.weight") for n in names]
+                if any(w is None for w in parts):
+                    continue
+                fused = q4_linear.Q4Weight.cat(parts)  # type: ignore[arg-type]
+                if fused.shape != tuple(module.weight.shape):
+                    raise ValueError(
+                        f"Q4_1 weight for layer {i} {names[0]} has shape {fused.shape}, "
+                        f"expected {tuple(module.weight.shape)}"
+                    )
+                module.q4 = fused
+                attached += 1
+        return attached
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy weights named as in Hugging Face checkpoints, fusing q/k/v and gate/up."""

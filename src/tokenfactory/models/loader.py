@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from tokenfactory.kernels.q4_linear import Q4Weight
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.embedded import embedded_model_path
 from tokenfactory.models.errors import CorruptModelError, ModelNotFoundError
@@ -16,6 +17,7 @@ from tokenfactory.models.gguf_loader import (
     check_quantization,
     dequantized_nbytes,
     gguf_model_config,
+    load_gguf_q4_weights,
     load_gguf_state_dict,
 )
 from tokenfactory.models.hf_loader import (
@@ -39,6 +41,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: Path
     format: ModelFormat
+    # GGUF weights stored as Q4_1, as stored (HF names): CPU decode steps can read these
+    q4_weights: dict[str, Q4Weight] = field(default_factory=dict)
 
 
 def load_model_files(
@@ -76,7 +80,7 @@ def _load_gguf(source: Path, dtype: torch.dtype | None, check_memory: bool) -> L
     if check_memory:
         ensure_fits(dequantized_nbytes(f, dtype or torch.float32), str(source))
     state = load_gguf_state_dict(f, config, dtype or torch.float32)
-    return LoadedModel(config, state, tokenizer, source, "gguf")
+    return LoadedModel(config, state, tokenizer, source, "gguf", load_gguf_q4_weights(f, config))
 
 
 def _load_hf(source: Path, dtype: torch.dtype | None, check_memory: bool) -> LoadedModel:

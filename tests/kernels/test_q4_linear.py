@@ -1,0 +1,105 @@
+"""q4_linear: decode linears on GGUF Q4_1 weights, bit for bit the bf16 kernel at one row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenfactory.kernels import _build, q4_linear, skinny
+from tokenfactory.kernels.q4_linear import Q4Weight
+from tokenfactory.kernels.skinny import skinny_linear
+
+needs_native = pytest.mark.skipif(
+    not (q4_linear._REQUIRED_CPU <= _build.cpu_flags() and _build.find_compiler()),
+    reason="the Q4_1 kernel needs a CPU with AVX512-BF16 and gcc on PATH",
+)
+
+SHAPES = [(1, 32), (7, 64), (17, 96), (100, 576), (129, 1536), (576, 576)]  # (N, K)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(_build.DISABLE_ENV, raising=False)
+    q4_linear._reset()
+    skinny._reset()
+    yield
+    q4_linear._reset()
+    skinny._reset()
+
+
+def _q4_weight(n: int, k: int, seed: int = 0) -> tuple[Q4Weight, torch.Tensor]:
+    """Random weights quantized to Q4_1 by gguf, and gguf's own dequantization (float32)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) / k**0.5).astype(np.float32)
+    raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1)
+    ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1).reshape(n, k)
+    return Q4Weight.from_gguf_blocks(raw), torch.from_numpy(np.array(ref, dtype=np.float32))
+
+
+def test_layout_dequantizes_exactly_as_gguf() -> None:
+    q, ref = _q4_weight(33, 96)
+    assert q.shape == (33, 96)
+    assert q.codes.dtype == torch.uint8 and q.codes.shape == (33, 48)
+    assert q.dm.dtype == torch.float32 and q.dm.shape == (33, 3, 2)
+    assert torch.equal(q.dequantize(), ref)
+    both = Q4Weight.cat([q, _q4_weight(5, 96, seed=1)[0]])
+    assert both.shape == (38, 96)
+    assert torch.equal(both.dequantize()[:33], ref)
+
+
+def test_rejects_rows_that_are_not_q4_1() -> None:
+    with pytest.raises(ValueError, match="not Q4_1"):
+        Q4Weight.from_gguf_blocks(np.zeros((4, 21), dtype=np.uint8))
+    with pytest.raises(ValueError, match="not Q4_1"):
+        Q4Weight.from_gguf_blocks(np.zeros((4, 20), dtype=np.float32))
+
+
+@needs_native
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_row_is_bit_for_bit_the_bf16_kernel(n: int, k: int, bias: bool) -> None:
+    q, w32 = _q4_weight(n, k)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    y = q4_linear.q4_linear(x, q, b)
+    assert y is not None and y.dtype == torch.bfloat16 and y.shape == (1, n)
+    assert torch.equal(y, skinny_linear(x, w32.bfloat16(), b))
+
+
+@needs_native
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("n,k", [(17, 96), (129, 1536)])
+def test_several_rows_match_the_float_product(m: int, n: int, k: int) -> None:
+    q, w32 = _q4_weight(n, k, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
+    y = q4_linear.q4_linear(x, q)
+    assert y is not None and y.shape == (m, n)
+    ref = F.linear(x.float(), w32.bfloat16().float())
+    # one bf16 rounding of an fp32 sum: within a couple of bf16 ulps of the exact product
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
+    # and each row is the one-row result (rows do not mix)
+    for i in range(m):
+        assert torch.allclose(y[i : i + 1].float(), q4_linear.q4_linear(x[i : i + 1], q).float(),
+                              rtol=1e-2, atol=1e-2)  # fmt: skip
+
+
+@needs_native
+def test_calls_it_does_not_take_return_none() -> None:
+    q, _ = _q4_weight(16, 64)
+    assert q4_linear.q4_linear(torch.randn(9, 64).bfloat16(), q) is None  # > 8 rows
+    assert q4_linear.q4_linear(torch.randn(1, 64), q) is None  # float32
+    assert q4_linear.q4_linear(torch.randn(1, 32).bfloat16(), q) is None  # wrong K
+    assert q4_linear.q4_linear(torch.randn(64, 2).bfloat16().t(), q) is None  # strided rows
+
+
+def test_disabled_native_code_means_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_build.DISABLE_ENV, "1")
+    q, _ = _q4_weight(16, 64)
+    assert not q4_linear.available()
+    assert q4_linear.q4_linear(torch.randn(1, 64).bfloat16(), q) is None

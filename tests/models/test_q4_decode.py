@@ -1,0 +1,85 @@
+"""The embedded model's decode steps on its stored Q4_1 weights: same tokens, fewer bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.engine import Engine, build_model
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.kernels import q4_linear
+from tokenfactory.models.loader import LoadedModel
+
+needs_kernel = pytest.mark.skipif(
+    not q4_linear.available(), reason="the Q4_1 kernel needs AVX512-BF16 and gcc"
+)
+
+
+def _engine(loaded: LoadedModel, q4: bool) -> Engine:
+    config = EngineConfig(num_kv_blocks=512, q4_decode=q4)
+    model = build_model(loaded.config, config, loaded.state_dict)
+    if q4:
+        assert model.attach_q4_weights(loaded.q4_weights) == 4 * loaded.config.num_hidden_layers
+    return Engine(model, loaded.tokenizer, config, model_name="smollm2")
+
+
+def test_the_embedded_gguf_has_every_layer_linear_as_q4_1(embedded_model: LoadedModel) -> None:
+    layers = embedded_model.config.num_hidden_layers
+    assert len(embedded_model.q4_weights) == 7 * layers  # q, k, v, o, gate, up, down
+    for name, weight in embedded_model.q4_weights.items():
+        dense = embedded_model.state_dict[name]
+        assert weight.shape == tuple(dense.shape)
+    # rows in the dequantized state dict's order (q and k rows are un-permuted for llama)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    q4 = embedded_model.q4_weights[name]
+    assert torch.equal(q4.dequantize(), embedded_model.state_dict[name])
+
+
+@needs_kernel
+def test_one_sequence_decodes_the_same_tokens_and_logits(embedded_model: LoadedModel) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0.0, logprobs=3)
+    prompt = "The three primary colours are"
+    dense = _engine(embedded_model, q4=False).generate(prompt, params)[0]
+    packed = _engine(embedded_model, q4=True).generate(prompt, params)[0]
+    assert packed.token_ids == dense.token_ids
+    assert packed.logprobs == dense.logprobs  # bit for bit: the same sums in the same order
+
+
+@needs_kernel
+def test_a_few_sequences_decode_through_it_too(embedded_model: LoadedModel) -> None:
+    params = SamplingParams(max_tokens=16, temperature=0.0)
+    prompts = ["What is the capital of France?", "Name a prime number.", "Say hello."]
+    dense = _engine(embedded_model, q4=False).generate(prompts, params)
+    packed = _engine(embedded_model, q4=True).generate(prompts, params)
+    for a, b in zip(dense, packed, strict=True):
+        # rows are summed in another order than on the bf16 AMX path: equal up to rounding,
+        # which on a greedy path shows at most as a late divergence
+        assert b.token_ids[:8] == a.token_ids[:8]
+
+
+def test_float32_weights_keep_their_own_linears(embedded_model: LoadedModel) -> None:
+    model = build_model(embedded_model.config, EngineConfig(dtype="float32"), None)
+    assert model.attach_q4_weights(embedded_model.q4_weights) == 0
+    assert all(layer.qkv_proj.q4 is None for layer in model.layers)
+
+
+@needs_kernel
+def test_a_q4_weight_of_the_wrong_shape_is_refused(embedded_model: LoadedModel) -> None:
+    model = build_model(embedded_model.config, EngineConfig(), None)
+    weights = dict(embedded_model.q4_weights)
+    weights["model.layers.2.mlp.down_proj.weight"] = weights["model.layers.2.mlp.up_proj.weight"]
+    with pytest.raises(ValueError, match="layer 2"):
+        model.attach_q4_weights(weights)
+
+
+@pytest.mark.parametrize("q4", [True, False])
+def test_engine_config_switches_it(
+    embedded_model: LoadedModel, monkeypatch: pytest.MonkeyPatch, q4: bool
+) -> None:
+    monkeypatch.setattr(
+        "tokenfactory.models.loader.load_model_files", lambda *a, **k: embedded_model
+    )
+    engine = Engine.from_model_path(None, EngineConfig(num_kv_blocks=64, q4_decode=q4))
+    attached = [layer.down_proj.q4 is not None for layer in engine.model.layers]
+    assert all(attached) == (q4 and q4_linear.available())
