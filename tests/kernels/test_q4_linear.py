@@ -1,4 +1,4 @@
-"""q4_linear: decode linears on GGUF Q4_1 weights, bit for bit the bf16 kernel at one row."""
+"""q4_linear: decode linears on GGUF Q4_1 weights, bit for bit the bf16 kernel."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tokenfactory.kernels.q4_linear import Q4Weight
 from tokenfactory.kernels.skinny import skinny_linear
 
 needs_native = pytest.mark.skipif(
-    not (q4_linear._REQUIRED_CPU <= _build.cpu_flags() and _build.find_compiler()),
+    not (skinny._REQUIRED_CPU <= _build.cpu_flags() and _build.find_compiler()),
     reason="the Q4_1 kernel needs a CPU with AVX512-BF16 and gcc on PATH",
 )
 
@@ -25,10 +25,8 @@ SHAPES = [(1, 32), (7, 64), (17, 96), (100, 576), (129, 1536), (576, 576)]  # (N
 @pytest.fixture(autouse=True)
 def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(_build.DISABLE_ENV, raising=False)
-    q4_linear._reset()
     skinny._reset()
     yield
-    q4_linear._reset()
     skinny._reset()
 
 
@@ -59,34 +57,39 @@ def test_rejects_rows_that_are_not_q4_1() -> None:
         Q4Weight.from_gguf_blocks(np.zeros((4, 20), dtype=np.float32))
 
 
+@pytest.fixture
+def avx512_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bf16 kernel on its AVX512 tiles at every row count (the Q4_1 kernel's twin)."""
+    if not skinny.available():
+        pytest.skip("native kernel unavailable")
+    monkeypatch.setattr(skinny, "_amx_min_m", skinny.MAX_M + 1)
+
+
 @needs_native
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_one_row_is_bit_for_bit_the_bf16_kernel(n: int, k: int, bias: bool) -> None:
-    q, w32 = _q4_weight(n, k)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, k, generator=g).bfloat16()
+def test_bit_for_bit_the_bf16_kernel_on_the_dequantized_weight(
+    avx512_only: None, m: int, n: int, k: int, bias: bool
+) -> None:
+    q, w32 = _q4_weight(n, k, seed=m)
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k, generator=g).bfloat16()
     b = torch.randn(n, generator=g).bfloat16() if bias else None
     y = q4_linear.q4_linear(x, q, b)
-    assert y is not None and y.dtype == torch.bfloat16 and y.shape == (1, n)
+    assert y is not None and y.dtype == torch.bfloat16 and y.shape == (m, n)
     assert torch.equal(y, skinny_linear(x, w32.bfloat16(), b))
+    # and within one rounding of the float product
+    ref = F.linear(x.float(), w32.bfloat16().float(), None if b is None else b.float())
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
 
 
 @needs_native
-@pytest.mark.parametrize("m", [2, 3, 4, 5, 8])
-@pytest.mark.parametrize("n,k", [(17, 96), (129, 1536)])
-def test_several_rows_match_the_float_product(m: int, n: int, k: int) -> None:
-    q, w32 = _q4_weight(n, k, seed=m)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
+def test_rows_of_x_need_not_be_packed(avx512_only: None) -> None:
+    q, w32 = _q4_weight(40, 64)
+    x = torch.randn(3, 128).bfloat16()[:, :64]  # rows 128 elements apart
     y = q4_linear.q4_linear(x, q)
-    assert y is not None and y.shape == (m, n)
-    ref = F.linear(x.float(), w32.bfloat16().float())
-    # one bf16 rounding of an fp32 sum: within a couple of bf16 ulps of the exact product
-    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
-    # and each row is the one-row result (rows do not mix)
-    for i in range(m):
-        assert torch.allclose(y[i : i + 1].float(), q4_linear.q4_linear(x[i : i + 1], q).float(),
-                              rtol=1e-2, atol=1e-2)  # fmt: skip
+    assert y is not None and torch.equal(y, skinny_linear(x.contiguous(), w32.bfloat16()))
 
 
 @needs_native

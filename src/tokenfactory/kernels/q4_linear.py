@@ -2,12 +2,14 @@
 
 A decode step reads every weight once, so its time is the weights' bytes over the memory
 bandwidth. The embedded model ships as Q4_1 (per 32 weights: an fp16 scale d and minimum m,
-and 32 4-bit codes q; w = d*q + m); dequantized to bf16 it reads ~212 MB of layer weights a
-step, kept as codes ~80 MB. `q4_linear` expands each block in registers exactly as the loader
-dequantizes it and runs the bf16 kernel's dot products in the same order, so with one row it
-returns bit for bit what `skinny_linear` returns on the dequantized weights (and within
-rounding of it with more rows, as the AMX path does). The bf16 weights stay too: prompt and
-mixed steps, and batches over 8 rows, run on them.
+and 32 4-bit codes q; w = d*q + m); dequantized to bf16 its layers read ~212 MB a step, kept as
+codes and scales ~80 MB. The kernel (`skinny_linear.c`, a Q4_1 variant of its AVX512 tile)
+expands each block in registers exactly as the loader dequantizes it and then does what the
+bf16 tile does, so `q4_linear` returns bit for bit what `skinny_linear` returns on the
+dequantized weight on its AVX512 path (its path for one row; from two rows it takes AMX tiles
+where the CPU has them, which round a few sums differently). The bf16 weights stay too:
+prompt and mixed steps, and decode steps of more than `DECODE_MAX_ROWS` sequences, run on
+them.
 
 `Q4Weight.from_gguf_blocks` builds the kernel's layout from a tensor's raw GGUF blocks;
 `LlamaForCausalLM.attach_q4_weights` hands them to the linears.
@@ -15,33 +17,19 @@ mixed steps, and batches over 8 rows, run on them.
 
 from __future__ import annotations
 
-import ctypes
-import logging
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from tokenfactory.kernels import _build
+from tokenfactory.kernels import skinny
 
-log = logging.getLogger(__name__)
-
-BLOCK = 32  # weights per Q4_1 block
-BLOCK_BYTES = 20  # fp16 d, fp16 m, 16 bytes of codes
-MAX_M = 8  # rows of x one call takes
-# Decode steps of up to this many sequences read Q4_1: past it the bf16 kernels (AMX) win, as
-# expanding the codes costs compute that more rows no longer hide behind the memory reads.
-DECODE_MAX_ROWS = 4
-
-_SOURCE = Path(__file__).with_name("q4_linear.c")
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp"]
-_REQUIRED_CPU = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
-# x, M, ldx, codes, dm, N, K, bias, out, ldo, threads (see tf_q4_1_linear)
-_pack = struct.Struct("=11q").pack
-_fn: Callable[..., int] | None = None
+BLOCK_BYTES = 20  # per 32 weights: fp16 d, fp16 m, 16 bytes of codes
+# Decode steps of up to this many sequences read Q4_1. Expanding the codes costs compute that
+# only hides behind the memory reads at one or two rows: from 3 rows the bf16 AMX tiles were as
+# fast on the 2-core VM (scripts/q4_decode_check.py), and with AMX tiles expanded from codes
+# too (tried) no faster.
+DECODE_MAX_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -83,62 +71,15 @@ class Q4Weight:
         return (d * q + m).reshape(n, half * 2)
 
 
-def _load_locked() -> bool:
-    global _fn
-    if _build.native_disabled():
-        return False
-    if not _REQUIRED_CPU <= _build.cpu_flags():
-        log.info("q4_linear: CPU lacks AVX512-BF16, decode linears read bf16 weights")
-        return False
-    if _build.find_compiler() is None:
-        return False
-    lib = _build.load_library("q4_linear", _SOURCE, _FLAGS)
-    if lib is None:
-        return False
-    fn = lib.tf_q4_1_linear_packed
-    fn.argtypes = [ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    _fn = fn
-    return True
-
-
-_load = _build.Once(_load_locked)
-
-
-def _reset() -> None:
-    """Forget the loaded state (tests flip the env var between cases)."""
-    global _fn
-    _load.reset()
-    _fn = None
-
-
 def available() -> bool:
-    """True if the kernel can run here (CPU, compiler, build and env var allow it)."""
-    return _load()
+    """True if the kernel can run here: it lives in ``skinny_linear``'s native library."""
+    return skinny.available()
 
 
 def q4_linear(
     x: torch.Tensor, weight: Q4Weight, bias: torch.Tensor | None = None
 ) -> torch.Tensor | None:
-    """x [M, K] bf16 (M <= 8, rows contiguous) @ weight^T (+ bias): [M, N] bf16, or None when
-    the kernel does not take the call (the caller then uses the bf16 weight)."""
-    if _fn is None and not _load():
-        return None
-    n, k = weight.shape
-    if (
-        x.dim() != 2
-        or not 0 < x.shape[0] <= MAX_M
-        or x.shape[1] != k
-        or x.dtype is not torch.bfloat16
-        or not x.is_cpu
-        or x.stride(1) != 1
-        or (bias is not None and (bias.dtype is not torch.bfloat16 or not bias.is_contiguous()))
-    ):
-        return None
-    m = x.shape[0]
-    out = torch.empty((m, n), dtype=torch.bfloat16)
-    args = _pack(
-        x.data_ptr(), m, x.stride(0), weight.codes.data_ptr(), weight.dm.data_ptr(), n, k,
-        0 if bias is None else bias.data_ptr(), out.data_ptr(), n, torch.get_num_threads(),
-    )  # fmt: skip
-    return out if _fn(args) == 0 else None  # type: ignore[misc]
+    """x [M, K] bf16 (M <= 8, rows contiguous) @ weight^T (+ bias): [M, N] bf16, bit for bit
+    ``skinny_linear`` on the dequantized weight; None when the kernel does not take the call
+    (the caller then uses the bf16 weight)."""
+    return skinny.skinny_linear_q4_1(x, weight.codes, weight.dm, bias)

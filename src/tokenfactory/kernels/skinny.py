@@ -57,14 +57,17 @@ BATCHED = True
 _BF16 = torch.bfloat16
 # x, M, ldx, w, N, K, bias, out, ldo, threads, use_amx (see tf_skinny_linear_bf16)
 _pack = struct.Struct("=11q").pack
+# x, M, ldx, codes, dm, N, K, bias, out, ldo, threads (see tf_skinny_linear_q4_1)
+_pack_q4 = struct.Struct("=11q").pack
 
 # Loaded state, kept as module globals so the hot path is a couple of global reads.
 _fn: Callable[..., int] | None = None
+_q4_fn: Callable[..., int] | None = None
 _amx_min_m = MAX_M + 1  # MAX_M + 1 disables AMX
 
 
 def _load_locked() -> bool:
-    global _fn, _amx_min_m
+    global _fn, _q4_fn, _amx_min_m
     if _build.native_disabled():
         return False
     flags = _build.cpu_flags()
@@ -88,7 +91,10 @@ def _load_locked() -> bool:
     fn = lib.tf_skinny_linear_bf16_packed
     fn.argtypes = [ctypes.c_char_p]
     fn.restype = ctypes.c_int
-    _fn, _amx_min_m = fn, (_AMX_MIN_M if amx else MAX_M + 1)
+    q4 = lib.tf_skinny_linear_q4_1_packed
+    q4.argtypes = [ctypes.c_char_p]
+    q4.restype = ctypes.c_int
+    _fn, _q4_fn, _amx_min_m = fn, q4, (_AMX_MIN_M if amx else MAX_M + 1)
     return True
 
 
@@ -97,9 +103,9 @@ _load = _build.Once(_load_locked)
 
 def _reset() -> None:
     """Forget the loaded state (tests flip the env var / availability between cases)."""
-    global _fn, _amx_min_m
+    global _fn, _q4_fn, _amx_min_m
     _load.reset()
-    _fn, _amx_min_m = None, MAX_M + 1
+    _fn, _q4_fn, _amx_min_m = None, None, MAX_M + 1
 
 
 def available() -> bool:
@@ -207,6 +213,47 @@ def skinny_linear(
     )  # fmt: skip
     rc = _fn(args)
     return out if rc == 0 else _fallback(x, w, bias, out)
+
+
+def skinny_linear_q4_1(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    dm: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``x @ W.T (+ bias)`` with W as Q4_1 codes and scales (layout: ``kernels.q4_linear``):
+    x [M, K] bf16 with rows contiguous, M <= 8; codes [N, K/2] uint8 and dm [N, K/32, 2]
+    float32, contiguous. The result is bit for bit ``skinny_linear``'s AVX512 path on the
+    dequantized bf16 weight (which is its path for one row; several rows take AMX tiles there
+    where the CPU has them, which round a few sums differently). None when the native kernel
+    does not take the call."""
+    if _q4_fn is None and not _load():
+        return None
+    n, half = codes.shape
+    k = 2 * half
+    if (
+        x.dim() != 2
+        or not 0 < x.shape[0] <= _AVX_MAX_M
+        or x.shape[1] != k
+        or k % 32
+        or x.dtype is not _BF16
+        or not x.is_cpu
+        or x.stride(1) != 1
+        or codes.dtype is not torch.uint8
+        or dm.dtype is not torch.float32
+        or dm.shape != (n, k // 32, 2)
+        or not (codes.is_contiguous() and dm.is_contiguous())
+        or (bias is not None and (bias.dtype is not _BF16 or bias.shape != (n,)))
+        or (bias is not None and not bias.is_contiguous())
+    ):
+        return None
+    m = x.shape[0]
+    out = torch.empty((m, n), dtype=_BF16)
+    args = _pack_q4(
+        x.data_ptr(), m, x.stride(0), codes.data_ptr(), dm.data_ptr(), n, k,
+        0 if bias is None else bias.data_ptr(), out.data_ptr(), n, torch.get_num_threads(),
+    )  # fmt: skip
+    return out if _q4_fn(args) == 0 else None  # type: ignore[misc]
 
 
 def _reshaped(
