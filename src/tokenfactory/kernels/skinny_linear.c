@@ -169,7 +169,7 @@ AI __m512bh q4_block(const uint8_t *codes, const float *dm) {
 /* `tile` on Q4_1 rows: the same accumulators, dot products and order. */
 AI void tile_q4(const int M, const int R, const bf16_t *x, int64_t ldx, const uint8_t *codes,
                 const float *dm, int64_t K, int64_t n0, int nv, const bf16_t *bias, bf16_t *out,
-                int64_t ldo) {
+                int64_t ldo, int64_t pf) {
     __m512 acc[16];
     for (int s = 0; s < 16; s++) acc[s] = _mm512_setzero_ps();
     const int64_t nb = K / 32;
@@ -180,7 +180,17 @@ AI void tile_q4(const int M, const int R, const bf16_t *x, int64_t ldx, const ui
         cr[r] = codes + n * (K / 2);
         dr[r] = dm + n * nb * 2;
     }
+    /* The tile's codes and scales are two contiguous regions (R rows each), consumed at R * 16
+     * and R * 8 bytes per block step: prefetch both `pf` tiles ahead, at the same rate (rows
+     * are short, so the hardware prefetchers never lock on to them). */
+    const char *pc = (const char *)(codes + n0 * (K / 2)) + pf * (K / 2);
+    const char *pd = (const char *)(dm + n0 * nb * 2) + pf * nb * 8;
     for (int64_t b = 0; b < nb; b++) {
+        if (pf) {
+            for (int64_t off = 0; off < R * 16; off += 64)
+                _mm_prefetch(pc + b * R * 16 + off, PF_HINT);
+            _mm_prefetch(pd + b * R * 8, PF_HINT);
+        }
         __m512bh xv[8];
         for (int m = 0; m < M; m++) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * ldx + 32 * b);
         for (int r = 0; r < R; r++) {
@@ -194,14 +204,22 @@ AI void tile_q4(const int M, const int R, const bf16_t *x, int64_t ldx, const ui
 
 /* R for Q4_1: 8 rows per tile at M = 1 (16 measured slower: the expansion needs registers
  * too); accumulators of different rows never mix, so R does not change any result. */
+#ifndef PF_ROWS_Q4
+#define PF_ROWS_Q4 64 /* prefetch distance in rows of W (~18-48 KiB of codes here) */
+#endif
 #define DEFINE_RUN_Q4(M_, R_)                                                                   \
     static void run_q4_m##M_(const bf16_t *x, int64_t ldx, const uint8_t *codes,                \
-                             const float *dm, int64_t K, const bf16_t *bias, bf16_t *out,       \
-                             int64_t ldo, int64_t nb, int64_t ne) {                             \
+                             const float *dm, int64_t N, int64_t K, const bf16_t *bias,         \
+                             bf16_t *out, int64_t ldo, int64_t nb, int64_t ne) {                \
+        const int64_t pf = (PF_ROWS_Q4 + (R_) - 1) / (R_) * (R_);                               \
         int64_t n0 = nb;                                                                        \
+        /* prefetch while the rows it touches exist */                                          \
+        for (; n0 + (R_) <= ne && n0 + pf + (R_) <= N; n0 += (R_))                              \
+            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, pf);                  \
         for (; n0 + (R_) <= ne; n0 += (R_))                                                     \
-            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo);                      \
-        if (n0 < ne) tile_q4(M_, R_, x, ldx, codes, dm, K, n0, (int)(ne - n0), bias, out, ldo); \
+            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, 0);                   \
+        if (n0 < ne)                                                                            \
+            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, (int)(ne - n0), bias, out, ldo, 0);       \
     }
 DEFINE_RUN_Q4(1, 8)
 DEFINE_RUN_Q4(2, 8)
@@ -215,7 +233,7 @@ DEFINE_RUN_Q4(8, 2)
 static const int ROWS_Q4[9] = {0, 8, 8, 5, 4, 3, 2, 2, 2};
 
 typedef void (*run_q4_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
-                          const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
+                          int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
 static const run_q4_fn RUNS_Q4[9] = {0,         run_q4_m1, run_q4_m2, run_q4_m3, run_q4_m4,
                                      run_q4_m5, run_q4_m6, run_q4_m7, run_q4_m8};
 
@@ -483,7 +501,7 @@ static void run_avx(const job_t *j, int64_t nb, int64_t ne) {
     for (int64_t m0 = 0; m0 < j->M; m0 += 8) {
         const int64_t mr = j->M - m0 < 8 ? j->M - m0 : 8;
         if (j->codes) {
-            RUNS_Q4[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->K, j->bias,
+            RUNS_Q4[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->N, j->K, j->bias,
                         j->out + m0 * j->ldo, j->ldo, nb, ne);
             continue;
         }
