@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import gguf
 import numpy as np
 import pytest
@@ -22,12 +20,8 @@ needs_native = pytest.mark.skipif(
 SHAPES = [(1, 32), (7, 64), (17, 96), (100, 576), (129, 1536), (576, 576)]  # (N, K)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(_build.DISABLE_ENV, raising=False)
-    skinny._reset()
-    yield
-    skinny._reset()
+# Each test sees the kernel as freshly imported, whatever the environment says.
+pytestmark = pytest.mark.usefixtures("fresh_skinny")
 
 
 def _q4_weight(n: int, k: int, seed: int = 0) -> tuple[Q4Weight, torch.Tensor]:

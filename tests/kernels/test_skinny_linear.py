@@ -8,7 +8,6 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,8 @@ SHAPES = [  # (N, K): odd N, N below/around the tile sizes, K tails that are not
 ]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # Each test sees the kernel as freshly imported, whatever the environment says.
-    monkeypatch.delenv(_build.DISABLE_ENV, raising=False)
-    skinny._reset()
-    yield
-    skinny._reset()
+# Each test sees the kernel as freshly imported, whatever the environment says.
+pytestmark = pytest.mark.usefixtures("fresh_skinny")
 
 
 @pytest.fixture(params=["avx512", "amx"])

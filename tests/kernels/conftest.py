@@ -1,0 +1,18 @@
+"""Shared fixtures for the native kernel tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tokenfactory.kernels import _build, skinny
+
+
+@pytest.fixture
+def fresh_skinny(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The skinny_linear library as freshly imported, whatever the environment says."""
+    monkeypatch.delenv(_build.DISABLE_ENV, raising=False)
+    skinny._reset()
+    yield
+    skinny._reset()
