@@ -80,6 +80,6 @@ def q4_linear(
     x: torch.Tensor, weight: Q4Weight, bias: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """x [M, K] bf16 (M <= 8, rows contiguous) @ weight^T (+ bias): [M, N] bf16, bit for bit
-    ``skinny_linear`` on the dequantized weight; None when the kernel does not take the call
-    (the caller then uses the bf16 weight)."""
+    ``skinny_linear``'s AVX512 path on the dequantized weight; None when the kernel does not
+    take the call (the caller then uses the bf16 weight)."""
     return skinny.skinny_linear_q4_1(x, weight.codes, weight.dm, bias)
