@@ -63,5 +63,6 @@ def row_times(rows: int, weight: torch.Tensor) -> tuple[float, float, float]:
         median_us(lambda: silu_mul(gate_up)),
     )
 
+
 if __name__ == "__main__":
     main()

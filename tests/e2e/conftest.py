@@ -11,7 +11,7 @@ from tokenfactory.models.loader import LoadedModel, load_model_files
 
 @pytest.fixture(scope="session")
 def embedded_files() -> LoadedModel:
-    return load_model_files(None)
+    return load_model_files(None, q4_weights=True)
 
 
 @pytest.fixture(scope="session")

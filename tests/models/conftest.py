@@ -29,7 +29,7 @@ def tokenizer(embedded_gguf: GGUFFile) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def embedded_model() -> LoadedModel:
-    return load_model_files(None)
+    return load_model_files(None, q4_weights=True)
 
 
 @pytest.fixture(scope="session")

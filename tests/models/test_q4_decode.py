@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine, build_model
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.kernels import q4_linear
-from tokenfactory.models.loader import LoadedModel
+from tokenfactory.models.loader import LoadedModel, load_model_files
 
 needs_kernel = pytest.mark.skipif(
     not q4_linear.available(), reason="the Q4_1 kernel needs AVX512-BF16 and gcc"
@@ -77,9 +79,19 @@ def test_a_q4_weight_of_the_wrong_shape_is_refused(embedded_model: LoadedModel) 
 def test_engine_config_switches_it(
     embedded_model: LoadedModel, monkeypatch: pytest.MonkeyPatch, q4: bool
 ) -> None:
-    monkeypatch.setattr(
-        "tokenfactory.models.loader.load_model_files", lambda *a, **k: embedded_model
-    )
+    asked: list[bool] = []
+
+    def load(*args: object, q4_weights: bool = False, **kwargs: object) -> LoadedModel:
+        asked.append(q4_weights)
+        return embedded_model
+
+    monkeypatch.setattr("tokenfactory.models.loader.load_model_files", load)
     engine = Engine.from_model_path(None, EngineConfig(num_kv_blocks=64, q4_decode=q4))
     attached = [layer.down_proj.q4 is not None for layer in engine.model.layers]
     assert all(attached) == (q4 and q4_linear.available())
+    assert asked == [q4]  # the stored Q4_1 weights are only kept when they will be read
+
+
+def test_q4_weights_are_kept_only_when_asked_for(embedded_path: Path) -> None:
+    plain = load_model_files(embedded_path, dtype=torch.bfloat16, check_memory=False)
+    assert plain.q4_weights == {}

@@ -130,9 +130,11 @@ class Engine:
         from tokenfactory.models.loader import load_model_files
 
         config = config or EngineConfig()
-        loaded = load_model_files(path)
+        # Q4_1 weights as stored only where CPU decode steps could read them.
+        q4 = config.q4_decode and resolve_device(config.device).type == "cpu"
+        loaded = load_model_files(path, q4_weights=q4)
         model = build_model(loaded.config, config, state_dict=loaded.state_dict)
-        if config.q4_decode:
+        if q4:
             model.attach_q4_weights(loaded.q4_weights)
         # The file or directory name says what users chose (quantization included); the
         # metadata's general.name is often a training-run label.

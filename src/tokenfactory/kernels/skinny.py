@@ -57,8 +57,6 @@ BATCHED = True
 _BF16 = torch.bfloat16
 # x, M, ldx, w, N, K, bias, out, ldo, threads, use_amx (see tf_skinny_linear_bf16)
 _pack = struct.Struct("=11q").pack
-# x, M, ldx, codes, dm, N, K, bias, out, ldo, threads (see tf_skinny_linear_q4_1)
-_pack_q4 = struct.Struct("=11q").pack
 
 # Loaded state, kept as module globals so the hot path is a couple of global reads.
 _fn: Callable[..., int] | None = None
@@ -243,13 +241,16 @@ def skinny_linear_q4_1(
         or dm.dtype is not torch.float32
         or dm.shape != (n, k // 32, 2)
         or not (codes.is_contiguous() and dm.is_contiguous())
-        or (bias is not None and (bias.dtype is not _BF16 or bias.shape != (n,)))
-        or (bias is not None and not bias.is_contiguous())
+        or (
+            bias is not None
+            and (bias.dtype is not _BF16 or bias.shape != (n,) or not bias.is_contiguous())
+        )
     ):
         return None
     m = x.shape[0]
     out = torch.empty((m, n), dtype=_BF16)
-    args = _pack_q4(
+    # x, M, ldx, codes, dm, N, K, bias, out, ldo, threads (see tf_skinny_linear_q4_1)
+    args = _pack(
         x.data_ptr(), m, x.stride(0), codes.data_ptr(), dm.data_ptr(), n, k,
         0 if bias is None else bias.data_ptr(), out.data_ptr(), n, torch.get_num_threads(),
     )  # fmt: skip

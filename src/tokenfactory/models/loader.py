@@ -41,7 +41,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: Path
     format: ModelFormat
-    # GGUF weights stored as Q4_1, as stored (HF names): CPU decode steps can read these
+    # GGUF weights stored as Q4_1, as stored (HF names), when asked for: CPU decode steps read these
     q4_weights: dict[str, Q4Weight] = field(default_factory=dict)
 
 
@@ -50,11 +50,13 @@ def load_model_files(
     *,
     dtype: torch.dtype | None = None,
     check_memory: bool = True,
+    q4_weights: bool = False,
 ) -> LoadedModel:
     """Load a GGUF file or a Hugging Face directory; None loads the embedded default model.
 
     GGUF weights are dequantized to float32; HF weights keep their stored dtype. `dtype`
     casts every tensor (one at a time, so peak memory stays near the result's size).
+    `q4_weights`: also keep a GGUF's Q4_1 weights as stored (`LoadedModel.q4_weights`).
     """
     source = embedded_model_path() if path is None else Path(path).expanduser()
     if not source.exists():
@@ -62,7 +64,7 @@ def load_model_files(
     if source.is_dir():
         loaded = _load_hf(source, dtype, check_memory)
     elif is_gguf_file(source):
-        loaded = _load_gguf(source, dtype, check_memory)
+        loaded = _load_gguf(source, dtype, check_memory, q4_weights)
     else:
         raise CorruptModelError(
             f"{source} is neither a GGUF file nor a Hugging Face model directory "
@@ -72,7 +74,9 @@ def load_model_files(
     return loaded
 
 
-def _load_gguf(source: Path, dtype: torch.dtype | None, check_memory: bool) -> LoadedModel:
+def _load_gguf(
+    source: Path, dtype: torch.dtype | None, check_memory: bool, q4_weights: bool
+) -> LoadedModel:
     f = open_gguf(source)
     config = gguf_model_config(f)
     check_quantization(f)
@@ -80,7 +84,8 @@ def _load_gguf(source: Path, dtype: torch.dtype | None, check_memory: bool) -> L
     if check_memory:
         ensure_fits(dequantized_nbytes(f, dtype or torch.float32), str(source))
     state = load_gguf_state_dict(f, config, dtype or torch.float32)
-    return LoadedModel(config, state, tokenizer, source, "gguf", load_gguf_q4_weights(f, config))
+    q4 = load_gguf_q4_weights(f, config) if q4_weights else {}
+    return LoadedModel(config, state, tokenizer, source, "gguf", q4)
 
 
 def _load_hf(source: Path, dtype: torch.dtype | None, check_memory: bool) -> LoadedModel:
