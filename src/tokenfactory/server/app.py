@@ -405,6 +405,7 @@ def _tiers_body(factory: Factory) -> dict:
             "machine": cap.machine,
             "measured_at": cap.measured_at,
             "cached": cap.cached,
+            "recheck_step_s": cap.recheck_step_s,
             "ttft_prompt_tokens": cap.ttft_prompt_tokens,
             "idle_ttft_s": cap.ttft_s,
             "decode": [

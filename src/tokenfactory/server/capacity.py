@@ -1,8 +1,9 @@
-"""What this hardware can promise: decode speed per user against batch size, measured once.
+"""What this hardware can promise: decode speed per user against batch size.
 
 At start the server runs a short probe on the engine (before it serves anyone), or loads the
-probe it cached for the same model, device and machine. A tier opens only if one user can get
-its promised speed and time to first token here; /v1/tiers says why the others are closed.
+probe it cached for the same model, device and machine after a quick check that the cache
+still agrees with the machine as it runs now. A tier opens only if one user can get its
+promised speed and time to first token here; /v1/tiers says why the others are closed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ PROBE_VERSION = 1
 # A tier opens when one user gets this much more than its promised speed: the margin leaves
 # room for the small batches and prompt chunks that share steps with it in real traffic.
 SPEED_MARGIN = 1.15
+# A cached probe is kept while a few decode steps timed at start agree with it within this
+# factor, either way. Otherwise it is measured again: a probe taken on a busy machine, or by
+# an engine that has since become faster or slower, would decide which tiers open for good.
+RECHECK_FACTOR = 1.5
+RECHECK_STEPS = 8
+PROBE_PROMPT_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,23 @@ class Capacity:
     ttft_prompt_tokens: int
     ttft_s: float  # idle time to first token for a prompt of ttft_prompt_tokens
     cached: bool = False
+    # The smallest batch's decode step as timed at this start, when the probe came from cache.
+    recheck_step_s: float | None = None
     version: int = PROBE_VERSION
     extra: dict = field(default_factory=dict)
 
     @property
     def best_speed(self) -> float:
         return max(p.tokens_per_s_per_user for p in self.points)
+
+    @property
+    def smallest_batch(self) -> CapacityPoint:
+        return min(self.points, key=lambda p: p.batch)
+
+    def agrees_with(self, step_s: float, factor: float = RECHECK_FACTOR) -> bool:
+        """Whether a decode step at the smallest batch, timed now, matches this probe's."""
+        probed = self.smallest_batch.step_s
+        return probed / factor <= step_s <= probed * factor
 
     def max_batch_at(self, tokens_per_s: float) -> int:
         """The largest measured batch whose per-user speed still meets `tokens_per_s`."""
@@ -122,19 +140,30 @@ def load_or_measure(
     model_identity: str,
     remeasure: bool = False,
     batches: tuple[int, ...] | None = None,
+    recheck_factor: float = RECHECK_FACTOR,
 ) -> Capacity:
-    """The cached probe for this model and machine, or a fresh one (then cached)."""
+    """The cached probe for this model and machine if a quick check agrees with it, or a fresh
+    one (then cached)."""
     path = None
     if cache_dir is not None:
         path = cache_dir / f"capacity-{probe_key(engine, model_identity, batches)}.json"
-        if path.exists() and not remeasure:
-            try:
-                cap = Capacity.from_dict(json.loads(path.read_text()))
-                if cap.version == PROBE_VERSION:
-                    cap.cached = True
-                    return cap
-            except (ValueError, TypeError, KeyError):
-                log.warning("ignoring unreadable capacity cache %s", path)
+        cap = None if remeasure else _read_cache(path)
+        if cap is not None:
+            batch = cap.smallest_batch.batch
+            vocab = engine.model_config.vocab_size
+            steps = _decode_steps(engine, batch, PROBE_PROMPT_TOKENS, RECHECK_STEPS, vocab)
+            now = statistics.median(steps)
+            if cap.agrees_with(now, recheck_factor):
+                cap.cached, cap.recheck_step_s = True, now
+                return cap
+            log.warning(
+                "the cached capacity probe (%s) has a %d-sequence decode step of %.1f ms, but it "
+                "takes %.1f ms now: measuring again",
+                cap.measured_at,
+                batch,
+                cap.smallest_batch.step_s * 1e3,
+                now * 1e3,
+            )
     cap = measure(engine, batches)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,11 +171,24 @@ def load_or_measure(
     return cap
 
 
+def _read_cache(path: Path) -> Capacity | None:
+    if not path.exists():
+        return None
+    try:
+        cap = Capacity.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError):
+        log.warning("ignoring unreadable capacity cache %s", path)
+        return None
+    if cap.version != PROBE_VERSION or not cap.points:
+        return None
+    return cap
+
+
 def measure(
     engine: Engine,
     batches: tuple[int, ...] | None = None,
     decode_steps: int = 12,
-    prompt_tokens: int = 32,
+    prompt_tokens: int = PROBE_PROMPT_TOKENS,
     ttft_prompt_tokens: int = 256,
 ) -> Capacity:
     """Run the probe: decode step time at several batch sizes, and an idle prompt's TTFT."""

@@ -104,7 +104,13 @@ def build_factory(
 
 def _print_tiers(console: Console, factory: Factory) -> None:
     cap = factory.capacity
-    src = "cached probe" if cap.cached else "probe"
+    src = "probe"
+    if cap.cached and cap.recheck_step_s is not None:
+        point = cap.smallest_batch
+        src = (
+            f"cached probe of {cap.measured_at[:16]}, checked now: a {point.batch}-sequence "
+            f"step {cap.recheck_step_s * 1e3:.1f} ms, probed {point.step_s * 1e3:.1f} ms"
+        )
     console.print(
         f"capacity ({src}, {cap.machine}): one user {cap.best_speed:.1f} tokens/s, "
         f"idle TTFT {cap.ttft_s:.2f} s for {cap.ttft_prompt_tokens} tokens"
