@@ -563,11 +563,24 @@ def test_sheddable_work_leaves_sequence_slots_for_paid_work():
     assert policy.may_admit(free, running[:3], 0.0)
 
 
+# The embedded model's step costs on the 2-core VM before the Q4_1 decode path and the faster
+# norms (fit of 2026-11-27 04:00 UTC): every step at least 31 ms, a prompt token 0.69 ms. On
+# such a machine the benchmark's mix at 3 requests/s is 1.5x what fcfs keeps, so the
+# scenarios below overload it; today's engine (`EMBEDDED_CPU_COST`) is faster.
+SLOWER_CPU_COST = StepCoefficients(
+    base_s=0.031,
+    per_decode_s=0.000093,
+    per_prefill_token_s=0.000685,
+    per_kv_token_s=5.0e-6,
+    prefill_step_s=0.0115,
+)
+
+
 def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_fcfs():
-    # The policy benchmark's mix at 1.5x the load fcfs can keep, simulated with this
-    # machine's step costs over three arrival seeds: tier keeps high/ultra/super promises
-    # that fcfs misses, and earns more. (The HTTP benchmark measures the same on the real
-    # model: docs/benchmarks.md.)
+    # The policy benchmark's mix at 1.5x the load fcfs can keep, simulated with a machine's
+    # step costs over three arrival seeds: tier keeps high/ultra/super promises that fcfs
+    # misses, and earns more. (The HTTP benchmark measures the same on the real model:
+    # docs/benchmarks.md.)
     from tokenfactory.bench.policy_compare import MIX
     from tokenfactory.bench.policy_sim import SimLoad, simulate
 
@@ -577,7 +590,7 @@ def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_f
     for seed in (0, 1, 2):
         load = SimLoad(rate=3.0, duration_s=60, mix=MIX, seed=seed)
         for name, into in (("tier", tier), ("fcfs", fcfs)):
-            result = simulate(name, load, TIERS)
+            result = simulate(name, load, TIERS, cost=SLOWER_CPU_COST)
             revenue[name] += result["revenue_usd_per_s"]
             for t, share in result["attainment"].items():
                 into[t] = into.get(t, 0.0) + share / 3
@@ -597,7 +610,8 @@ def test_deeper_overload_gives_prompt_time_to_the_dearer_tiers_first():
 
     tier: dict[str, float] = {}
     for seed in (0, 1, 2):
-        result = simulate("tier", SimLoad(rate=4.5, duration_s=60, mix=MIX, seed=seed), TIERS)
+        load = SimLoad(rate=4.5, duration_s=60, mix=MIX, seed=seed)
+        result = simulate("tier", load, TIERS, cost=SLOWER_CPU_COST)
         for t, share in result["attainment"].items():
             tier[t] = tier.get(t, 0.0) + share / 3
     for name in ("high", "ultra", "super"):

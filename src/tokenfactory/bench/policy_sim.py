@@ -24,16 +24,18 @@ from tokenfactory.engine.simulator import SIM_STOP_AFTER, SimulatedEngine
 from tokenfactory.engine.step_model import StepCoefficients
 from tokenfactory.tiers import TierCatalog, decode_speed
 
-# The embedded SmolLM2-135M on the 2-core reference VM (fit of 1,062 steps of a staggered
-# load, batches 1-48, prompt chunks up to 256 tokens, 2026-11-27; median error 6%): a step
-# that computes any prompt token pays ~11 ms more than a decode-only one, and each KV token
-# read costs more than a sequence's share of the matmuls.
+# The embedded SmolLM2-135M on the 2-core reference VM: `scripts/step_cost_fit.py`
+# (a staggered load, batches 1-48, prompt chunks up to 256 tokens, ~1,000 steps), the
+# per-coefficient median of three fits, 2026-11-27 13:40 UTC, commit 4fc5f09 (Q4_1 decode):
+# median error 9%. A step that computes any prompt token pays ~10 ms more than a decode-only
+# one. The model is linear, so it cannot show that steps of 1-2 decodes are cheaper still
+# (15-18 ms measured against ~21 ms predicted).
 EMBEDDED_CPU_COST = StepCoefficients(
-    base_s=0.031,
-    per_decode_s=0.000093,
-    per_prefill_token_s=0.000685,
-    per_kv_token_s=5.0e-6,
-    prefill_step_s=0.0115,
+    base_s=0.020,
+    per_decode_s=0.00058,
+    per_prefill_token_s=0.000405,
+    per_kv_token_s=1.7e-6,
+    prefill_step_s=0.0101,
 )
 
 
