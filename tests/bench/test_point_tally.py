@@ -1,9 +1,9 @@
 from tokenfactory.bench.point_tally import PointTally
-from tokenfactory.bench.policy_compare import summarize
+from tokenfactory.bench.policy_compare import markdown, summarize
 
 
 def report(rate: float, duration: float, tiers: dict, requests: list, micro_usd: int,
-           output: int, by_status: dict | None = None) -> dict:
+           output: int, by_status: dict | None = None, asked: int | None = None) -> dict:
     """The parts of a `bench serve` report that a load point's summary reads."""
     return {"runs": [{
         "request_rate": rate,
@@ -11,7 +11,8 @@ def report(rate: float, duration: float, tiers: dict, requests: list, micro_usd:
         "summary": {
             "tiers": {t: {"requests": {"sent": sent}, "promise": {"met": met}}
                       for t, (sent, met) in tiers.items()},
-            "overall": {"revenue": {"micro_usd": micro_usd}, "tokens": {"output": output},
+            "overall": {"revenue": {"micro_usd": micro_usd, "at_tier_asked_micro_usd": asked},
+                        "tokens": {"output": output},
                         "errors": {"by_status": by_status or {}}},
         },
         "requests": requests,
@@ -58,3 +59,15 @@ def test_a_tally_adds_requests_one_by_one():
     s = t.summary()
     assert s["attainment"] == {"high": 0.5} and s["runs"] == 2
     assert s["ttft_p99_s"] == {"high": 0.5} and s["revenue_usd_per_s"] == 0.0
+
+
+def test_revenue_at_the_tiers_asked_pools_and_is_absent_for_older_reports():
+    a = report(2.0, 60.0, {"super": (1, 1)}, [row("super", 0.1)], 600_000, 1200, asked=600_000)
+    b = report(2.0, 40.0, {"super": (1, 0)}, [row("super", 2.0)], 100_000, 800, asked=400_000)
+    s = summarize(a, b)
+    assert s["revenue_usd_per_s"] == 0.7 / 100
+    assert s["revenue_at_tiers_asked_usd_per_s"] == 1.0 / 100
+    assert "| 70% |" in markdown({"levels": {"fcfs": {"1.5": s}}})
+    old = report(2.0, 40.0, {"super": (1, 0)}, [row("super", 2.0)], 100_000, 800)
+    assert summarize(a, old)["revenue_at_tiers_asked_usd_per_s"] is None
+    assert "| - |" in markdown({"levels": {"fcfs": {"1.5": summarize(old)}}})

@@ -81,6 +81,8 @@ def test_tier_mix_keys_attainment_and_revenue(tmp_path):
         expected += -(-(r.prompt_tokens * t.input_price + 6 * t.output_price) // 1_000_000)
     assert summary["overall"]["revenue"]["micro_usd"] == expected > 0
     assert sum(s["revenue"]["micro_usd"] for s in tiers.values()) == expected
+    # beside it, the same usage at the tiers asked (this endpoint reports those as delivered)
+    assert summary["overall"]["revenue"]["at_tier_asked_micro_usd"] == expected
     # DistServe goodput with explicit SLOs instead of the tier promises
     loose = summarize_run(res.records, res.duration_s, catalog, Slo.parse(["tpot:1000"]))
     assert loose["overall"]["goodput_requests_per_s"] == pytest.approx(16 / res.duration_s)
@@ -94,6 +96,12 @@ def test_delivered_tier_is_taken_from_the_last_chunk():
     s = summarize_run(res.records, res.duration_s, catalog, None)
     assert s["tiers"]["super"]["delivered_tiers"] == {"free": 4}
     assert s["overall"]["revenue"]["micro_usd"] == 0  # free is free
+    asked = sum(
+        -(-(r.prompt_tokens * catalog["super"].input_price
+            + r.output_tokens * catalog["super"].output_price) // 1_000_000)
+        for r in res.records
+    )
+    assert s["overall"]["revenue"]["at_tier_asked_micro_usd"] == asked > 0
 
 
 def test_agent_run_reports_cached_share(fast_endpoint):

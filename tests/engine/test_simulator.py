@@ -92,6 +92,10 @@ def test_simulated_load_scores_like_the_load_generator():
                     cost=slow, noise=0.0)
     assert late["attainment"]["ultra"] == 0.0
     assert late["revenue_usd_per_s"] < out["revenue_usd_per_s"]
+    # Kept promises bill what was asked; missed ones less, against the same usage at the
+    # tiers asked.
+    assert out["revenue_usd_per_s"] == out["revenue_at_tiers_asked_usd_per_s"]
+    assert late["revenue_usd_per_s"] < 0.5 * late["revenue_at_tiers_asked_usd_per_s"]
 
 
 def test_simulated_policy_comparison_writes_its_table(tmp_path):

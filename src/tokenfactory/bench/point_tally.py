@@ -22,7 +22,10 @@ class PointTally:
     sent: Counter[str] = field(default_factory=Counter)  # requests per tier (errors included)
     met: Counter[str] = field(default_factory=Counter)  # of which kept their tier's promise
     ttfts: dict[str, list[float]] = field(default_factory=dict)  # successful first tokens
-    revenue_micro_usd: int = 0
+    revenue_micro_usd: int = 0  # billed at the tiers delivered
+    # The same usage at the tiers asked (what keeping every promise would have billed); None
+    # when a pooled report predates it.
+    asked_revenue_micro_usd: int | None = 0
     output_tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # by HTTP status
 
@@ -40,6 +43,10 @@ class PointTally:
         for tier, values in other.ttfts.items():
             self.ttfts.setdefault(tier, []).extend(values)
         self.revenue_micro_usd += other.revenue_micro_usd
+        if self.asked_revenue_micro_usd is None or other.asked_revenue_micro_usd is None:
+            self.asked_revenue_micro_usd = None
+        else:
+            self.asked_revenue_micro_usd += other.asked_revenue_micro_usd
         self.output_tokens += other.output_tokens
         self.errors.update(other.errors)
         return self
@@ -55,6 +62,11 @@ class PointTally:
                 t: float(np.percentile(v, 99)) for t, v in self.ttfts.items() if v
             },
             "revenue_usd_per_s": self.revenue_micro_usd / 1e6 / dur,
+            "revenue_at_tiers_asked_usd_per_s": (
+                None
+                if self.asked_revenue_micro_usd is None
+                else self.asked_revenue_micro_usd / 1e6 / dur
+            ),
             "output_tokens_per_s": self.output_tokens / dur,
             "errors": dict(self.errors),
         }
@@ -70,6 +82,7 @@ class PointTally:
             duration_s=run["duration_s"],
             runs=1,
             revenue_micro_usd=overall["revenue"]["micro_usd"],
+            asked_revenue_micro_usd=overall["revenue"].get("at_tier_asked_micro_usd"),
             output_tokens=overall["tokens"]["output"],
             errors=Counter(overall["errors"]["by_status"]),
         )

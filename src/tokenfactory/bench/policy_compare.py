@@ -169,9 +169,10 @@ def markdown(result: dict) -> str:
     """The comparison as a markdown table: one row per load level and policy."""
     head = (
         "| load | policy | " + " | ".join(f"{t} attained" for t in TIERS_ORDER)
-        + " | revenue $/s | output tok/s | TTFT p99 s (free / standard / high / ultra / super) |"
+        + " | revenue $/s | of the tiers asked | output tok/s"
+        + " | TTFT p99 s (free / standard / high / ultra / super) |"
     )
-    lines = [head, "|" + "---|" * (len(TIERS_ORDER) + 5)]
+    lines = [head, "|" + "---|" * (len(TIERS_ORDER) + 6)]
     levels = sorted({lvl for p in result["levels"].values() for lvl in p}, key=float)
     for level in levels:
         for policy, by_level in result["levels"].items():
@@ -184,11 +185,18 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {int(float(level) * 100)}% ({s['rate']:g}/s{seeds}) | {policy} | "
                 + " | ".join("-" if a is None else f"{a:.0%}" for a in att)
-                + f" | {s['revenue_usd_per_s']:.6f} | {s['output_tokens_per_s']:.1f} | "
+                + f" | {s['revenue_usd_per_s']:.6f} | {_share_of_asked(s)}"
+                + f" | {s['output_tokens_per_s']:.1f} | "
                 + " / ".join("-" if x is None else f"{x:.1f}" for x in ttft)
                 + " |"
             )
     return "\n".join(lines)
+
+
+def _share_of_asked(summary: dict) -> str:
+    """Revenue billed as a share of the same usage at the tiers asked (all promises kept)."""
+    asked = summary.get("revenue_at_tiers_asked_usd_per_s")
+    return f"{summary['revenue_usd_per_s'] / asked:.0%}" if asked else "-"
 
 
 def plot_speeds(out_dir: Path, level: float, policies: tuple[str, ...], path: Path) -> None:

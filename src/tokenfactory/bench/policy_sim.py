@@ -103,6 +103,7 @@ def simulate_tally(
 
 def _summarize(engine: SimulatedEngine, load: SimLoad, catalog: TierCatalog) -> PointTally:
     tally = PointTally(rate=load.rate, duration_s=max(engine.now, load.duration_s), runs=1)
+    asked = 0  # the same usage at the tiers asked
     for seq in engine.seqs.values():
         tier = catalog[seq.metadata["tier"]]
         if seq.finish_reason is FinishReason.SHED or seq.first_token_time is None:
@@ -117,5 +118,7 @@ def _summarize(engine: SimulatedEngine, load: SimLoad, catalog: TierCatalog) -> 
         tally.revenue_micro_usd += billed.cost_micro_usd(
             seq.num_prompt_tokens, 0, seq.num_output_tokens
         )
+        asked += tier.cost_micro_usd(seq.num_prompt_tokens, 0, seq.num_output_tokens)
         tally.output_tokens += seq.num_output_tokens
+    tally.asked_revenue_micro_usd = asked
     return tally

@@ -9,7 +9,9 @@
 - goodput (DistServe): requests per second that succeeded and met their SLO: the tier promise,
   or the `--goodput` SLOs when given.
 - revenue: each response priced at the tier it reports in `service_tier` (else the one asked
-  for), with its usage (prompt, cached, completion tokens), in integer micro-dollars.
+  for), with its usage (prompt, cached, completion tokens), in integer micro-dollars; beside
+  it, the same usage priced at the tiers asked (what it would have billed had every promise
+  been kept).
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ def priced_tier(r: RequestRecord, catalog: TierCatalog) -> Tier | None:
     return None
 
 
-def cost_micro_usd(r: RequestRecord, catalog: TierCatalog) -> int:
-    tier = priced_tier(r, catalog)
+def cost_micro_usd(r: RequestRecord, catalog: TierCatalog, tier: Tier | None = None) -> int:
+    """A response's price at `tier`, by default at the tier it reports it was delivered at."""
+    tier = tier or priced_tier(r, catalog)
     if tier is None or not r.ok:
         return 0
     prompt = r.prompt_tokens if r.prompt_tokens is not None else r.planned_input_tokens
@@ -117,6 +120,8 @@ def summarize(
     kept = [r for r in records if keeps_promise(r, wanted(r))]
     good = [r for r in records if slo.met(r)] if slo else kept
     revenue = sum(cost_micro_usd(r, catalog) for r in records)
+    # The same tokens had every promise been kept: the most these responses could have billed.
+    at_asked = sum(cost_micro_usd(r, catalog, wanted(r)) for r in records)
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     speeds = [v for r in ok if (v := r.decode_tps) is not None]
     out: dict = {
@@ -151,6 +156,8 @@ def summarize(
             "usd": revenue / 1e6,
             "usd_per_s": revenue / 1e6 / dur,
             "usd_per_hour": revenue / 1e6 / dur * 3600,
+            "at_tier_asked_micro_usd": at_asked,
+            "at_tier_asked_usd_per_s": at_asked / 1e6 / dur,
         },
         "delivered_tiers": dict(Counter(r.delivered_tier or "unreported" for r in ok)),
         "promise": {
