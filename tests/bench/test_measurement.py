@@ -29,6 +29,19 @@ def test_ttft_itl_and_speed_match_a_known_pace():
     assert s["itl_ms"]["n"] == 6 * (n - 1)
 
 
+def test_a_last_token_without_text_still_ends_the_decode_time():
+    # An end-of-sequence token is counted in completion_tokens but carries no text: its chunk,
+    # not the last one with text, is when the decode ended (else n=6 reads 12.5 tokens/s).
+    tps, n = 10.0, 6
+    with fake_endpoint(tokens_per_s=tps, last_token_without_text=True) as ep:
+        wl = WorkloadOptions("random", input_len="16", output_len=str(n))
+        res, catalog = run_load(ep.base, LoadPoint(max_concurrency=2), 4, wl)
+    assert all(r.ok and r.chunks == n - 1 and r.output_tokens == n for r in res.records)
+    assert {r.finish_reason for r in res.records} == {"stop"}
+    s = summarize_run(res.records, res.duration_s, catalog, None)["overall"]
+    assert s["decode_tokens_per_s"]["p50"] == pytest.approx(tps, rel=0.05)
+
+
 def test_concurrency_cap_is_reached_and_never_exceeded():
     with fake_endpoint(tokens_per_s=100.0) as ep:
         res, _ = run_load(ep.base, LoadPoint(max_concurrency=4), 16)

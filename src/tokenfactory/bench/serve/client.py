@@ -27,7 +27,9 @@ class RequestRecord:
     max_tokens: int = 0
     start: float = 0.0  # seconds since the run started
     t_first: float | None = None  # absolute perf_counter of the first content chunk
-    t_last: float | None = None  # ... of the last content chunk
+    # ... of the last chunk of the completion after it: a last token without text (an
+    # end-of-sequence token) is in `completion_tokens`, so its chunk ends the decode time.
+    t_last: float | None = None
     t_end: float | None = None  # ... of the end of the stream
     t_send: float = 0.0  # ... when the request was sent
     itl: list[float] = field(default_factory=list)
@@ -70,7 +72,8 @@ class RequestRecord:
 
     @property
     def decode_tps(self) -> float | None:
-        """Tokens/s after the first token: (output_tokens - 1) / (t_last - t_first)."""
+        """Tokens/s after the first token: (output_tokens - 1) / (t_last - t_first), from the
+        first content chunk to the completion's last chunk (see `t_last`)."""
         n = self.output_tokens
         if not self.ok or self.t_first is None or self.t_last is None or n < 2:
             return None
@@ -150,6 +153,8 @@ async def stream_request(
                         rec.chunks += 1
                         if parts is not None:
                             parts.append(content)
+                    if last is not None:
+                        rec.t_last = now
                     if choice.get("finish_reason"):
                         rec.finish_reason = choice["finish_reason"]
                 usage = doc.get("usage")
@@ -160,7 +165,6 @@ async def stream_request(
                     rec.cached_tokens = details.get("cached_tokens")
                 if doc.get("service_tier"):
                     rec.delivered_tier = doc["service_tier"]
-            rec.t_last = last
             if rec.ok and not done:
                 rec.fail("protocol", "incomplete_stream", "stream ended without [DONE]", 200)
     except httpx.TimeoutException as exc:

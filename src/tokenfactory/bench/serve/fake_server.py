@@ -42,6 +42,8 @@ class FakeConfig:
     api_key: str | None = None  # when set, requests must carry it
     model: str = "fake-model"
     delivered_tier: str | None = None  # None: echo the requested tier (default "standard")
+    # The last token has no text and ends the completion, as an end-of-sequence token does.
+    last_token_without_text: bool = False
 
 
 @dataclass
@@ -292,7 +294,9 @@ class FakeServer:
                 await writer.drain()
                 writer.transport.abort()
                 raise ConnectionError("dropped on purpose")
-            if k == n - 1:
+            if k == n - 1 and self.config.last_token_without_text:
+                writer.write(frame(base | {"choices": [choice("", "stop")]}))
+            elif k == n - 1:
                 writer.write(frame(base | {"choices": [choice(" end", "length")]}))
             else:
                 writer.write(token)

@@ -2,7 +2,8 @@
 
 - TTFT, TPOT, ITL, E2EL as vLLM's `bench serve` defines them (see `client`); percentiles are
   numpy's linear interpolation over successful requests (ITL: over all gaps of all requests).
-- decode tokens/s per request: (output_tokens - 1) / (t_last - t_first).
+- decode tokens/s per request: (output_tokens - 1) / (t_last - t_first), from the first
+  content chunk to the completion's last chunk (a last token without text counts).
 - promise attainment: the share of *sent* requests (errors count as misses) whose TTFT <= the
   tier's ttft_s and decode tokens/s >= its tokens_per_s; `tier_promise_kept` applies the
   catalog's tier-level reading (p95 TTFT and p50 decode speed over the tier's requests).
