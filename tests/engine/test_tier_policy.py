@@ -567,13 +567,8 @@ def test_sheddable_work_leaves_sequence_slots_for_paid_work():
 # norms (fit of 2026-11-27 04:00 UTC): every step at least 31 ms, a prompt token 0.69 ms. On
 # such a machine the benchmark's mix at 3 requests/s is 1.5x what fcfs keeps, so the
 # scenarios below overload it; today's engine (`EMBEDDED_CPU_COST`) is faster.
-SLOWER_CPU_COST = StepCoefficients(
-    base_s=0.031,
-    per_decode_s=0.000093,
-    per_prefill_token_s=0.000685,
-    per_kv_token_s=5.0e-6,
-    prefill_step_s=0.0115,
-)
+# base, per decode, per prompt token, per KV token, per step with prompt tokens (seconds)
+SLOWER_CPU_COST = StepCoefficients(0.031, 0.000093, 0.000685, 5.0e-6, 0.0115)
 
 
 def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_fcfs():
