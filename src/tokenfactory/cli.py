@@ -429,6 +429,10 @@ def bench_policies(
             max=1.0,
         ),
     ] = 0.0,
+    tiers: Annotated[
+        Path | None,
+        typer.Option(help="Tiers TOML file (default: shipped); its cpu preset's promises"),
+    ] = None,
 ) -> None:
     """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
     from tokenfactory.bench.policy_compare import (
@@ -449,7 +453,15 @@ def bench_policies(
         seeds=_seed_list(seeds),
         early_stop_share=early_stop_share,
         out_dir=out_dir,
+        tiers_file=tiers,
     )
+    if tiers is not None:
+        from tokenfactory.tiers import TierError, load_tiers
+
+        try:
+            load_tiers(tiers, preset="cpu")  # fail before any server starts
+        except TierError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tiers") from None
     if simulate:
         result = run_simulated(opts, _step_cost(step_cost), log=err.print)
         print(markdown(result))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +155,37 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
                            ("--seeds", "a", "distinct whole numbers")):
         res = CliRunner().invoke(app, ["bench", "policies", "--simulate", opt, bad])
         assert res.exit_code == 2 and says in res.output, (opt, res.output)
+
+
+def test_simulated_benchmark_judges_and_bills_by_a_given_tiers_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from tokenfactory.cli import app
+
+    shipped = (Path(__file__).parents[2] / "src/tokenfactory/data/tiers.toml").read_text()
+    # super promises 999 tokens/s: no step is that short, so no super request keeps it
+    fast = tmp_path / "tiers.toml"
+    cpu_super = "super = { tokens_per_s = 25,"
+    fast.write_text(shipped.replace(cpu_super, "super = { tokens_per_s = 999,"))
+    opts = PolicyBenchOptions(policies=("fcfs",), sweep_rates=(2.0,), load_levels=(1.0,),
+                              duration_s=30, mix="super=1", out_dir=tmp_path)
+    shipped_run = run_simulated(opts, COST, log=lambda *_: None)
+    assert shipped_run["sweep"][0]["attainment"]["super"] >= 0.9
+    given = run_simulated(replace(opts, tiers_file=fast), COST, log=lambda *_: None)
+    assert given["sweep"][0]["attainment"] == {"super": 0.0}
+    # billed below super: far less than the same tokens at super's price
+    s = given["sweep"][0]
+    assert s["revenue_usd_per_s"] < 0.5 * s["revenue_at_tiers_asked_usd_per_s"]
+    assert opts.serve_args("tier") == ["--policy", "tier"]
+    assert replace(opts, tiers_file=fast).serve_args("fcfs") == [
+        "--policy", "fcfs", "--tiers", str(fast)
+    ]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[tiers")
+    for bad, says in ((tmp_path / "missing.toml", "cannot read tiers file"),
+                      (broken, "not valid TOML")):
+        res = CliRunner().invoke(app, ["bench", "policies", "--simulate", "--tiers", str(bad)])
+        assert res.exit_code == 2 and says in res.output, res.output
 
 
 @pytest.mark.parametrize("policies", [("tier",), ("fcfs", "priority", "tier")])

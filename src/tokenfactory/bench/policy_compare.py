@@ -41,6 +41,13 @@ class PolicyBenchOptions:
     early_stop_share: float = 0.0
     out_dir: Path = Path("bench-results/policies")
     extra_serve_args: list[str] = field(default_factory=list)
+    # A tiers TOML file instead of the shipped one (its `cpu` preset's promises): the servers
+    # serve it, and the simulator judges and bills by it.
+    tiers_file: Path | None = None
+
+    def serve_args(self, policy: str) -> list[str]:
+        tiers = ["--tiers", str(self.tiers_file)] if self.tiers_file else []
+        return ["--policy", policy, *tiers, *self.extra_serve_args]
 
 
 def _exe() -> str:
@@ -90,7 +97,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
                     "levels": {}}
-    fcfs = LocalFactory(["--policy", "fcfs", *opts.extra_serve_args])
+    fcfs = LocalFactory(opts.serve_args("fcfs"))
     # Every policy's factory opens the tiers this first one's hardware probe opened.
     probe = tempfile.TemporaryDirectory()
     copy_probe(fcfs.data_dir, probe.name)
@@ -106,7 +113,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     result["rate_100"] = base
     result["rate_100_found"] = bool(kept)
     for policy in opts.policies:
-        factory = LocalFactory(["--policy", policy, *opts.extra_serve_args], probe_dir=probe.name)
+        factory = LocalFactory(opts.serve_args(policy), probe_dir=probe.name)
         try:
             for level in opts.load_levels:
                 rate = round(base * level, 4)
@@ -132,7 +139,7 @@ def run_simulated(
     from tokenfactory.tiers import load_tiers
 
     cost = cost or EMBEDDED_CPU_COST
-    catalog = load_tiers(preset="cpu")
+    catalog = load_tiers(opts.tiers_file, preset="cpu")
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
                     "levels": {}, "simulated": True, "step_cost": vars(cost)}
 

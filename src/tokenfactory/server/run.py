@@ -105,7 +105,7 @@ def build_factory(
 def _print_tiers(console: Console, factory: Factory) -> None:
     cap = factory.capacity
     src = "probe"
-    if cap.cached and cap.recheck_step_s is not None:
+    if cap.recheck_step_s is not None:  # from cache, checked at this start
         point = cap.smallest_batch
         src = (
             f"cached probe of {cap.measured_at[:16]}, checked now: a {point.batch}-sequence "
