@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from tokenfactory.bench.policy_sim import SLOWER_CPU_COST
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.policy import SchedulingPolicy, make_policy
@@ -563,19 +564,12 @@ def test_sheddable_work_leaves_sequence_slots_for_paid_work():
     assert policy.may_admit(free, running[:3], 0.0)
 
 
-# The embedded model's step costs on the 2-core VM before the Q4_1 decode path and the faster
-# norms (fit of 2026-11-27 04:00 UTC): every step at least 31 ms, a prompt token 0.69 ms. On
-# such a machine the benchmark's mix at 3 requests/s is 1.5x what fcfs keeps, so the
-# scenarios below overload it; today's engine (`EMBEDDED_CPU_COST`) is faster.
-# base, per decode, per prompt token, per KV token, per step with prompt tokens (seconds)
-SLOWER_CPU_COST = StepCoefficients(0.031, 0.000093, 0.000685, 5.0e-6, 0.0115)
-
-
 def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_fcfs():
-    # The policy benchmark's mix at 1.5x the load fcfs can keep, simulated with a machine's
-    # step costs over three arrival seeds: tier keeps high/ultra/super promises that fcfs
-    # misses, and earns more. (The HTTP benchmark measures the same on the real model:
-    # docs/benchmarks.md.)
+    # The policy benchmark's mix at 1.5x the load fcfs can keep, simulated with a slower
+    # machine's step costs (`SLOWER_CPU_COST`: there 3 requests/s is 1.5x what fcfs keeps;
+    # today's engine is faster) over three arrival seeds: tier keeps high/ultra/super
+    # promises that fcfs misses, and earns more. (The HTTP benchmark measures the same on the
+    # real model: docs/benchmarks.md.)
     from tokenfactory.bench.policy_compare import MIX
     from tokenfactory.bench.policy_sim import SimLoad, simulate
 
@@ -636,27 +630,33 @@ def test_the_step_model_learns_the_step_period_not_just_the_compute():
 
 
 def test_prompts_run_in_chunks_worth_the_prefill_step_cost():
-    # A step with any prompt token pays 30 ms more; a prompt token costs 0.5 ms. A paced
-    # ultra request leaves a short step: no 20-token chunk (40 ms for 10 ms of work); with a
-    # long lead, a chunk of at least 60 tokens (as much work as the fixed cost) goes.
+    # A step with any prompt token pays 30 ms more; a prompt token costs 0.5 ms, so 60
+    # tokens are as much work as the fixed cost. A paced ultra request leaves a short step:
+    # no 20-token chunk (40 ms for 10 ms of work). A chunk waits for a step that holds
+    # `prefill_worth` (4) times the fixed cost in work, 240 tokens: meanwhile decode-only
+    # steps let the paced request run ahead, and its lead then pays for one long chunk.
     cost = StepCoefficients(0.01, 0.001, 0.0005, 0.0, prefill_step_s=0.03)
     now = 10.0
 
-    def prompt_tokens(lead_s: float) -> int:
-        policy = TierPolicy(step_model=fitted(cost))
+    def prompt_tokens(lead_s: float, steps: int = 1, **config) -> int:
+        policy = TierPolicy(step_model=fitted(cost), config=TierPolicyConfig(**config))
         ultra = running_seq("u", "ultra", outputs=10, first_token_time=0.0)
         # place its next token `lead_s` from now
         ultra.first_token_time = now + lead_s - 10 / (15 * policy.config.pace)
         waiting = Sequence("p", [1] * 400, SamplingParams(), metadata=metadata("free", now))
         waiting.status = SequenceStatus.RUNNING
         waiting.num_computed_tokens = 0
-        policy._steps = 1  # not a minimum-share step
+        policy._steps = steps  # the step before this one (every 20th is a minimum-share step)
         carried = policy.order_running([ultra, waiting], now)
         assert ultra in carried
         return policy.step_token_budget(now) - sum(1 for s in carried if not s.is_prefill)
 
     assert prompt_tokens(lead_s=0.03) == 0
-    assert prompt_tokens(lead_s=0.2) >= 60
+    assert prompt_tokens(lead_s=0.1) == 0  # room for ~118 tokens: waits for a longer lead
+    assert prompt_tokens(lead_s=0.1, prefill_worth=1.0) >= 60  # the 1x rule takes it
+    assert prompt_tokens(lead_s=0.2) >= 240
+    # The prompts' minimum share of steps needs only a chunk worth its fixed cost.
+    assert 60 <= prompt_tokens(lead_s=0.03, steps=19) < 240
 
 
 def test_a_request_with_nothing_as_dear_running_is_admitted_even_when_it_cannot_fit():

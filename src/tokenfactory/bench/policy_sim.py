@@ -38,6 +38,18 @@ EMBEDDED_CPU_COST = StepCoefficients(
     prefill_step_s=0.0101,
 )
 
+# The same model on the same VM before the Q4_1 decode path and the faster norms (fit of
+# 2026-11-27 04:00 UTC): every step at least 31 ms, a prompt token 0.69 ms. A slower machine,
+# where a paced super request leaves little room beside it; the policy tests' overload
+# scenarios and `scripts/tier_config_sim.py --cost slower` use it.
+SLOWER_CPU_COST = StepCoefficients(
+    base_s=0.031,
+    per_decode_s=0.000093,
+    per_prefill_token_s=0.000685,
+    per_kv_token_s=5.0e-6,
+    prefill_step_s=0.0115,
+)
+
 
 @dataclass(frozen=True)
 class SimLoad:

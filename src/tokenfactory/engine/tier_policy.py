@@ -13,8 +13,9 @@ speed)), and each step is planned in three parts:
    dearer first) while the step-time model says the step still fits its length.
 3. Prefill: prompt chunks (continuing, and the next admission), dearest level first and by
    TTFT deadline within a level, in the time left. A step that computes any prompt token pays
-   a fixed cost (decode-only steps take a faster path), so prompts go in chunks worth it, or
-   wait until their deadline makes them urgent (the dearest first tokens do not wait); then
+   a fixed cost (decode-only steps take a faster path), so prompts go in chunks worth several
+   times it (the decode-only steps meanwhile build the lead that pays for them), or wait
+   until their deadline makes them urgent (the dearest first tokens do not wait); then
    they run whole, as far as the paced decodes can absorb.
 
 Slower tiers therefore skip steps, faster tiers get frequent short steps, and steps grow long
@@ -75,6 +76,9 @@ class TierPolicyConfig:
     # deadline: their prompts run whole as soon as they can (ultra and super as shipped).
     at_once_usd_per_mtok: float = 30.0
     min_prefill_tokens: int = 16  # prefill progress per step, however tight the step
+    # A chunk that is not forced waits for a step with room for this many times the prefill
+    # step's fixed cost in prompt work (or all that is pending).
+    prefill_worth: float = 4.0
     best_effort_ttft_s: float = 60.0  # TTFT "deadline" for requests without a promise
     value_unit: float = 1_000_000.0  # output price (micro-USD per Mtok) worth one weight step
     unbounded_max_tokens: int = 1024  # tokens assumed left for a request without max_tokens
@@ -330,9 +334,12 @@ class TierPolicy(SchedulingPolicy):
         # faster path), so prompts go in chunks worth that cost, or wait.
         fixed = coef.prefill_step_s
         pending = sum(s.num_uncomputed_tokens for s in budget_prefill)
-        # Worth it: at least as much prompt work as the fixed cost it pays (or all there is).
-        worth = max(cfg.min_prefill_tokens, math.ceil(fixed / per_token))
-        worth = min(pending, worth) if pending else cfg.min_prefill_tokens
+        # At least as much prompt work as the fixed cost it pays (or all there is); a chunk
+        # taken when there is room waits for `prefill_worth` times that: short decode-only
+        # steps meanwhile put the paced requests ahead, and their lead pays for a long step.
+        least = max(cfg.min_prefill_tokens, math.ceil(fixed / per_token))
+        least = min(pending, least) if pending else cfg.min_prefill_tokens
+        worth = max(least, min(pending, math.ceil(cfg.prefill_worth * fixed / per_token)))
         room = int((target - due_s - fixed) / per_token)
         reserved = min(pending, room) if room >= worth else 0
         for _, seq in ahead:
@@ -355,7 +362,7 @@ class TierPolicy(SchedulingPolicy):
         paced = any(self.terms(s).speed is not None for s in carried)
         if not paced or (every is not None and self._steps % every == 0):
             # Nobody's pace at stake, or the prompts' minimum share of steps: a chunk worth it.
-            prefill_tokens = max(worth, prefill_tokens)
+            prefill_tokens = max(least, prefill_tokens)
         # Prompts whose TTFT deadline is near run whole now, even if the step then runs long.
         # Prompts worth as much as the dearest decode carried may lengthen the step as far as
         # they need; cheaper ones only as far as every paced decode can absorb (a cheaper
