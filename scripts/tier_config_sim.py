@@ -15,18 +15,16 @@ import argparse
 import dataclasses
 import sys
 
-from tokenfactory.bench.point_tally import PointTally
-from tokenfactory.bench.policy_compare import MIX
+from tokenfactory.bench.policy_compare import MIX, TIERS_ORDER
 from tokenfactory.bench.policy_sim import (
     EMBEDDED_CPU_COST,
     SLOWER_CPU_COST,
     SimLoad,
-    simulate_tally,
+    simulate_pooled,
 )
 from tokenfactory.engine.tier_policy import TierPolicyConfig
 from tokenfactory.tiers import load_tiers
 
-TIERS = ("free", "standard", "high", "ultra", "super")
 COSTS = {"embedded": EMBEDDED_CPU_COST, "slower": SLOWER_CPU_COST}
 
 
@@ -62,15 +60,15 @@ def main() -> None:
     catalog = load_tiers(None, "cpu")
 
     def run(rate: float, policy: str, **kwargs) -> dict:
-        tally = PointTally(rate=rate)
-        for seed in args.seeds:
-            load = SimLoad(rate, args.duration, MIX, args.input_len, args.output_len, seed,
-                           args.early_stop_share)
-            tally.add(simulate_tally(policy, load, catalog, cost=COSTS[args.cost], **kwargs))
-        return tally.summary()
+        loads = (
+            SimLoad(rate, args.duration, MIX, args.input_len, args.output_len, seed,
+                    args.early_stop_share)
+            for seed in args.seeds
+        )
+        return simulate_pooled(policy, loads, catalog, cost=COSTS[args.cost], **kwargs)
 
-    print(f"| rate | policy | {' | '.join(TIERS)} | revenue $/s | vs first | output tok/s |")
-    print("|---|---|" + "---|" * (len(TIERS) + 3))
+    print(f"| rate | policy | {' | '.join(TIERS_ORDER)} | revenue $/s | vs first | output tok/s |")
+    print("|---|---|" + "---|" * (len(TIERS_ORDER) + 3))
     for rate in (float(r) for r in args.rates.split(",")):
         rows = [("fcfs", run(rate, "fcfs"))]
         for value in values:
@@ -79,7 +77,7 @@ def main() -> None:
             print(f"  {rate:g}/s {field}={value:g} done", file=sys.stderr, flush=True)
         first = rows[1][1]["revenue_usd_per_s"]
         for name, s in rows:
-            att = " | ".join(f"{s['attainment'].get(t, 1.0):.0%}" for t in TIERS)
+            att = " | ".join(f"{s['attainment'].get(t, 1.0):.0%}" for t in TIERS_ORDER)
             ratio = s["revenue_usd_per_s"] / first if first else float("nan")
             print(f"| {rate:g}/s | {name} | {att} | {s['revenue_usd_per_s']:.6f} | "
                   f"{ratio:.2f}x | {s['output_tokens_per_s']:.1f} |", flush=True)

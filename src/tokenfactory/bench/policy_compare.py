@@ -135,7 +135,7 @@ def run_simulated(
     """The same comparison on a simulated engine (`bench.policy_sim`): no model, no HTTP, the
     step time from `cost` (default: the embedded model on the 2-core reference machine).
     Seconds instead of half an hour; a preview and a regression check, not a measurement."""
-    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST, SimLoad, simulate_tally
+    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST, SimLoad, simulate_pooled
     from tokenfactory.tiers import load_tiers
 
     cost = cost or EMBEDDED_CPU_COST
@@ -144,12 +144,12 @@ def run_simulated(
                     "levels": {}, "simulated": True, "step_cost": vars(cost)}
 
     def one(policy: str, rate: float) -> dict:
-        tally = PointTally(rate=rate)
-        for seed in opts.seeds:
-            load = SimLoad(rate, opts.duration_s, opts.mix, opts.input_len, opts.output_len,
-                           seed, opts.early_stop_share)
-            tally.add(simulate_tally(policy, load, catalog, cost=cost))
-        return tally.summary()
+        loads = (
+            SimLoad(rate, opts.duration_s, opts.mix, opts.input_len, opts.output_len, seed,
+                    opts.early_stop_share)
+            for seed in opts.seeds
+        )
+        return simulate_pooled(policy, loads, catalog, cost=cost)
 
     for rate in opts.sweep_rates:
         s = one("fcfs", rate)

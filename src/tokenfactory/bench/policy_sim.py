@@ -10,6 +10,7 @@ cost comes from a fit of this machine's measured steps, so minutes of load take 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,20 @@ def simulate(policy: str, load: SimLoad, catalog: TierCatalog, **options: Any) -
     """Run `load` through `policy` and summarise it like `policy_compare.summarize`
     (options as `simulate_tally`)."""
     return simulate_tally(policy, load, catalog, **options).summary()
+
+
+def simulate_pooled(
+    policy: str, loads: Iterable[SimLoad], catalog: TierCatalog, **options: Any
+) -> dict:
+    """Run every load (e.g. one per arrival seed) through `policy` and summarise them pooled,
+    as `bench policies --seeds` pools its HTTP runs (options as `simulate_tally`)."""
+    tally: PointTally | None = None
+    for load in loads:
+        one = simulate_tally(policy, load, catalog, **options)
+        tally = one if tally is None else tally.add(one)
+    if tally is None:
+        raise ValueError("no load to simulate")
+    return tally.summary()
 
 
 def simulate_tally(
