@@ -589,6 +589,31 @@ def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_f
     assert revenue["tier"] >= 1.3 * revenue["fcfs"], revenue
 
 
+def test_super_requests_arriving_together_all_start_at_once_on_todays_engine():
+    # Four super requests 0.1 s apart beside 12 standard ones. At today's step costs a paced
+    # super step leaves room for more, so none waits for another to finish; on the slower
+    # machine's costs the admission estimate holds the later ones back (the fourth until the
+    # first is done, far past its 1 s TTFT).
+    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST
+
+    def ttfts_and_speeds(cost: StepCoefficients) -> list[tuple[float, float]]:
+        sim = Sim("tier", cost=cost)
+        for i in range(12):
+            sim.add(f"std{i}", "standard", prompt_len=160, max_tokens=400)
+        sim.run(until=1.0)
+        for k in range(4):
+            sim.add(f"super{k}", "super", prompt_len=160, max_tokens=200)
+            sim.run(until=sim.now + 0.1)
+        sim.run()
+        return [(sim.ttft(f"super{k}"), sim.speed(f"super{k}")) for k in range(4)]
+
+    promise = TIERS["super"]
+    for ttft, speed in ttfts_and_speeds(EMBEDDED_CPU_COST):
+        assert ttft <= 0.2 and speed >= promise.tokens_per_s
+    slower = ttfts_and_speeds(SLOWER_CPU_COST)
+    assert slower[-1][0] > promise.ttft_s
+
+
 def test_deeper_overload_gives_prompt_time_to_the_dearer_tiers_first():
     # The benchmark's mix at 4.5 requests/s, every prompt computed in full: more prompt work
     # than the engine can do beside a paced super request. Prompt time goes by value first,
