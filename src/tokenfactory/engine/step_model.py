@@ -77,6 +77,8 @@ class StepTimeModel:
         window: int = 512,
         prior_weight: float = 2.0,
         skip_first: int = 2,
+        outlier_factor: float = 3.0,
+        outlier_floor_s: float = 0.002,
     ):
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -84,6 +86,13 @@ class StepTimeModel:
         self.window = window
         self.prior_weight = prior_weight
         self._skip = skip_first  # the first steps pay for warm-up, not for work
+        # A step counts as at most outlier_factor x its prediction + outlier_floor_s: a pause
+        # that is not work (a kernel compiled on first use, a garbage collection) would
+        # otherwise dominate a least-squares fit. A model that predicts too little still
+        # climbs to the truth, by up to that factor per window of steps.
+        self.outlier_factor = outlier_factor
+        self.outlier_floor_s = outlier_floor_s
+        self.num_capped = 0
         self._rows: deque[tuple[np.ndarray, float]] = deque()
         self._xtx = np.zeros((NUM_FEATURES, NUM_FEATURES))
         self._xty = np.zeros(NUM_FEATURES)
@@ -101,6 +110,14 @@ class StepTimeModel:
             model.observe_step(stats)
         return model
 
+    def set_prior(self, prior: StepCoefficients) -> None:
+        """Pull toward `prior` from now on (e.g. the hardware probe's figures instead of the
+        built-in CPU guess); steps already observed are kept."""
+        self.prior = prior
+        if self.num_observed == 0:
+            self._coef = prior.as_array()
+        self._dirty = self.num_observed > 0
+
     # ---- data -------------------------------------------------------------------------------
 
     def observe(
@@ -115,6 +132,13 @@ class StepTimeModel:
             [1.0, decode_seqs, prefill_tokens, kv_tokens, 1.0 if prefill_tokens > 0 else 0.0],
             dtype=np.float64,
         )
+        if self.outlier_factor > 0:
+            if self._dirty:
+                self._refit()
+            limit = self.outlier_factor * float(self._coef @ x) + self.outlier_floor_s
+            if duration_s > limit:
+                duration_s = limit
+                self.num_capped += 1
         self._rows.append((x, duration_s))
         self._xtx += np.outer(x, x)
         self._xty += x * duration_s
@@ -159,16 +183,38 @@ class StepTimeModel:
         # Ridge toward the prior: prior_weight pseudo-steps of typical size per feature.
         lam = self.prior_weight * _TYPICAL**2
         prior = self.prior.as_array()
-        a = self._xtx + np.diag(lam)
-        b = self._xty + lam * prior
-        try:
-            coef = np.linalg.solve(a, b)
-        except np.linalg.LinAlgError:
+        coef = _non_negative_solve(self._xtx + np.diag(lam), self._xty + lam * prior)
+        if coef is None:
             return
-        if not np.all(np.isfinite(coef)):
-            return
-        coef = np.maximum(coef, 0.0)
         if coef[0] == 0.0 and len(self._rows) > 0:
             # Keep a floor on the fixed cost: a step is never free.
             coef[0] = min(float(prior[0]), min(y for _, y in self._rows))
         self._coef = coef
+
+
+def _non_negative_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Minimise the quadratic with normal equations `a x = b` over x >= 0 (active set).
+
+    Clipping the free solution is not enough: features are collinear (KV tokens read grow
+    with the decode count, prompt tokens with the any-prompt flag), and a free fit can pay for
+    a negative coefficient with a too-large one elsewhere. On a GPU, whose steps barely grow
+    with the batch, clipping left ~1 ms per decoding sequence against a true ~20 us. So a
+    coefficient that comes out negative is fixed at zero and the rest is solved again, the
+    most negative (at typical feature sizes) first.
+    """
+    free = list(range(len(b)))
+    coef = np.zeros(len(b))
+    while free:
+        try:
+            sol = np.linalg.solve(a[np.ix_(free, free)], b[free])
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(sol)):
+            return None
+        coef[:] = 0.0
+        coef[free] = sol
+        if sol.min() >= 0.0:
+            return coef
+        worst = min(range(len(free)), key=lambda k: sol[k] * _TYPICAL[free[k]])
+        del free[worst]
+    return coef
