@@ -53,3 +53,35 @@ def test_policy_gives_the_same_greedy_tokens_as_fcfs(policy: str, num_kv_blocks:
     assert got == expected
     if num_kv_blocks == 12:
         assert preemptions > 0
+
+
+def test_use_policy_switches_between_loads_with_a_fresh_scheduler_and_cache():
+    from tokenfactory.engine.step_model import StepCoefficients
+    from tokenfactory.engine.tier_policy import TierPolicy
+
+    engine = tiny_engine(max_num_batched_tokens=64)
+    prior = StepCoefficients(0.005, 2e-5, 2e-5, 0.0)
+    engine.set_step_prior(prior)  # fcfs has no step model: ignored, but kept for later
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    prompt = prompts(1, seed=9, lo=40, hi=41)[0]
+    first = engine.generate([prompt], params)[0]
+    # Mid-load the policy stays: switching would strand the requests in flight.
+    engine.add_request(prompt, params, request_id="busy")
+    with pytest.raises(RuntimeError, match="no request is unfinished"):
+        engine.use_policy("tier")
+    assert engine.scheduler.policy.name == "fcfs"
+    while engine.has_unfinished():
+        engine.step()
+    with pytest.raises(ValueError, match="unknown scheduling policy"):
+        engine.use_policy("nope")
+    engine.use_policy("tier")
+    policy = engine.scheduler.policy
+    assert isinstance(policy, TierPolicy) and engine.config.policy == "tier"
+    assert policy.model.coefficients == prior  # the hardware's prior, not the CPU guess
+    again = engine.generate([prompt], params)[0]
+    assert again.token_ids == first.token_ids
+    assert again.cached_tokens == 0  # the prefix cache started empty
+    steps = engine.stats.recent()
+    assert steps and all(0 < s.schedule_s <= s.duration_s for s in steps)
+    assert engine.stats.total_schedule_s > 0
+    assert_no_leaks(engine)

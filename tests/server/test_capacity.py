@@ -93,3 +93,23 @@ def test_remeasure_ignores_the_cache(engine, tmp_path):
     again = load_or_measure(engine, tmp_path, "tiny", batches=(1, 2), remeasure=True)
     assert not again.cached and again.recheck_step_s is None
     assert again.measured_at >= first.measured_at
+
+
+def test_the_probe_gives_the_step_model_a_starting_point_for_this_hardware():
+    # The H200 run of 2026-11-27 (Llama-3.1-8B, random weights): 5.05 ms alone, 10.58 ms at
+    # 256 sequences, 12 ms to the first token of a 256-token prompt.
+    steps = {1: 0.00505, 16: 0.00548, 64: 0.00587, 128: 0.00721, 256: 0.01058}
+    points = [CapacityPoint(b, s, 1 / s, b / s) for b, s in steps.items()]
+    cap = Capacity("m", "cuda:0", "x", "2026-11-27T17:32:16+00:00", points, 256, 0.012)
+    prior = cap.step_prior()
+    assert prior.base_s == pytest.approx(0.005, rel=0.05)
+    assert prior.per_decode_s == pytest.approx(2.1e-5, rel=0.1)  # not the CPU guess's 2 ms
+    assert prior.per_prefill_token_s == pytest.approx((0.012 - 0.005) / 256, rel=0.1)
+    assert prior.per_kv_token_s == 0.0 and prior.prefill_step_s == 0.0
+    # One batch size: no slope to read, the whole step is the fixed cost.
+    alone = Capacity("m", "cpu", "x", "t", points[:1], 256, 0.2).step_prior()
+    assert alone.per_decode_s == 0.0 and alone.base_s == pytest.approx(0.00505)
+    # A probe whose larger batches came out faster (noise) never yields a negative cost.
+    noisy = [CapacityPoint(1, 0.02, 50, 50), CapacityPoint(8, 0.018, 55, 440)]
+    flat = Capacity("m", "cpu", "x", "t", noisy, 32, 0.001).step_prior()
+    assert flat.per_decode_s == 0.0 and flat.per_prefill_token_s == 0.0 and flat.base_s > 0

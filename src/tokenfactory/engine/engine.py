@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,7 @@ from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.scheduler import Scheduler
 from tokenfactory.engine.sequence import FinishReason, Sequence
 from tokenfactory.engine.stats import StatsLog, StepStats
+from tokenfactory.engine.step_model import StepCoefficients
 from tokenfactory.engine.stop_checker import StopChecker
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.errors import ModelTooLargeError
@@ -119,6 +120,7 @@ class Engine:
         )
         self._requests: dict[str, _RequestState] = {}
         self._ids = itertools.count()
+        self.step_prior: StepCoefficients | None = None  # see set_step_prior
 
     # -- construction ----------------------------------------------------------------------
 
@@ -192,6 +194,27 @@ class Engine:
             + cfg.max_num_batched_tokens * mc.intermediate_size * 2 * 3  # prefill MLP
         )
         return max(0, int(free * cfg.gpu_memory_utilization) - reserve)
+
+    def use_policy(self, name: str, **policy_args: Any) -> None:
+        """Serve from now on under another scheduling policy, with a fresh scheduler and an
+        empty prefix cache (so policies compared on one loaded model start alike). Only
+        between loads: raises RuntimeError while any request is unfinished."""
+        if self.has_unfinished():
+            raise RuntimeError("the policy can change only while no request is unfinished")
+        policy = make_policy(name, **policy_args)  # an unknown name raises before any change
+        self.config = replace(self.config, policy=name)
+        self.block_manager = BlockManager(
+            self.num_kv_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.config, self.block_manager, policy)
+        if self.step_prior is not None:
+            policy.set_step_prior(self.step_prior)
+
+    def set_step_prior(self, prior: StepCoefficients) -> None:
+        """What a step costs on this hardware (the capacity probe's figures), for the policy's
+        step-time model to start from; kept for policies set later with `use_policy`."""
+        self.step_prior = prior
+        self.scheduler.policy.set_step_prior(prior)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -280,6 +303,7 @@ class Engine:
         """Run one iteration: schedule, compute, sample, detokenize, stop. Returns deltas."""
         started = time.monotonic()
         plan = self.scheduler.schedule(started)
+        planned = time.monotonic()
         outputs = [self._finished_by_scheduler(seq, started) for seq in plan.finished]
         if plan.is_empty:
             return outputs
@@ -311,6 +335,7 @@ class Engine:
             num_waiting=self.scheduler.num_waiting,
             num_running=self.scheduler.num_running,
             kv_usage=self.block_manager.usage,
+            schedule_s=planned - started,
         )
         self.stats.record(step_stats)
         self.scheduler.policy.on_step(step_stats)

@@ -42,6 +42,10 @@ class SchedulingPolicy(ABC):
         """Told the waiting queue just before `order_running`, for policies that weigh
         waiting work against running work (optional hook, no-op by default)."""
 
+    def set_step_prior(self, prior: Any) -> None:  # noqa: B027 - optional hook
+        """Told what a step costs on this hardware before any step ran (`StepCoefficients`
+        from the capacity probe), for policies that model step time."""
+
     def on_step(self, stats: Any) -> None:  # noqa: B027 - optional hook, no-op by default
         """Told about every finished step (for policies that pace or adapt)."""
 

@@ -24,6 +24,9 @@ class StepStats:
     num_waiting: int
     num_running: int
     kv_usage: float  # fraction of KV blocks held by sequences after the step
+    # Of duration_s, the host time the scheduler and its policy took to plan the step (on a
+    # GPU a Python policy's cost shows here, next to a step of a few milliseconds).
+    schedule_s: float = 0.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -39,6 +42,8 @@ class StatsLog:
         self.total_prefill_tokens = 0
         self.total_decode_tokens = 0
         self.total_preemptions = 0
+        self.total_step_s = 0.0
+        self.total_schedule_s = 0.0
 
     def record(self, stats: StepStats) -> None:
         with self._lock:
@@ -47,6 +52,8 @@ class StatsLog:
             self.total_prefill_tokens += stats.num_prefill_tokens
             self.total_decode_tokens += stats.num_decode_tokens
             self.total_preemptions += stats.num_preempted
+            self.total_step_s += stats.duration_s
+            self.total_schedule_s += stats.schedule_s
 
     def recent(self, n: int | None = None) -> list[StepStats]:
         with self._lock:

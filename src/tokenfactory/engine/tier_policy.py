@@ -701,6 +701,9 @@ class TierPolicy(SchedulingPolicy):
             key=lambda s: (self.terms(s).rank, self.terms(s).price, -s.arrival_time),
         )
 
+    def set_step_prior(self, prior: StepCoefficients) -> None:
+        self.model.set_prior(prior)
+
     def on_step(self, stats: Any) -> None:
         """Learn what a step costs as the schedule feels it: from one step's start to the
         next one's while work was waiting, so the engine loop's time between steps (handing

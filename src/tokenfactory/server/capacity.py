@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.step_model import StepCoefficients
 from tokenfactory.tiers import Tier, TierCatalog
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,30 @@ class Capacity:
         """The largest measured batch whose per-user speed still meets `tokens_per_s`."""
         ok = [p.batch for p in self.points if p.tokens_per_s_per_user >= tokens_per_s]
         return max(ok, default=0)
+
+    def step_prior(self) -> StepCoefficients:
+        """A starting point for the step-time model from this probe, before any step of real
+        traffic: the fixed cost and the cost per decoding sequence from a line through the
+        decode steps, a prompt token from the idle TTFT less one step. KV reads and the mixed
+        step's extra cost are left at zero for the fit to learn: the probe's short prompts
+        cannot show them. Without this the model starts from a CPU guess, ~400x off per
+        decoding sequence on a GPU."""
+        xs = [float(p.batch) for p in self.points]
+        ys = [p.step_s for p in self.points]
+        if len(xs) > 1 and max(xs) > min(xs):
+            mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+                (x - mean_x) ** 2 for x in xs
+            )
+            slope = max(slope, 0.0)
+        else:
+            slope = 0.0
+        smallest = self.smallest_batch
+        base = max(smallest.step_s - slope * smallest.batch, 0.1 * smallest.step_s)
+        prefill = max(self.ttft_s - base - slope, 0.0) / max(self.ttft_prompt_tokens, 1)
+        return StepCoefficients(
+            base_s=base, per_decode_s=slope, per_prefill_token_s=prefill, per_kv_token_s=0.0
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

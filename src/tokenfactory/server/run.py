@@ -89,6 +89,8 @@ def build_factory(
                 e, data_dir, identity, remeasure=opts.remeasure, batches=opts.probe_batches
             )
         )
+        # The scheduler's step-time model starts from what this hardware measured.
+        async_engine.call(lambda e: e.set_step_prior(capacity.step_prior()))
     name, aliases = served_names(engine, opts.served_model_name)
     factory = Factory(
         engine,
