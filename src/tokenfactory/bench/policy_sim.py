@@ -10,7 +10,7 @@ cost comes from a fit of this machine's measured steps, so minutes of load take 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,44 @@ def simulate_tally(
         noise=noise,
         seed=load.seed,
     )
+    for req in load_requests(load, catalog):
+        engine.run_until(req.at_s)
+        metadata = {**req.metadata, "received_at": req.at_s}
+        if req.stop_after is not None:
+            metadata[SIM_STOP_AFTER] = req.stop_after
+        params = SamplingParams(max_tokens=req.max_tokens)
+        engine.add(Sequence(req.request_id, req.prompt, params, metadata=metadata))
+    engine.drain()
+    served = [
+        Served(
+            tier=seq.metadata["tier"],
+            received_at=seq.metadata["received_at"],
+            first_token_time=seq.first_token_time,
+            finished_time=seq.finished_time,
+            prompt_tokens=seq.num_prompt_tokens,
+            output_tokens=seq.num_output_tokens,
+            shed=seq.finish_reason is FinishReason.SHED,
+        )
+        for seq in engine.seqs.values()
+    ]
+    return tally_served(served, load.rate, max(engine.now, load.duration_s), catalog)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """One request of a load: when it arrives (seconds from the start) and what it asks."""
+
+    at_s: float
+    request_id: str
+    prompt: list[int]
+    max_tokens: int
+    metadata: dict  # the scheduling terms of its tier, as the server gives them
+    stop_after: int | None = None  # its model stops by itself after this many tokens
+
+
+def load_requests(load: SimLoad, catalog: TierCatalog) -> Iterator[LoadRequest]:
+    """The load's requests in arrival order: Poisson arrivals, the mix's tiers, the length
+    distributions, distinct prompts; the same for any policy (and any early-stop share)."""
     rng = random.Random(load.seed)
     mix = parse_mix(load.mix)
     names, weights = list(mix), list(mix.values())
@@ -113,39 +151,57 @@ def simulate_tally(
     while True:
         t += next(gaps)
         if t >= load.duration_s:
-            break
-        engine.run_until(t)
+            return
         tier = catalog[rng.choices(names, weights)[0]]
         prompt = [1 + (i * 31 + k) % 997 for k in range(ins.sample(rng))]
-        metadata = {**catalog.scheduling_terms(tier), "received_at": t}
         max_tokens = outs.sample(rng)
+        stop_after = None
         if stops.random() < load.early_stop_share:
-            metadata[SIM_STOP_AFTER] = stops.randint(1, max_tokens)
-        seq = Sequence(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens), metadata=metadata)
-        engine.add(seq)
+            stop_after = stops.randint(1, max_tokens)
+        yield LoadRequest(
+            t, f"r{i}", prompt, max_tokens, catalog.scheduling_terms(tier), stop_after
+        )
         i += 1
-    engine.drain()
-    return _summarize(engine, load, catalog)
 
 
-def _summarize(engine: SimulatedEngine, load: SimLoad, catalog: TierCatalog) -> PointTally:
-    tally = PointTally(rate=load.rate, duration_s=max(engine.now, load.duration_s), runs=1)
+@dataclass(frozen=True)
+class Served:
+    """How one request of a load went, on whatever engine served it (times on one clock)."""
+
+    tier: str
+    received_at: float
+    first_token_time: float | None
+    finished_time: float | None
+    prompt_tokens: int
+    output_tokens: int
+    shed: bool = False  # refused on arrival (429)
+    cut_off: bool = False  # still unfinished when the run's time ran out
+
+
+def tally_served(
+    served: Iterable[Served], rate: float, duration_s: float, catalog: TierCatalog
+) -> PointTally:
+    """Score requests as `bench serve` does: a request attains its promise when its TTFT (as
+    the client sees it) and decode speed meet its tier's; a shed request, one without a first
+    token and one cut off unfinished are misses (the last billed nothing); each other is
+    billed at the tier it delivered (prompts at full price)."""
+    tally = PointTally(rate=rate, duration_s=duration_s, runs=1)
     asked = 0  # the same usage at the tiers asked
-    for seq in engine.seqs.values():
-        tier = catalog[seq.metadata["tier"]]
-        if seq.finish_reason is FinishReason.SHED or seq.first_token_time is None:
-            if seq.finish_reason is FinishReason.SHED:
+    for r in served:
+        tier = catalog[r.tier]
+        if r.shed or r.cut_off or r.first_token_time is None:
+            if r.shed:
                 tally.errors["429"] += 1
+            if r.cut_off:
+                tally.errors["cut_off"] += 1
             tally.request(tier.name, kept=False)
             continue
-        ttft = seq.first_token_time - seq.metadata["received_at"]  # as the client sees it
-        speed = decode_speed(seq.num_output_tokens, seq.first_token_time, seq.finished_time)
+        ttft = r.first_token_time - r.received_at
+        speed = decode_speed(r.output_tokens, r.first_token_time, r.finished_time)
         tally.request(tier.name, tier.keeps_promise(ttft, speed), ttft)
         billed = catalog.delivered(tier.name, ttft, speed)
-        tally.revenue_micro_usd += billed.cost_micro_usd(
-            seq.num_prompt_tokens, 0, seq.num_output_tokens
-        )
-        asked += tier.cost_micro_usd(seq.num_prompt_tokens, 0, seq.num_output_tokens)
-        tally.output_tokens += seq.num_output_tokens
+        tally.revenue_micro_usd += billed.cost_micro_usd(r.prompt_tokens, 0, r.output_tokens)
+        asked += tier.cost_micro_usd(r.prompt_tokens, 0, r.output_tokens)
+        tally.output_tokens += r.output_tokens
     tally.asked_revenue_micro_usd = asked
     return tally

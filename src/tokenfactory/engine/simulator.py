@@ -36,6 +36,10 @@ class SimulatedEngine:
     block_size: int = 16
     max_num_seqs: int = 64
     noise: float = 0.0  # each step's time is multiplied by a uniform factor in 1 +- noise
+    # Pauses that are not work (a kernel compiled on first use, a garbage collection): this
+    # share of steps takes stall_s longer.
+    stall_share: float = 0.0
+    stall_s: float = 0.0
     seed: int = 0
     now: float = 0.0
     seqs: dict[str, Sequence] = field(default_factory=dict)
@@ -71,6 +75,8 @@ class SimulatedEngine:
         duration = self.cost.predict(plan.num_decode_tokens, plan.num_prefill_tokens, kv)
         if self.noise > 0:
             duration *= 1.0 + self._rng.uniform(-self.noise, self.noise)
+        if self.stall_share > 0 and self._rng.random() < self.stall_share:
+            duration += self.stall_s
         self.now += duration
         for c in plan.chunks:
             if not c.samples:
