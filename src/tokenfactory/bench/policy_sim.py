@@ -93,15 +93,28 @@ def simulate_tally(
     cost: StepCoefficients = EMBEDDED_CPU_COST,
     noise: float = 0.15,
     max_num_seqs: int = 64,
+    num_blocks: int = 4096,
+    stall_share: float = 0.0,
+    stall_s: float = 0.0,
+    step_prior: StepCoefficients | None = None,
     **policy_args: Any,
 ) -> PointTally:
-    """Run `load` through `policy`: what it measured, poolable with other runs."""
+    """Run `load` through `policy`: what it measured, poolable with other runs.
+
+    `stall_share` of the steps take `stall_s` longer (pauses that are not work);
+    `step_prior` is what the hardware probe would tell the policy before any step."""
+    scheduling = make_policy(policy, **policy_args)
+    if step_prior is not None:
+        scheduling.set_step_prior(step_prior)
     engine = SimulatedEngine(
-        make_policy(policy, **policy_args),
+        scheduling,
         cost,
+        num_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
         noise=noise,
         seed=load.seed,
+        stall_share=stall_share,
+        stall_s=stall_s,
     )
     for req in load_requests(load, catalog):
         engine.run_until(req.at_s)
