@@ -24,7 +24,7 @@ output_usd_per_mtok = "3"
 [tiers.super]
 output_usd_per_mtok = "150"
 [presets.cpu]
-free = { tokens_per_s = 0.2, ttft_s = 600 }
+free = { tokens_per_s = 0.2, ttft_s = 20 }
 standard = { tokens_per_s = 1, ttft_s = 600 }
 super = { tokens_per_s = 20, ttft_s = 5 }
 """
@@ -99,7 +99,11 @@ def test_free_is_shed_with_retry_after_only_when_capacity_is_gone(tier_server):
     async def run():
         # more super streams than the engine can pace at 20 tokens/s each
         paid = [asyncio.ensure_future(_stream(client, "super", 40, i)) for i in range(48)]
-        await asyncio.sleep(4.0)
+        # While the first super requests run and the rest wait for room, capacity is gone for
+        # free work. After half their 5 s TTFT the waiting ones are let in up to a full load
+        # (`last_call`); from then on free work may be judged able to start within a tenth
+        # of its TTFT, and it would wait instead of being shed (the test was flaky at 4 s).
+        await asyncio.sleep(1.5)
         async with httpx.AsyncClient(timeout=120) as h:
             free = await asyncio.gather(*(
                 h.post(url, json=body, headers={"Authorization": f"Bearer {free_key}"})

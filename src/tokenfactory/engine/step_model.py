@@ -97,6 +97,7 @@ class StepTimeModel:
         self._xtx = np.zeros((NUM_FEATURES, NUM_FEATURES))
         self._xty = np.zeros(NUM_FEATURES)
         self._coef = prior.as_array()
+        self._coef_obj: StepCoefficients | None = None
         self._dirty = False
         self.num_observed = 0
 
@@ -116,6 +117,7 @@ class StepTimeModel:
         self.prior = prior
         if self.num_observed == 0:
             self._coef = prior.as_array()
+            self._coef_obj = None
         self._dirty = self.num_observed > 0
 
     # ---- data -------------------------------------------------------------------------------
@@ -164,7 +166,10 @@ class StepTimeModel:
     def coefficients(self) -> StepCoefficients:
         if self._dirty:
             self._refit()
-        return StepCoefficients(*(float(v) for v in self._coef))
+        # One object per fit: the policy asks for it many times a step.
+        if self._coef_obj is None:
+            self._coef_obj = StepCoefficients(*(float(v) for v in self._coef))
+        return self._coef_obj
 
     def predict(self, decode_seqs: float, prefill_tokens: float = 0, kv_tokens: float = 0) -> float:
         if self._dirty:
@@ -190,6 +195,7 @@ class StepTimeModel:
             # Keep a floor on the fixed cost: a step is never free.
             coef[0] = min(float(prior[0]), min(y for _, y in self._rows))
         self._coef = coef
+        self._coef_obj = None
 
 
 def _non_negative_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:

@@ -46,6 +46,7 @@ under the engine and under a simulator with a synthetic clock (`engine/simulator
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -216,6 +217,9 @@ class TierPolicy(SchedulingPolicy):
         self._max_num_seqs: int | None = None  # the engine's sequence slots (set_limits)
         self._now = 0.0  # the clock as of the latest call (levels depend on it)
         self._prev_stats: Any = None  # the last step, learned once the next one starts
+        # Waiting requests' urgency keys within one step (request id -> (now, key)), kept from
+        # the entrant's pick to admission; _NO_CACHE outside that span.
+        self._urgencies: dict[str, tuple[float, tuple[bool, float, float]]] = _NO_CACHE
 
     # ---- terms and schedule ---------------------------------------------------------------
 
@@ -224,6 +228,8 @@ class TierPolicy(SchedulingPolicy):
         t = self._terms.get(seq.request_id)
         if t is None:
             t = RequestTerms.of(seq)
+        elif t.final or len(t.levels) == 1:
+            return t  # settled for good (asked several hundred times a step)
         settled = t.settled(seq, self._now)
         if settled is not t or seq.request_id not in self._terms:
             self._terms[seq.request_id] = settled
@@ -246,15 +252,21 @@ class TierPolicy(SchedulingPolicy):
 
     def weight(self, seq: Sequence) -> float:
         """Value weight: 1 for free work, growing with the log of the output price."""
-        return 1.0 + math.log2(1.0 + self.terms(seq).price / self.config.value_unit)
+        return _weight(self.terms(seq).price, self.config.value_unit)
 
     def urgency(self, seq: Sequence, now: float) -> tuple[bool, float, float]:
         """Sort key for prefill work and admission: deadlines still meetable first, then the
         dearest level, then the least slack. Value comes before the deadline: when prompt time
         is short, a cheaper prompt near its deadline must not take it from a dearer one that
         would then be late (prompts whose deadline is near run first anyway: `_urgent`)."""
+        cached = self._urgencies.get(seq.request_id)
+        if cached is not None and cached[0] == now:
+            return cached[1]
         slack = self.deadline(seq) - now
-        return (slack < 0, -self.weight(seq), slack)
+        key = (slack < 0, -self.weight(seq), slack)
+        if self._urgencies is not _NO_CACHE:
+            self._urgencies[seq.request_id] = (now, key)
+        return key
 
     def target_step_s(self, running: list[Sequence], now: float) -> float:
         """How long the next step may last without any paced request falling behind for good.
@@ -481,6 +493,8 @@ class TierPolicy(SchedulingPolicy):
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return None
+        # The waiting requests' keys hold until this step's admission (`order_waiting`).
+        self._urgencies = {}
         first = min(waiting, key=lambda s: self.urgency(s, now))
         return first if self._fits(first, running, now) else None
 
@@ -489,7 +503,10 @@ class TierPolicy(SchedulingPolicy):
 
     def order_waiting(self, waiting: list[Sequence], now: float) -> list[Sequence]:
         self._now = now
-        return sorted(waiting, key=lambda s: self.urgency(s, now))
+        try:
+            return sorted(waiting, key=lambda s: self.urgency(s, now))
+        finally:
+            self._urgencies = _NO_CACHE
 
     # ---- admission ------------------------------------------------------------------------------
 
@@ -722,6 +739,15 @@ class TierPolicy(SchedulingPolicy):
         self.model.observe(
             period, prev.num_decode_tokens, prev.num_prefill_tokens, prev.num_kv_tokens_read
         )
+
+
+# An always-empty stand-in for the urgency cache: nothing is stored outside a step's span.
+_NO_CACHE: dict = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _weight(price: int, value_unit: float) -> float:
+    return 1.0 + math.log2(1.0 + price / value_unit)
 
 
 def _positive(value: object) -> float | None:
