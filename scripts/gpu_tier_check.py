@@ -36,6 +36,7 @@ from tokenfactory.bench.policy_sim import LoadRequest, SimLoad, load_requests
 from tokenfactory.bench.serve.tiers_info import parse_mix
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.policy import known_policies
 from tokenfactory.server.capacity import measure, tier_statuses
 from tokenfactory.tiers import TierCatalog, load_tiers
 
@@ -105,6 +106,16 @@ def row(name: str, s: dict, tiers: list[str]) -> str:
     )
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive numbers: {text!r}")
+    return rates
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-tier-out")))
@@ -117,13 +128,16 @@ def main() -> int:
     ap.add_argument("--crowd", type=int, default=192)
     ap.add_argument("--dear", type=int, default=4)
     ap.add_argument("--crowd-policies", default="fcfs,priority,tier")
-    ap.add_argument("--rates", default="4,8,16,24")
+    ap.add_argument("--rates", type=_rates, default="4,8,16,24")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--input-len", default="lognormal:512,0.6")
     ap.add_argument("--output-len", default="lognormal:256,0.5")
     ap.add_argument("--policies", default="fcfs,tier")
     ap.add_argument("--budget-s", type=float, default=420.0)
     args = ap.parse_args()
+    for name in {*args.policies.split(","), *args.crowd_policies.split(",")}:
+        if name not in known_policies():
+            ap.error(f"unknown policy {name!r}; known: {', '.join(known_policies())}")
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {
         "command": " ".join(sys.argv),
@@ -198,7 +212,7 @@ def main() -> int:
         save()
         lines.append(row(policy, s, tiers))
         say(lines[-1])
-    for rate in [float(r) for r in args.rates.split(",") if r]:
+    for rate in args.rates:
         for policy in args.policies.split(","):
             if out_of_time(args.duration + 15):
                 break
