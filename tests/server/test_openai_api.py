@@ -119,6 +119,7 @@ def test_models_tiers_health_metrics(factory_server):
     client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=8)
     step = httpx.get(base + "/v1/tiers").json()["step_model"]
     assert step["fitted"] and step["steps_observed"] > 0
+    assert step["prior"] == "probe"  # serve starts the model from its hardware probe
     assert step["base_s"] > 0 and step["policy"] in ("fcfs", "priority", "tier")
     assert step["prefill_step_s"] >= 0
     assert httpx.get(base + "/health").json() == {"status": "ok"}
