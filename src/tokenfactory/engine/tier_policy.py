@@ -218,8 +218,8 @@ class TierPolicy(SchedulingPolicy):
         self._now = 0.0  # the clock as of the latest call (levels depend on it)
         self._prev_stats: Any = None  # the last step, learned once the next one starts
         # Waiting requests' urgency keys within one step (request id -> (now, key)), kept from
-        # the entrant's pick to admission; _NO_CACHE outside that span.
-        self._urgencies: dict[str, tuple[float, tuple[bool, float, float]]] = _NO_CACHE
+        # the entrant's pick to admission; None outside that span.
+        self._urgencies: dict[str, tuple[float, tuple[bool, float, float]]] | None = None
 
     # ---- terms and schedule ---------------------------------------------------------------
 
@@ -259,13 +259,14 @@ class TierPolicy(SchedulingPolicy):
         dearest level, then the least slack. Value comes before the deadline: when prompt time
         is short, a cheaper prompt near its deadline must not take it from a dearer one that
         would then be late (prompts whose deadline is near run first anyway: `_urgent`)."""
-        cached = self._urgencies.get(seq.request_id)
-        if cached is not None and cached[0] == now:
-            return cached[1]
+        cache = self._urgencies
+        hit = cache.get(seq.request_id) if cache is not None else None
+        if hit is not None and hit[0] == now:
+            return hit[1]
         slack = self.deadline(seq) - now
         key = (slack < 0, -self.weight(seq), slack)
-        if self._urgencies is not _NO_CACHE:
-            self._urgencies[seq.request_id] = (now, key)
+        if cache is not None:
+            cache[seq.request_id] = (now, key)
         return key
 
     def target_step_s(self, running: list[Sequence], now: float) -> float:
@@ -506,7 +507,7 @@ class TierPolicy(SchedulingPolicy):
         try:
             return sorted(waiting, key=lambda s: self.urgency(s, now))
         finally:
-            self._urgencies = _NO_CACHE
+            self._urgencies = None
 
     # ---- admission ------------------------------------------------------------------------------
 
@@ -739,10 +740,6 @@ class TierPolicy(SchedulingPolicy):
         self.model.observe(
             period, prev.num_decode_tokens, prev.num_prefill_tokens, prev.num_kv_tokens_read
         )
-
-
-# An always-empty stand-in for the urgency cache: nothing is stored outside a step's span.
-_NO_CACHE: dict = {}
 
 
 @functools.lru_cache(maxsize=64)
