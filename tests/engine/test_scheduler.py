@@ -137,6 +137,32 @@ def test_fcfs_admission_order_and_seq_limit():
     assert {s.request_id for s in eng.finished} == {"late", "early", "mid"}
 
 
+class _ShedsQueuedOdd(FcfsPolicy):
+    """fcfs that refuses, from the queue, every waiting request with an odd number."""
+
+    def shed_queued(self, waiting, running, now):
+        return [(s, 7.0) for s in waiting if int(s.request_id[1:]) % 2]
+
+
+def test_requests_the_budget_never_reached_can_be_shed_from_the_queue():
+    cfg = config(max_num_batched_tokens=8, max_num_seqs=4)
+    bm = BlockManager(64, cfg.block_size, cfg.enable_prefix_caching)
+    sched = Scheduler(cfg, bm, _ShedsQueuedOdd())
+    for i in range(4):
+        seq = Sequence(f"r{i}", [1] * 8, SamplingParams(max_tokens=3))
+        seq.arrival_time = float(i)
+        sched.add(seq)
+    out = sched.schedule(0.0)
+    # r0 took the whole budget; r1 and r3 were never reached and are refused from the queue.
+    assert [c.seq.request_id for c in out.chunks] == ["r0"]
+    shed = sorted(s.request_id for s in out.finished)
+    assert shed == ["r1", "r3"]
+    assert all(s.finish_reason is FinishReason.SHED for s in out.finished)
+    assert all(s.metadata["retry_after_s"] == 7.0 for s in out.finished)
+    assert [s.request_id for s in sched.waiting] == ["r2"]
+    assert bm.num_free_blocks == bm.num_blocks - len(sched.running[0].block_table)
+
+
 def test_token_budget_respected():
     eng = FakeEngine(config(max_num_batched_tokens=16, max_num_seqs=4), num_blocks=256)
     for i in range(10):

@@ -735,3 +735,70 @@ def test_on_a_gpu_the_probe_prior_and_the_capped_fit_keep_free_work_admitted():
         assert min(run["attainment"]["free"], run["attainment"]["standard"]) >= 0.85
     assert max(run["attainment"]["high"] for run in runs["fcfs"]) < 0.8
     assert sum(run["errors"].get("429", 0) for run in runs["cpu guess"]) > 20
+
+
+def _queued(policy: TierPolicy, tokens_per_s: float, seconds: float = 2.0) -> None:
+    """Tell the policy that steps with a queue computed prompts at `tokens_per_s`."""
+    from tokenfactory.engine.stats import StepStats
+
+    for i in range(int(seconds / 0.1)):
+        policy.on_step(StepStats(
+            started_at=0.1 * i, duration_s=0.1, num_seqs=4, num_decode_tokens=3,
+            num_prefill_tokens=int(tokens_per_s * 0.1), num_kv_tokens_read=100,
+            num_sampled=3, num_preempted=0, num_waiting=5, num_running=4, kv_usage=0.1,
+        ))
+
+
+def _waiting(rid: str, tier: str, prompt_len: int, received_at: float = 0.0) -> Sequence:
+    md = {**metadata(tier, received_at), "sheddable": tier == "free"}
+    return Sequence(rid, [1] * prompt_len, SamplingParams(max_tokens=30), metadata=md)
+
+
+def test_a_free_arrival_behind_a_queue_it_cannot_clear_in_its_ttft_is_shed():
+    policy = TierPolicy(step_model=fitted())
+    early = [_waiting(f"std{i}", "standard", 4000) for i in range(3)]
+    free = _waiting("f1", "free", 100)
+    # No queued steps seen yet: no estimate, no refusal (judged once, so it stays).
+    assert policy.shed_queued([*early, free], [], 0.0) == []
+    _queued(policy, tokens_per_s=1000.0)
+    assert policy.shed_queued([*early, free], [], 0.0) == []
+    # 12,100 prompt tokens ahead of and in it at 1,000 tokens/s: its first token in ~12 s,
+    # within its 30 s TTFT: it waits.
+    near = _waiting("f2", "free", 100)
+    assert policy.shed_queued([*early, near], [], 0.0) == []
+    # Behind 30,000 more: ~42 s, past its TTFT: refused now, told to come back then.
+    more = [_waiting(f"high{i}", "high", 10_000) for i in range(3)]
+    late = _waiting("f3", "free", 100)
+    refused = policy.shed_queued([*early, *more, near, late], [], 0.0)
+    assert [(s.request_id, round(r)) for s, r in refused] == [("f3", 42)]
+    # Paid work behind the same queue is never refused this way.
+    paid = _waiting("std9", "standard", 100)
+    assert policy.shed_queued([*early, *more, paid], [], 0.0) == []
+
+
+def test_queue_shedding_can_be_turned_off():
+    policy = TierPolicy(step_model=fitted(), config=TierPolicyConfig(queue_shed_share=0.0))
+    _queued(policy, tokens_per_s=100.0)
+    queue = [_waiting(f"std{i}", "standard", 4000) for i in range(3)]
+    assert policy.shed_queued([*queue, _waiting("f", "free", 100)], [], 0.0) == []
+
+
+def test_in_deep_overload_free_arrivals_behind_the_queue_are_refused_and_paid_work_gains():
+    # The benchmark's mix at 8 requests/s on the slower machine's costs: prompts queue far
+    # faster than they are computed. Free requests arriving behind that queue would get their
+    # first token long after their 30 s TTFT; refused at once instead (429), they leave the
+    # engine's time to paid work, and revenue rises.
+    from tokenfactory.bench.policy_compare import MIX
+    from tokenfactory.bench.policy_sim import SimLoad, simulate
+
+    load = SimLoad(rate=8, duration_s=60, mix=MIX, seed=0)
+    runs = {
+        share: simulate("tier", load, TIERS, cost=SLOWER_CPU_COST,
+                        config=TierPolicyConfig(queue_shed_share=share))
+        for share in (0.0, 1.0)
+    }
+    off, on = runs[0.0], runs[1.0]
+    assert on["errors"].get("429", 0) >= off["errors"].get("429", 0) + 30
+    assert on["revenue_usd_per_s"] >= 1.1 * off["revenue_usd_per_s"]
+    for tier in ("standard", "high", "ultra", "super"):
+        assert on["attainment"][tier] >= off["attainment"][tier] - 0.03, tier

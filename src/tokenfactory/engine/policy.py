@@ -62,6 +62,14 @@ class SchedulingPolicy(ABC):
         (the Retry-After) ends it at once as shed; None lets it wait. Default: never shed."""
         return None
 
+    def shed_queued(
+        self, waiting: list[Sequence], running: list[Sequence], now: float
+    ) -> list[tuple[Sequence, float]]:
+        """Called once a step after admission with the requests still waiting, including
+        those the step's budget never reached: (request, Retry-After seconds) for each fresh
+        arrival to end at once as shed. Default: none."""
+        return []
+
 
 class FcfsPolicy(SchedulingPolicy):
     """First come, first served: arrival order everywhere, newest preempted first."""

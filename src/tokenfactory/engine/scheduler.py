@@ -176,6 +176,13 @@ class Scheduler:
         # needed by the sequences that are already running.
         if not preempted:
             budget = self._admit(now, budget, chunks, finished)
+        if self._waiting:
+            queued = list(self._waiting)
+            for seq, retry in self.policy.shed_queued(queued, list(self._running), now):
+                if seq.status is SequenceStatus.WAITING and seq.first_scheduled_time is None:
+                    seq.metadata["retry_after_s"] = retry
+                    self.finish(seq, FinishReason.SHED)
+                    finished.append(seq)
 
         chunks.sort(key=lambda c: not c.is_decode)  # stable: decodes first
         decode = sum(c.num_tokens for c in chunks if c.is_decode)

@@ -52,6 +52,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tokenfactory.engine.policy import SchedulingPolicy, tier_rank
+from tokenfactory.engine.queued_prompt_rate import QueuedPromptRate
 from tokenfactory.engine.sequence import Sequence
 from tokenfactory.engine.step_model import CPU_PRIOR, StepCoefficients, StepTimeModel
 
@@ -86,6 +87,10 @@ class TierPolicyConfig:
     max_retry_after_s: float = 60.0  # the longest Retry-After a shed request is told
     # A sheddable request that could start within this share of its TTFT waits instead.
     shed_wait_share: float = 0.1
+    # A sheddable arrival behind a queue is refused when the prompts ahead of it, at the rate
+    # queued prompts were computed lately, would take more than this share of its TTFT
+    # (0: never; see `shed_queued`).
+    queue_shed_share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,8 @@ class TierPolicy(SchedulingPolicy):
         self._last_carried: dict[str, int] = {}  # request id -> step it was last carried
         self._terms: dict[str, RequestTerms] = {}
         self._judged: set[str] = set()  # sheddable requests already judged on arrival
+        self._queue_judged: set[str] = set()  # arrivals already judged behind the queue
+        self._prompt_rate = QueuedPromptRate()
         self._cap: int | None = None  # this step's token budget, from order_running
         self._refused_rank = -1  # highest rank refused admission this step
         self._refused_seq: Sequence | None = None  # the request refused at that rank
@@ -303,6 +310,7 @@ class TierPolicy(SchedulingPolicy):
         if len(self._terms) > 4 * len(running) + 64:  # drop finished requests' terms
             self._terms = {r: t for r, t in self._terms.items() if r in live}
             self._judged &= live
+            self._queue_judged &= live | {s.request_id for s in self._waiting}
 
         coef = self.model.coefficients
         per_token = max(coef.per_prefill_token_s, 1e-9)
@@ -712,6 +720,46 @@ class TierPolicy(SchedulingPolicy):
                 return None
         return min(max(retry, 1.0), cfg.max_retry_after_s)
 
+    def shed_queued(
+        self, waiting: list[Sequence], running: list[Sequence], now: float
+    ) -> list[tuple[Sequence, float]]:
+        """Sheddable arrivals that would get their first token too late behind the queue.
+
+        Admission weighs running work; the queue is invisible to it, and where prompts
+        arrive faster than the engine computes them (a GPU whose fastest promise leaves
+        little of each step to prompts) it grows while every admission still looks fine.
+        So each new sheddable arrival is judged once: the prompt tokens of the running
+        prompts and of the requests it queues behind (those admitted before it) over the
+        rate queued prompts were computed lately predict its first token; when that is more
+        than `queue_shed_share` of the time left to its TTFT, it is refused now, with that
+        wait as Retry-After, instead of served late."""
+        share = self.config.queue_shed_share
+        fresh = [
+            s
+            for s in waiting
+            if s.request_id not in self._queue_judged
+            and s.metadata.get("sheddable")
+            and s.first_scheduled_time is None
+        ]
+        if share <= 0 or not fresh:
+            return []
+        self._queue_judged.update(s.request_id for s in fresh)
+        if self._prompt_rate.tokens_per_s() is None:
+            return []
+        self._now = now
+        new = {s.request_id for s in fresh}
+        ahead = sum(s.num_uncomputed_tokens for s in running if s.is_prefill)
+        refused = []
+        for seq in sorted(waiting, key=lambda s: self.urgency(s, now)):
+            ahead += seq.num_uncomputed_tokens
+            if seq.request_id not in new:
+                continue
+            wait = self._prompt_rate.wait_s(ahead)
+            if wait is not None and wait > share * (self.deadline(seq) - now):
+                refused.append((seq, min(max(wait, 1.0), self.config.max_retry_after_s)))
+                ahead -= seq.num_uncomputed_tokens  # refused: no longer ahead of anyone
+        return refused
+
     def preemption_victim(self, candidates: list[Sequence]) -> Sequence:
         """Lowest value first: lowest rank, then cheapest, then the newest arrival."""
         return min(
@@ -729,6 +777,7 @@ class TierPolicy(SchedulingPolicy):
         compute time alone would fall short by that much. Learned one step late."""
         if stats is None:
             return
+        self._prompt_rate.observe(stats.duration_s, stats.num_prefill_tokens, stats.num_waiting)
         prev, self._prev_stats = self._prev_stats, stats
         if prev is None:
             return
