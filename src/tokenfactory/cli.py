@@ -429,6 +429,13 @@ def bench_policies(
             max=1.0,
         ),
     ] = 0.0,
+    ignore_eos: Annotated[
+        bool,
+        typer.Option(
+            help="Every request runs to its max_tokens: the same output tokens under every "
+            "policy, so revenue differs only by the tiers delivered"
+        ),
+    ] = False,
     tiers: Annotated[
         Path | None,
         typer.Option(help="Tiers TOML file (default: shipped); its cpu preset's promises"),
@@ -452,6 +459,7 @@ def bench_policies(
         output_len=output_len,
         seeds=_seed_list(seeds),
         early_stop_share=early_stop_share,
+        ignore_eos=ignore_eos,
         out_dir=out_dir,
         tiers_file=tiers,
     )
@@ -463,6 +471,11 @@ def bench_policies(
         except TierError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tiers") from None
     if simulate:
+        if ignore_eos and early_stop_share:
+            raise typer.BadParameter(
+                "--ignore-eos means no request stops early; drop --early-stop-share",
+                param_hint="--ignore-eos",
+            )
         result = run_simulated(opts, _step_cost(step_cost), log=err.print)
         print(markdown(result))
         return

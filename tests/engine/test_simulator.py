@@ -148,6 +148,8 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
     assert res.exit_code == 2 and "only with --simulate" in res.output
     res = CliRunner().invoke(app, [*args, "--early-stop-share", "1.5"])
     assert res.exit_code == 2, res.output
+    res = CliRunner().invoke(app, [*args, "--ignore-eos", "--early-stop-share", "0.2"])
+    assert res.exit_code == 2 and "--ignore-eos means no request stops early" in res.output
     for opt, bad, says in (("--levels", "x", "numbers > 0"), ("--sweep", "0,1", "numbers > 0"),
                            ("--policies", "fcfs,bogus", "unknown policy 'bogus'"),
                            ("--seeds", "1,1", "distinct whole numbers"),

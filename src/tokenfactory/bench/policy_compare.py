@@ -39,6 +39,9 @@ class PolicyBenchOptions:
     seeds: tuple[int, ...] = (0,)
     # Simulator only: share of requests that stop by themselves before max_tokens.
     early_stop_share: float = 0.0
+    # Every request runs to its max_tokens: the same output under every policy, so revenue
+    # differs only by the tiers delivered (the model's own stops otherwise differ per run).
+    ignore_eos: bool = False
     out_dir: Path = Path("bench-results/policies")
     extra_serve_args: list[str] = field(default_factory=list)
     # A tiers TOML file instead of the shipped one (its `cpu` preset's promises): the servers
@@ -57,17 +60,25 @@ def _exe() -> str:
 def _load(
     factory: LocalFactory, rate: float, opts: PolicyBenchOptions, out: Path, seed: int
 ) -> dict:
+    cmd = serve_bench_command(factory.base, factory.keys_path, rate, opts, out, seed)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def serve_bench_command(
+    base_url: str, keys_path: Path, rate: float, opts: PolicyBenchOptions, out: Path, seed: int
+) -> list[str]:
+    """The `bench serve` command line for one load point."""
     cmd = [
-        _exe(), "bench", "serve", "--base-url", factory.base, "--workload", "random",
+        _exe(), "bench", "serve", "--base-url", base_url, "--workload", "random",
         "--input-len", opts.input_len, "--output-len", opts.output_len,
         "--request-rate", str(rate), "--duration", str(opts.duration_s),
         "--num-prompts", str(max(8, int(rate * opts.duration_s * 2))),
-        "--tier-mix", opts.mix, "--tier-keys", str(factory.keys_path),
+        "--tier-mix", opts.mix, "--tier-keys", str(keys_path),
         "--seed", str(seed), "--out", str(out), "--no-progress", "--no-html",
         "--timeout", "600",
     ]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    return [*cmd, "--ignore-eos"] if opts.ignore_eos else cmd
 
 
 def _point(factory: LocalFactory, rate: float, opts: PolicyBenchOptions, name: str) -> list[dict]:
