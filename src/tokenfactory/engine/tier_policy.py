@@ -270,8 +270,16 @@ class TierPolicy(SchedulingPolicy):
         hit = cache.get(seq.request_id) if cache is not None else None
         if hit is not None and hit[0] == now:
             return hit[1]
-        slack = self.deadline(seq) - now
-        key = (slack < 0, -self.weight(seq), slack)
+        # `deadline` and `weight` inlined over one `terms` lookup: asked for every waiting
+        # request every step, this is the policy's hottest call under a long queue.
+        cfg = self.config
+        t = self.terms(seq)
+        if t.speed is not None and seq.first_token_time is not None:
+            deadline = seq.first_token_time + seq.num_output_tokens / (t.speed * cfg.pace)
+        else:
+            deadline = t.received_at + (t.ttft_s or cfg.best_effort_ttft_s)
+        slack = deadline - now
+        key = (slack < 0, -_weight(t.price, cfg.value_unit), slack)
         if cache is not None:
             cache[seq.request_id] = (now, key)
         return key
@@ -315,8 +323,14 @@ class TierPolicy(SchedulingPolicy):
         coef = self.model.coefficients
         per_token = max(coef.per_prefill_token_s, 1e-9)
         min_step = self.model.predict(1, 0, 0)
-        # Each decoding request's due time, once per step.
-        decoding = [(self.due_at(s), s) for s in running if not s.is_prefill]
+        # Each decoding request's due time, once per step (and the prompts, in the same pass).
+        decoding: list[tuple[float | None, Sequence]] = []
+        prefill: list[Sequence] = []
+        for s in running:
+            if s.is_prefill:
+                prefill.append(s)
+            else:
+                decoding.append((self.due_at(s), s))
         target = self._target_from(decoding, now)
         # Skipped now, a request's next chance ends after this step and a minimal next one.
         horizon = now + max(target, min_step) + min_step
@@ -325,7 +339,6 @@ class TierPolicy(SchedulingPolicy):
         must: list[Sequence] = []  # not carried for 1 / min_share steps: carried now
         due: list[tuple[float, Sequence]] = []
         ahead: list[tuple[float, Sequence]] = []
-        prefill = [s for s in running if s.is_prefill]
         for at, seq in decoding:
             # First seen decoding: its prompt's last chunk ran (and sampled) last step.
             last = self._last_carried.setdefault(seq.request_id, self._steps - 1)
