@@ -244,17 +244,21 @@ class TierPolicy(SchedulingPolicy):
 
     def due_at(self, seq: Sequence) -> float | None:
         """When the request's next token is due; None for best effort or before its first."""
-        t = self.terms(seq)
+        return self._due(seq, self.terms(seq))
+
+    def deadline(self, seq: Sequence) -> float:
+        """The time by which the request's next token should exist (TTFT, then pacing)."""
+        return self._deadline(seq, self.terms(seq))
+
+    def _due(self, seq: Sequence, t: RequestTerms) -> float | None:
         if t.speed is None or seq.first_token_time is None:
             return None
         return seq.first_token_time + seq.num_output_tokens / (t.speed * self.config.pace)
 
-    def deadline(self, seq: Sequence) -> float:
-        """The time by which the request's next token should exist (TTFT, then pacing)."""
-        due = self.due_at(seq)
+    def _deadline(self, seq: Sequence, t: RequestTerms) -> float:
+        due = self._due(seq, t)
         if due is not None:
             return due
-        t = self.terms(seq)
         return t.received_at + (t.ttft_s or self.config.best_effort_ttft_s)
 
     def weight(self, seq: Sequence) -> float:
@@ -270,16 +274,11 @@ class TierPolicy(SchedulingPolicy):
         hit = cache.get(seq.request_id) if cache is not None else None
         if hit is not None and hit[0] == now:
             return hit[1]
-        # `deadline` and `weight` inlined over one `terms` lookup: asked for every waiting
-        # request every step, this is the policy's hottest call under a long queue.
-        cfg = self.config
+        # One `terms` lookup for deadline and weight: asked for every waiting request every
+        # step, this is the policy's hottest call under a long queue.
         t = self.terms(seq)
-        if t.speed is not None and seq.first_token_time is not None:
-            deadline = seq.first_token_time + seq.num_output_tokens / (t.speed * cfg.pace)
-        else:
-            deadline = t.received_at + (t.ttft_s or cfg.best_effort_ttft_s)
-        slack = deadline - now
-        key = (slack < 0, -_weight(t.price, cfg.value_unit), slack)
+        slack = self._deadline(seq, t) - now
+        key = (slack < 0, -_weight(t.price, self.config.value_unit), slack)
         if cache is not None:
             cache[seq.request_id] = (now, key)
         return key
@@ -747,6 +746,8 @@ class TierPolicy(SchedulingPolicy):
         than `queue_shed_share` of the time left to its TTFT, it is refused now, with that
         wait as Retry-After, instead of served late."""
         share = self.config.queue_shed_share
+        if share <= 0:
+            return []
         fresh = [
             s
             for s in waiting
@@ -754,7 +755,7 @@ class TierPolicy(SchedulingPolicy):
             and s.metadata.get("sheddable")
             and s.first_scheduled_time is None
         ]
-        if share <= 0 or not fresh:
+        if not fresh:
             return []
         self._queue_judged.update(s.request_id for s in fresh)
         if self._prompt_rate.tokens_per_s() is None:
