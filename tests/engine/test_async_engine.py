@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
 from tests.engine.engine_fixtures import assert_no_leaks, prompts, tiny_engine
 from tokenfactory.engine.async_engine import AsyncEngine
-from tokenfactory.engine.errors import EngineClosedError, InvalidRequestError
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.errors import (
+    EngineClosedError,
+    EngineDeadError,
+    EngineStepError,
+    InvalidRequestError,
+)
+from tokenfactory.engine.health import EngineHealth, EngineState
 from tokenfactory.engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
@@ -117,3 +125,142 @@ def test_shutdown_ends_open_streams_and_refuses_new_work():
 
     with pytest.raises(EngineClosedError):
         asyncio.run(after())
+
+
+# -- engine health: failed steps ----------------------------------------------------------------
+
+
+class _Flaky:
+    """Wraps `Engine.step`: the next `fail_next` calls raise, or every call once `always`."""
+
+    def __init__(self, engine: Engine):
+        self.step = engine.step
+        self.fail_next = 0
+        self.always = False
+        self.calls = 0
+        engine.step = self  # type: ignore[method-assign]
+
+    def __call__(self):
+        self.calls += 1
+        if self.always or self.fail_next > 0:
+            self.fail_next = max(0, self.fail_next - 1)
+            raise RuntimeError("boom")
+        return self.step()
+
+
+def _join(aengine: AsyncEngine) -> None:
+    """A dead engine's loop ends on its own: wait (bounded) for its thread."""
+    aengine._thread.join(10)
+    assert not aengine._thread.is_alive()
+
+
+def test_one_failed_step_ends_its_requests_and_the_engine_keeps_serving():
+    aengine = AsyncEngine(tiny_engine(), max_consecutive_failures=2)
+    flaky = _Flaky(aengine.engine)
+    try:
+
+        async def main():
+            flaky.fail_next = 1
+            with pytest.raises(EngineStepError, match="boom"):
+                await _collect(aengine, prompts(1)[0])
+            assert aengine.health.consecutive_failures == 1
+            ok = await _collect(aengine, prompts(1)[0])  # a success resets the run...
+            flaky.fail_next = 1
+            with pytest.raises(EngineStepError):
+                await _collect(aengine, prompts(1)[0])  # ...so this one failure is not fatal
+            return ok, await _collect(aengine, prompts(1)[0])
+
+        first, second = asyncio.run(main())
+        assert len(first) == len(second) == 16
+        health = aengine.health
+        assert health.state is EngineState.HEALTHY and aengine.is_running
+        assert (health.consecutive_failures, health.failed_steps) == (0, 2)
+        assert health.last_error == "RuntimeError: boom"
+    finally:
+        aengine.shutdown()
+    assert_no_leaks(aengine.engine)
+
+
+def test_consecutive_failed_steps_mark_the_engine_dead_and_new_work_fails_at_once():
+    aengine = AsyncEngine(tiny_engine(), max_consecutive_failures=2)
+    flaky = _Flaky(aengine.engine)
+    flaky.always = True
+
+    async def main():
+        with pytest.raises(EngineStepError):
+            await _collect(aengine, prompts(1)[0])
+        # The second failure in a row kills it: every request in the engine ends with it.
+        results = await asyncio.gather(
+            *(_collect(aengine, p) for p in prompts(3, seed=5)), return_exceptions=True
+        )
+        assert all(isinstance(r, EngineDeadError) for r in results), results
+        _join(aengine)
+        calls = flaky.calls
+        started = time.monotonic()
+        with pytest.raises(EngineDeadError) as info:
+            await asyncio.wait_for(_collect(aengine, prompts(1)[0]), 2.0)
+        assert time.monotonic() - started < 1.0  # refused at once, not after a timeout
+        assert flaky.calls == calls  # and never reached the engine
+        return info.value
+
+    err = asyncio.run(main())
+    health = aengine.health
+    assert health.is_dead and err.health == health
+    assert health.reason == "2 consecutive engine steps failed"
+    assert health.last_error == "RuntimeError: boom"
+    assert health.failed_steps == 2 and health.dead_since is not None
+    assert str(err) == "the engine is dead: 2 consecutive engine steps failed"
+    assert not aengine.is_running
+    with pytest.raises(EngineDeadError):
+        aengine.call(lambda e: e.num_unfinished, timeout=2)
+    aengine.abort("anything")  # a no-op, never an error
+    aengine.shutdown()  # and shutting a dead engine down is too
+    assert not aengine.engine.has_unfinished()
+    assert_no_leaks(aengine.engine)
+
+
+def test_a_dead_engine_ends_every_stream_mid_generation():
+    aengine = AsyncEngine(tiny_engine(), max_consecutive_failures=1)
+    flaky = _Flaky(aengine.engine)
+    long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    ps = prompts(4, seed=3)
+
+    async def main():
+        started = [asyncio.Event() for _ in ps]
+
+        async def one(i: int) -> tuple[int, BaseException | None]:
+            n = 0
+            try:
+                async for out in aengine.generate(ps[i], long):
+                    n += len(out.token_ids)
+                    assert not out.finished
+                    if n >= 2:
+                        started[i].set()
+            except EngineDeadError as exc:
+                return n, exc
+            return n, None
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(ps))]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 60)
+        flaky.always = True
+        return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    results = asyncio.run(main())
+    assert all(n >= 2 and isinstance(exc, EngineDeadError) for n, exc in results), results
+    _join(aengine)
+    assert aengine.health.reason == "an engine step failed"
+    assert not aengine.engine.has_unfinished()
+    assert_no_leaks(aengine.engine)
+
+
+def test_health_counts_failures_in_a_row_and_dead_is_final():
+    h = EngineHealth()
+    h = h.after_failure(ValueError("bad\nsecond line"), 3).after_failure(ValueError("x"), 3)
+    assert not h.is_dead and h.consecutive_failures == 2
+    h = h.after_success()
+    assert (h.consecutive_failures, h.failed_steps) == (0, 2)
+    for _ in range(3):
+        h = h.after_failure(OSError(), 3)
+    assert h.is_dead and h.failed_steps == 5 and h.last_error == "OSError"
+    assert h.reason == "3 consecutive engine steps failed"
+    assert h.after_success().is_dead and h.died("again").reason == h.reason

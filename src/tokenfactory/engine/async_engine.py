@@ -3,6 +3,10 @@
 All engine state is touched by the loop thread only. Other threads talk to it through a
 command queue (add, abort) and get results back through futures and per-request asyncio
 queues, so submission is thread-safe and the event loop never blocks on a model step.
+
+A step that raises ends every request in the engine with `EngineStepError`; after
+`max_consecutive_failures` in a row the engine is dead (`health`): its requests end with
+`EngineDeadError`, the loop stops, and new work is refused at once with the same error.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tokenfactory.engine.engine import Engine, RequestOutput
-from tokenfactory.engine.errors import EngineClosedError
+from tokenfactory.engine.errors import EngineClosedError, EngineDeadError, EngineStepError
+from tokenfactory.engine.health import DEFAULT_MAX_CONSECUTIVE_FAILURES, EngineHealth
 from tokenfactory.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -44,15 +49,29 @@ def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
 class AsyncEngine:
     """Drive an `Engine` from a background thread; `generate` streams `RequestOutput`s."""
 
-    def __init__(self, engine: Engine | Callable[[], Engine], idle_wait_s: float = 0.05):
+    def __init__(
+        self,
+        engine: Engine | Callable[[], Engine],
+        idle_wait_s: float = 0.05,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    ):
         """`engine` may be a function that builds one: it then runs on the engine's thread,
-        so that loading, warm-up and serving all happen on one thread (see `call`)."""
+        so that loading, warm-up and serving all happen on one thread (see `call`).
+        `max_consecutive_failures` failed steps in a row mark the engine dead."""
+        if max_consecutive_failures < 1:
+            raise ValueError("max_consecutive_failures must be at least 1")
         self._commands: queue.Queue[tuple[str, Any, concurrent.futures.Future | None]] = (
             queue.Queue()
         )
         self._streams: dict[str, _Stream] = {}
         self._idle_wait_s = idle_wait_s
-        self._closed = False
+        self._max_failures = max_consecutive_failures
+        self._health = EngineHealth()
+        self._closed = False  # no new work: shutting down, shut down, or dead
+        # Set under the lock once the loop has answered its last command: a command queued
+        # after that would wait forever, so `_submit` refuses it instead.
+        self._submit_lock = threading.Lock()
+        self._stopped = False
         self._error: BaseException | None = None
         built: concurrent.futures.Future = concurrent.futures.Future()
         if isinstance(engine, Engine):
@@ -87,10 +106,17 @@ class AsyncEngine:
         """Stream the deltas of a request queued with `add_request`; leaving early aborts it.
 
         The stream ends without a finished output when the request is aborted or the engine
-        shuts down; a failed engine step raises here.
+        shuts down; a failed engine step raises `EngineStepError` here, a dead engine
+        `EngineDeadError`.
         """
         rid = request_id
-        stream = self._streams[rid]
+        stream = self._streams.get(rid)
+        if stream is None:
+            if not self._closed:
+                raise KeyError(f"unknown request {rid!r}")
+            if self._health.is_dead:  # it died between queuing this request and now
+                raise EngineDeadError(self._health)
+            return
         finished = False
         try:
             while True:
@@ -115,19 +141,18 @@ class AsyncEngine:
         request_id: str | None = None,
         metadata: dict | None = None,
     ) -> str:
-        """Queue a request and return its id; validation errors are raised here."""
-        if self._closed:
-            raise EngineClosedError("the engine is shut down")
+        """Queue a request and return its id; validation errors are raised here, and
+        `EngineDeadError` (an `EngineClosedError`) at once when the engine is dead."""
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put(("add", (prompt, params, request_id, metadata, stream), fut))
+        self._submit("add", (prompt, params, request_id, metadata, stream), fut)
         return await asyncio.wrap_future(fut)
 
     def abort(self, request_id: str) -> None:
         """Cancel a request from any thread; its blocks are freed on the next loop turn."""
-        if not self._closed:
-            self._commands.put(("abort", request_id, None))
+        with contextlib.suppress(EngineClosedError):  # the loop ended every request already
+            self._submit("abort", request_id, None)
 
     def call(self, fn: Callable[[Engine], T], timeout: float | None = None) -> T:
         """Run `fn(engine)` on the engine's own thread and return its result (blocking).
@@ -136,10 +161,8 @@ class AsyncEngine:
         model computation on one thread matters on CPUs, where each thread that runs parallel
         torch ops gets its own OpenMP team and two teams on the same cores slow each other.
         """
-        if self._closed:
-            raise EngineClosedError("the engine is shut down")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put(("call", fn, fut))
+        self._submit("call", fn, fut)
         return fut.result(timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -153,6 +176,23 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and not self._closed
+
+    @property
+    def health(self) -> EngineHealth:
+        """The loop's health now (a frozen snapshot, safe to read from any thread)."""
+        return self._health
+
+    def _submit(self, kind: str, arg: Any, fut: concurrent.futures.Future | None) -> None:
+        with self._submit_lock:
+            if self._closed or self._stopped:
+                raise self._closed_error()
+            self._commands.put((kind, arg, fut))
+
+    def _closed_error(self) -> EngineClosedError:
+        health = self._health
+        if health.is_dead:
+            return EngineDeadError(health)
+        return EngineClosedError("the engine is shut down")
 
     # -- the loop thread ------------------------------------------------------------------------
 
@@ -178,16 +218,27 @@ class AsyncEngine:
                     outputs = self.engine.step()
                 except Exception as exc:  # a failed step must not strand the waiting callers
                     log.exception("engine step failed")
+                    self._health = self._health.after_failure(exc, self._max_failures)
+                    if self._health.is_dead:
+                        break
                     self._fail_all(exc)
                     continue
+                self._health = self._health.after_success()
                 self._deliver(outputs)
+        except Exception as exc:  # the loop itself broke: nothing would ever serve again
+            log.exception("engine loop failed")
+            self._health = self._health.died("the engine loop failed", exc)
         finally:
             self._closed = True
-            for rid in self.engine.unfinished_request_ids():
-                self.engine.abort(rid)
-            for stream in list(self._streams.values()):
-                stream.put(_END)
-            self._streams.clear()
+            if self._health.is_dead:
+                log.error(
+                    "engine is dead: %s (%s); refusing all work until restarted",
+                    self._health.reason,
+                    self._health.last_error,
+                )
+            self._end_all()
+            with self._submit_lock:
+                self._stopped = True
             self._fail_pending_commands()
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
@@ -246,11 +297,32 @@ class AsyncEngine:
         fut.set_result(rid)
 
     def _fail_all(self, exc: Exception) -> None:
+        """End every request after a failed step. All of them, not only the step's batch:
+        the step may have left any of them half-updated (blocks, computed tokens), and
+        the engine cannot say which."""
         for rid in self.engine.unfinished_request_ids():
             self.engine.abort(rid)
             stream = self._streams.get(rid)
             if stream is not None:
-                stream.put(RuntimeError(f"engine step failed: {exc}"))
+                stream.put(EngineStepError(f"an engine step failed: {exc}"))
+
+    def _end_all(self) -> None:
+        """The loop is over: end every stream first (with the engine's error when it died),
+        then free what the engine held, which may fail on a broken engine."""
+        dead = self._health.is_dead
+        try:
+            unfinished = set(self.engine.unfinished_request_ids())
+        except Exception:
+            unfinished = set(self._streams)
+        for rid, stream in list(self._streams.items()):
+            stream.put(EngineDeadError(self._health) if dead and rid in unfinished else _END)
+        self._streams.clear()
+        for rid in unfinished:
+            try:
+                self.engine.abort(rid)
+            except Exception:
+                log.exception("freeing request %s failed", rid)
+                break
 
     def _fail_pending_commands(self) -> None:
         while True:
@@ -259,4 +331,4 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if fut is not None and not fut.done():
-                fut.set_exception(EngineClosedError("the engine is shut down"))
+                fut.set_exception(self._closed_error())

@@ -1,4 +1,12 @@
-"""Errors a caller can cause by submitting a bad request to the engine."""
+"""Errors a caller can cause by submitting a bad request to the engine, and the engine's own
+failures as its callers see them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenfactory.engine.health import EngineHealth
 
 
 class InvalidRequestError(ValueError):
@@ -19,3 +27,19 @@ class ContextLengthExceededError(InvalidRequestError):
 
 class EngineClosedError(RuntimeError):
     """The engine has shut down and accepts no more work."""
+
+
+class EngineStepError(RuntimeError):
+    """A step failed while this request was in the engine; the request was ended. The engine
+    itself may still serve (see `EngineHealth`)."""
+
+
+class EngineDeadError(EngineClosedError):
+    """The engine stopped after failing steps and accepts no more work; `health` says why.
+
+    A kind of `EngineClosedError`: code that only cares that no work is accepted keeps working.
+    """
+
+    def __init__(self, health: EngineHealth):
+        super().__init__(f"the engine is dead: {health.reason}")
+        self.health = health
