@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from tokenfactory.engine.errors import EngineDeadError, EngineStepError
 from tokenfactory.server import errors
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, Generation
@@ -97,10 +98,15 @@ def create_app(factory: Factory) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
+        # Liveness only: the process answers HTTP, even with a dead engine (that is /ready's
+        # 503 and the tokenfactory_engine_healthy gauge).
         return {"status": "ok"}
 
     @app.get("/ready")
     async def ready() -> Response:
+        engine = factory.async_engine.health
+        if engine.is_dead:
+            return JSONResponse(_dead_body(factory), status_code=503)
         ok = factory.accepting and factory.async_engine.is_running
         body = {"status": "ready" if ok else "not ready", "model": factory.model_label}
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -111,6 +117,36 @@ def create_app(factory: Factory) -> FastAPI:
         return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _dead_body(factory: Factory) -> dict:
+    """/ready once the engine is dead: OpenAI's error shape, naming why, for whoever routes
+    traffic or pages someone."""
+    health = factory.async_engine.health
+    assert health.dead_since is not None
+    err = APIError(
+        503,
+        f"The model engine is dead: {health.reason} (last error: {health.last_error}). "
+        "Restart the server.",
+        "server_error",
+        "engine_unavailable",
+    )
+    return {
+        **err.body(),
+        "status": "dead",
+        "model": factory.model_label,
+        "dead_since": datetime.fromtimestamp(health.dead_since, UTC).isoformat(),
+    }
+
+
+def _engine_failure(exc: BaseException, partial: bool) -> APIError | None:
+    """The client's error for a request the engine ended (None: not the engine's doing).
+    `partial`: some of its tokens were already streamed."""
+    if isinstance(exc, EngineDeadError):
+        return errors.engine_unavailable(exc.health.reason or "it stopped", partial)
+    if isinstance(exc, EngineStepError):
+        return errors.engine_error(partial)
+    return None
 
 
 def _document_served_models(app: FastAPI, names: list[str]) -> None:
@@ -190,7 +226,15 @@ async def _first_output_or_shed(factory: Factory, gen: Generation, request: Requ
         gen.client_disconnected = True
         gen.settle("disconnected", client_disconnected=True)
         raise errors.APIError(499, "client disconnected", "invalid_request_error")
-    first = peek.result()
+    try:
+        first = peek.result()
+    except Exception as exc:  # the engine ended it before its first token
+        gen.settle("error", error=str(exc))
+        failure = _engine_failure(exc, partial=False)
+        if failure is None:
+            raise
+        log.warning("request %s ended by the engine while queued: %s", gen.request_id, exc)
+        raise failure from None
     if first is not None and first.finish_reason == "shed":
         await gen.close_stream()
         gen.settle("shed")
@@ -234,6 +278,14 @@ async def _whole(
         return JSONResponse(body, headers=headers)
     except APIError:
         raise
+    except (EngineStepError, EngineDeadError) as exc:
+        # The engine logged the failure; the client gets no text, so it pays for none.
+        log.warning("request %s ended by the engine: %s", gen.request_id, exc)
+        error = str(exc)
+        gen.withhold()
+        failure = _engine_failure(exc, partial=False)
+        assert failure is not None
+        raise failure from None
     except Exception as exc:
         log.exception("request %s failed", gen.request_id)
         error = str(exc)
@@ -301,6 +353,12 @@ async def _stream(
         # Closed by SSEResponse: the client left (it marks that first), or shutdown cancelled it.
         outcome = "disconnected" if gen.client_disconnected else "shutdown"
         raise
+    except (EngineStepError, EngineDeadError) as exc:
+        log.warning("stream %s ended by the engine: %s", gen.request_id, exc)
+        error = str(exc)
+        failure = _engine_failure(exc, partial=gen.completion_tokens > 0)
+        assert failure is not None
+        yield failure.sse_event()
     except Exception as exc:
         log.exception("stream %s failed", gen.request_id)
         error = str(exc)

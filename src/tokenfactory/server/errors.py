@@ -98,3 +98,32 @@ def overloaded(message: str, retry_after_s: float | None = None) -> APIError:
 
 def server_error(message: str) -> APIError:
     return APIError(500, message, "server_error", "internal_error")
+
+
+def _billed(partial: bool) -> str:
+    if partial:
+        return "You are billed only for the tokens you received."
+    return "Nothing was billed for this request."
+
+
+def engine_unavailable(reason: str, partial: bool = False) -> APIError:
+    """The engine is dead (see `EngineHealth`): nothing here can serve until a restart.
+    `partial`: the request had streamed some tokens before it was ended."""
+    return APIError(
+        503,
+        f"The model engine on this server is unavailable ({reason}) and accepts no requests "
+        f"until the server is restarted. {_billed(partial)} Retry on another replica.",
+        "server_error",
+        "engine_unavailable",
+    )
+
+
+def engine_error(partial: bool = False) -> APIError:
+    """One engine step failed while this request ran; the engine itself may still serve."""
+    return APIError(
+        500,
+        "The model engine failed while generating this request, which was ended. "
+        f"{_billed(partial)} Retry the request.",
+        "server_error",
+        "engine_error",
+    )

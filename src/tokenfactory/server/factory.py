@@ -28,7 +28,11 @@ from tokenfactory.billing import (
 )
 from tokenfactory.engine.async_engine import AsyncEngine
 from tokenfactory.engine.engine import Engine, RequestOutput
-from tokenfactory.engine.errors import ContextLengthExceededError, EngineClosedError
+from tokenfactory.engine.errors import (
+    ContextLengthExceededError,
+    EngineClosedError,
+    EngineDeadError,
+)
 from tokenfactory.engine.errors import InvalidRequestError as EngineInvalidRequest
 from tokenfactory.engine.sampler import TokenLogprob
 from tokenfactory.server import errors
@@ -132,6 +136,10 @@ class Factory:
         """Reserve the request's cost, queue it in the engine, and hand back its Generation.
         A request that asked for `service_tier=auto` (or none) may be started at a slower tier
         when its own is full (it is then billed at the tier delivered)."""
+        health = self.async_engine.health
+        if health.is_dead:  # refused before anything is reserved
+            self.metrics.requests.labels(self.model_label, tier.name, "engine_unavailable").inc()
+            raise errors.engine_unavailable(health.reason or "it stopped")
         if not self.accepting or not self.async_engine.is_running:
             raise errors.overloaded("The server is shutting down; retry on another replica.", 1)
         if self.engine.scheduler.num_waiting >= self.config.max_waiting:
@@ -172,6 +180,9 @@ class Factory:
         except EngineInvalidRequest as exc:
             gen.settle("rejected", error=str(exc))
             raise errors.invalid_request(str(exc), exc.param) from None
+        except EngineDeadError as exc:  # it died while this request was being queued
+            gen.settle("error", error=str(exc))
+            raise errors.engine_unavailable(exc.health.reason or "it stopped") from None
         except EngineClosedError:
             gen.settle("shutdown", error="the engine is shut down")
             raise errors.overloaded("The server is shutting down.", 1) from None
@@ -187,6 +198,8 @@ class Factory:
     # -- observability -------------------------------------------------------------------------
 
     def refresh_gauges(self) -> None:
+        health = self.async_engine.health
+        self.metrics.observe_engine_health(not health.is_dead, health.failed_steps)
         sched = self.engine.scheduler
         self.metrics.running.set(sched.num_running)
         self.metrics.waiting.set(sched.num_waiting)
@@ -322,6 +335,13 @@ class Generation:
 
     def abort(self) -> None:
         self.factory.async_engine.abort(self.request_id)
+
+    def withhold(self) -> None:
+        """Nothing reached the client after all (a whole response that ended in an error):
+        settle bills none of the tokens generated for it."""
+        self.completion_tokens = 0
+        self.text.clear()
+        self.logprobs.clear()
 
     def settle(
         self, outcome: str, client_disconnected: bool = False, error: str | None = None

@@ -106,6 +106,25 @@ class FactoryMetrics:
         self.tier_open = Gauge(
             "tokenfactory_tier_open", "1 if the tier is open on this hardware", ["tier"], registry=r
         )
+        self.engine_healthy = Gauge(
+            "tokenfactory_engine_healthy",
+            "1 while the engine serves; 0 once failed steps marked it dead (restart the server)",
+            registry=r,
+        )
+        self.engine_healthy.set(1)
+        self.engine_failed_steps = Counter(
+            "tokenfactory_engine_failed_steps",
+            "Engine steps that raised (each ends every request in the engine)",
+            registry=r,
+        )
+        self._failed_steps_seen = 0
+
+    def observe_engine_health(self, healthy: bool, failed_steps: int) -> None:
+        """Copy the engine's health in; `failed_steps` is its running total."""
+        self.engine_healthy.set(1 if healthy else 0)
+        if failed_steps > self._failed_steps_seen:
+            self.engine_failed_steps.inc(failed_steps - self._failed_steps_seen)
+            self._failed_steps_seen = failed_steps
 
     def render(self, refresh: Callable[[], None] | None = None) -> bytes:
         if refresh is not None:
