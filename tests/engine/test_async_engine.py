@@ -264,3 +264,24 @@ def test_health_counts_failures_in_a_row_and_dead_is_final():
     assert h.is_dead and h.failed_steps == 5 and h.last_error == "OSError"
     assert h.reason == "3 consecutive engine steps failed"
     assert h.after_success().is_dead and h.died("again").reason == h.reason
+
+
+def test_a_dead_engine_ends_live_streams_even_when_another_listener_has_gone():
+    aengine = AsyncEngine(tiny_engine(), max_consecutive_failures=1)
+    flaky = _Flaky(aengine.engine)
+    long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    # A request whose event loop is gone (its caller finished without reading it).
+    asyncio.run(aengine.add_request(prompts(1)[0], long))
+
+    async def main():
+        got = 0
+        with pytest.raises(EngineDeadError):
+            async for out in aengine.generate(prompts(1, seed=9)[0], long):
+                got += len(out.token_ids)
+                flaky.always = True
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) >= 1
+    _join(aengine)
+    assert not aengine.engine.has_unfinished()
+    assert_no_leaks(aengine.engine)

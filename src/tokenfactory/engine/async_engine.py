@@ -38,7 +38,9 @@ class _Stream:
     queue: asyncio.Queue[Any]
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        # A closed event loop has nobody listening; ending the other streams matters more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
