@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenfactory.kernels import _build, q4_linear, skinny
+from tokenfactory.kernels import _build, native, q4_linear, skinny
 from tokenfactory.kernels.q4_linear import Q4Weight
 from tokenfactory.kernels.skinny import skinny_linear
 
 needs_native = pytest.mark.skipif(
-    not (skinny._REQUIRED_CPU <= _build.cpu_flags() and _build.find_compiler()),
-    reason="the Q4_1 kernel needs a CPU with AVX512-BF16 and gcc on PATH",
+    not (skinny._REQUIRED_CPU <= _build.cpu_flags() and native.load()),
+    reason="the Q4_1 kernel needs a CPU with AVX512-BF16 and the native library",
 )
 
 SHAPES = [(1, 32), (7, 64), (17, 96), (100, 576), (129, 1536), (576, 576)]  # (N, K)

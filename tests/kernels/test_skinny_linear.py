@@ -1,30 +1,25 @@
-"""skinny_linear: agreement with F.linear, the AVX512 and AMX paths, fallbacks, build cache."""
+"""skinny_linear: agreement with F.linear, the AVX512 and AMX paths, fallbacks."""
 
 from __future__ import annotations
 
-import ctypes
-import logging
-import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenfactory.kernels import _build, skinny
+from tokenfactory.kernels import _build, native, skinny
 from tokenfactory.kernels.skinny import skinny_linear
 
 HAS_CPU = skinny._REQUIRED_CPU <= _build.cpu_flags()
-HAS_GCC = _build.find_compiler() is not None
 
 needs_native = pytest.mark.skipif(
-    not (HAS_CPU and HAS_GCC),
+    not (HAS_CPU and native.load()),
     reason="native skinny_linear needs a CPU with AVX512-BF16 (/proc/cpuinfo avx512_bf16)"
     if not HAS_CPU
-    else "native skinny_linear needs gcc on PATH",
+    else "the native library did not build here",
 )
 
 SHAPES = [  # (N, K): odd N, N below/around the tile sizes, K tails that are not multiples of 32
@@ -208,7 +203,7 @@ def test_thread_count_does_not_change_results(path: str) -> None:
 
 @needs_native
 def test_concurrent_python_threads(path: str) -> None:
-    # ctypes drops the GIL, so several Python threads can be inside the kernel at once.
+    # Several Python threads can be inside the kernel at once.
     x, w, b = _inputs(3, 300, 576, bias=True, seed=5)
     expected = skinny_linear(x, w, b)
     errors: list[BaseException] = []
@@ -263,39 +258,28 @@ def test_should_use(monkeypatch: pytest.MonkeyPatch) -> None:
     assert skinny.should_use(8, 3072, 576)
 
 
+@pytest.fixture
+def built_without_amx() -> None:
+    if not skinny.available() or native.amx():
+        pytest.skip("needs the library built without AMX")
+
+
 @needs_native
 @pytest.mark.parametrize("m", [1, 4, 8])
-def test_library_built_without_amx(m: int) -> None:
-    # CPUs with AVX512-BF16 but no AMX (or an older gcc) get this build; asking it for AMX
+def test_library_built_without_amx(built_without_amx: None, m: int) -> None:
+    # CPUs with AVX512-BF16 but no AMX get a build without AMX; asking the operator for AMX
     # must quietly run AVX512.
-    lib = _build.load_library("skinny_linear", skinny._SOURCE, skinny._FLAGS)
-    assert lib is not None and not hasattr(lib, "tf_amx_init")
-    fn = lib.tf_skinny_linear_bf16_packed
-    fn.argtypes = [ctypes.c_char_p]
     x, w, b = _inputs(m, 75, 576, bias=True, seed=9)
-    out = torch.empty(m, 75, dtype=torch.bfloat16)
-    args = struct.pack(
-        "=11q", x.data_ptr(), m, 576, w.data_ptr(), 75, 576, b.data_ptr(),  # type: ignore[union-attr]
-        out.data_ptr(), 75, 2, 1,
-    )  # fmt: skip
-    assert fn(args) == 0
-    _check(out, x, w, b)
+    _check(torch.ops.tokenfactory.skinny_linear(x, w, b, True), x, w, b)
 
 
 @needs_native
-def test_library_built_without_amx_rejects_batches() -> None:
-    # M > 8 exists only on AMX: this build must refuse it (the caller then uses F.linear).
-    lib = _build.load_library("skinny_linear", skinny._SOURCE, skinny._FLAGS)
-    assert lib is not None
-    fn = lib.tf_skinny_linear_bf16_packed
-    fn.argtypes = [ctypes.c_char_p]
+def test_library_built_without_amx_rejects_batches(built_without_amx: None) -> None:
+    # M > 8 exists only on AMX: the operator refuses it, skinny_linear then uses F.linear.
     x, w, _ = _inputs(16, 32, 64, bias=False)
-    out = torch.zeros(16, 32, dtype=torch.bfloat16)
-    args = struct.pack(
-        "=11q", x.data_ptr(), 16, 64, w.data_ptr(), 32, 64, 0, out.data_ptr(), 32, 1, 1
-    )
-    assert fn(args) == -1
-    assert bool((out == 0).all())
+    with pytest.raises(RuntimeError, match="AMX"):
+        torch.ops.tokenfactory.skinny_linear(x, w, None, True)
+    torch.testing.assert_close(skinny_linear(x, w), F.linear(x, w), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -356,59 +340,3 @@ def test_missing_cpu_feature_falls_back(monkeypatch: pytest.MonkeyPatch) -> None
     assert not skinny.available()
     x, w, _ = _inputs(1, 30, 64, bias=False, seed=8)
     torch.testing.assert_close(skinny_linear(x, w), F.linear(x, w), rtol=0, atol=0)
-
-
-def test_missing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_build, "find_compiler", lambda: None)
-    monkeypatch.setattr(_build, "cpu_flags", lambda: skinny._REQUIRED_CPU)
-    assert not skinny.available()
-
-
-@pytest.mark.skipif(not HAS_GCC, reason="needs gcc")
-def test_build_failure_is_logged_once_and_falls_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    bad = tmp_path / "bad.c"
-    bad.write_text("this is not C\n")
-    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(skinny, "_SOURCE", bad)
-    monkeypatch.setattr(_build, "cpu_flags", lambda: skinny._REQUIRED_CPU)
-    with caplog.at_level(logging.WARNING):
-        assert not skinny.available()
-        assert not skinny.available()
-        x, w, _ = _inputs(1, 8, 32, bias=False)
-        torch.testing.assert_close(skinny_linear(x, w), F.linear(x, w), rtol=0, atol=0)
-    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
-    leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert leftovers == []  # the failed temp output was removed
-
-
-@pytest.mark.skipif(not HAS_GCC, reason="needs gcc")
-def test_build_cache_reuse_and_concurrent_builds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src = tmp_path / "k.c"
-    src.write_text("int tf_answer(void) { return 42; }\n")
-    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
-    paths: list[Path] = []
-    errors: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            paths.append(_build.build_library("k", src, ["-O2"]))
-        except BaseException as e:  # surfaced in the main thread below
-            errors.append(e)
-
-    threads = [threading.Thread(target=build) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(set(paths)) == 1
-    lib = paths[0]
-    assert list(lib.parent.iterdir()) == [lib]  # no temp files left behind
-    mtime = lib.stat().st_mtime_ns
-    assert _build.build_library("k", src, ["-O2"]) == lib and lib.stat().st_mtime_ns == mtime
-    assert _build.load_library("k", src, ["-O2"]).tf_answer() == 42  # type: ignore[union-attr]
-    # Different flags or source: a different cache entry.
-    assert _build.build_library("k", src, ["-O1"]) != lib

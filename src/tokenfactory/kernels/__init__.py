@@ -1,4 +1,5 @@
-"""Native CPU kernels (plain C, built with the system gcc at first use, called via ctypes)."""
+"""Native CPU kernels: C++ built with torch.utils.cpp_extension at first use and registered as
+``torch.ops.tokenfactory`` operators (``native``), with PyTorch fallbacks."""
 
 from tokenfactory.kernels.skinny import available, should_use, skinny_linear, uses_amx
 

@@ -1,16 +1,18 @@
-"""Compile small C kernels with the system gcc at first use and cache the shared library.
+"""Build the native kernels' library with ``torch.utils.cpp_extension`` at first use, cached.
 
-The library lands in ``<cache>/<hash of source, flags and compiler>/<name>.so``; it is built
-into a temporary file in that directory and renamed into place, so processes racing to build
-the same kernel never load a half-written file. Nothing here raises: a failed build is logged
-once and reported as ``None`` so callers fall back to PyTorch.
+One shared library holds every kernel (``ops.cpp`` registers them as ``torch.ops.tokenfactory``
+operators; the kernel files include no torch headers). It is built on the machine that runs
+it, at first use, because its flags follow that machine's CPU (AMX only where the CPU has it).
+
+The library lands in ``<cache>/<hash of sources, flags, compiler and torch>/tokenfactory_cpu.so``.
+Each process builds in a directory of its own and renames the result into place, so processes
+racing to build never load a half-written file and no lock file can be left behind by a killed
+build; a warm start hashes the sources and loads the file (tens of milliseconds).
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
@@ -19,11 +21,25 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
 DISABLE_ENV = "TOKENFACTORY_NO_NATIVE"
 CACHE_ENV = "TOKENFACTORY_KERNEL_CACHE"
-BUILD_TIMEOUT_S = 120.0
+LIB_NAME = "tokenfactory_cpu"
+
+_DIR = Path(__file__).parent
+SOURCES = [
+    _DIR / name for name in ("ops.cpp", "skinny_linear.cpp", "paged_attention.cpp", "fused_ops.cpp")
+]
+HEADERS = [_DIR / "kernels.h"]
+# Kernel files choose their instruction sets with target pragmas; these apply to all files.
+# -ffp-contract=off: products round where PyTorch's ops round them (add_rms_norm is compared
+# bit for bit with them).
+BASE_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+LDFLAGS = ["-fopenmp"]  # resolves to the libgomp torch already loaded (same soname)
+
+# CPU flags (/proc/cpuinfo) each part needs.
+BASE_CPU = frozenset({"avx2", "fma", "f16c", "bmi2", "movbe"})  # x86-64-v3: the library at all
+AMX_CPU = frozenset({"amx_tile", "amx_bf16"})
+BF16_CPU = frozenset({"avx512_bf16"})
 
 
 def native_disabled() -> bool:
@@ -49,60 +65,88 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def find_compiler() -> str | None:
-    return shutil.which("gcc")
+def build_flags(cpu: frozenset[str], amx: bool) -> list[str]:
+    """Compiler flags for this CPU: AMX tiles (if asked and present), AVX512-BF16 attention."""
+    flags = list(BASE_FLAGS)
+    if amx and AMX_CPU <= cpu:
+        flags.append("-DTF_WITH_AMX")
+    if BF16_CPU <= cpu:
+        flags.append("-DTF_PAGED_BF16")
+    return flags
 
 
-def _compiler_id(cc: str) -> str:
-    # The version is part of the cache key: a compiler upgrade rebuilds instead of reusing.
+def _compiler_id() -> str:
+    # cpp_extension compiles with $CXX (default c++); an upgrade rebuilds instead of reusing.
+    cxx = os.environ.get("CXX", "c++")
     try:
-        res = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-        return res.stdout.splitlines()[0] if res.stdout else cc
+        res = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        return res.stdout.splitlines()[0] if res.stdout else cxx
     except (OSError, subprocess.SubprocessError):
-        return cc
+        return cxx
 
 
-def build_library(name: str, source: Path, flags: list[str]) -> Path:
-    """Return the path of the compiled library, building it if needed.
+def cache_key(flags: list[str]) -> str:
+    import torch
 
-    Raises ``RuntimeError`` (with the compiler output) or ``OSError`` on failure.
+    h = hashlib.sha256()
+    for path in [*SOURCES, *HEADERS]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(" ".join(flags).encode() + b"\0" + _compiler_id().encode())
+    h.update(b"\0" + torch.__version__.encode())  # the library links against this torch
+    return h.hexdigest()[:20]
+
+
+def _ensure_ninja() -> None:
+    # cpp_extension runs `ninja` from PATH; the pip package keeps it next to the venv's python,
+    # which is not on PATH when the venv is not activated.
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # type: ignore[import-untyped]
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+
+
+def load_library(flags: list[str]) -> Path:
+    """Load the library built with these flags into this process (registering its operators),
+    building it first if the cache lacks it; returns the cached path.
+
+    Raises (with the compiler output) on failure. Call at most once per process: a second
+    library registering the same operators would be refused.
     """
-    cc = find_compiler()
-    if cc is None:
-        raise RuntimeError("gcc not found on PATH")
-    src = source.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([src, " ".join(flags).encode(), _compiler_id(cc).encode()])
-    ).hexdigest()[:20]
-    out_dir = cache_root() / key
-    lib = out_dir / f"{name}.so"
+    import torch
+
+    lib = cache_root() / cache_key(flags) / f"{LIB_NAME}.so"
     if lib.exists():
+        torch.ops.load_library(str(lib))
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so.tmp", dir=out_dir)
-    os.close(fd)
+    from torch.utils import cpp_extension  # imports setuptools: only on a cache miss
+
+    _ensure_ninja()
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".build-", dir=lib.parent)
     try:
-        cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, str(source)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()}")
-        os.chmod(tmp, 0o755)  # mkstemp makes it 0600; others sharing the cache must load it
-        os.replace(tmp, lib)  # atomic: a concurrent loader sees the old name or the full file
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"compiling {source.name} timed out") from e
+        cpp_extension.load(
+            name=LIB_NAME,
+            sources=[str(s) for s in SOURCES],
+            extra_cflags=flags,
+            extra_ldflags=LDFLAGS,
+            extra_include_paths=[str(_DIR)],
+            build_directory=tmp,
+            is_python_module=False,  # loaded with torch.ops.load_library, no pybind11
+        )
+        built = Path(tmp) / f"{LIB_NAME}.so"
+        if not built.exists():  # cpp_extension names a rebuild within one process name_v1
+            built = next(Path(tmp).glob(f"{LIB_NAME}*.so"))
+        os.chmod(built, 0o755)
+        # Atomic: a concurrent loader sees no file or the whole one. This process keeps the
+        # copy it loaded from the build directory (still mapped after the rename).
+        os.replace(built, lib)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     return lib
-
-
-def load_library(name: str, source: Path, flags: list[str]) -> ctypes.CDLL | None:
-    """Build (or reuse) and load a kernel library; ``None`` with one warning on any failure."""
-    try:
-        return ctypes.CDLL(str(build_library(name, source, flags)))
-    except Exception as e:  # any failure means "use the PyTorch path"
-        log.warning("native kernel %s unavailable, using PyTorch instead: %s", name, e)
-        return None
 
 
 class Once:

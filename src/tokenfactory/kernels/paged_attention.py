@@ -3,7 +3,8 @@
 ``TorchPagedAttention._decode`` gathers every sequence's blocks into a padded copy
 ([D, max_blocks * block_size, kv_heads, head_dim]) and runs masked SDPA over it; at decode the
 copy is most of the cost. ``paged_decode_attention`` reads the K/V rows in place through the
-block table instead (``paged_attention.c``: fp32 math, online softmax, all query heads of a
+block table instead (the operator ``torch.ops.tokenfactory.paged_decode_attention``,
+``paged_attention.cpp``: fp32 math, online softmax, all query heads of a
 kv group per pass over its rows, OpenMP over (sequence, kv head) pairs). It returns ``None``
 wherever it does not run, and the caller keeps its torch path.
 
@@ -13,60 +14,39 @@ path.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import struct
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import torch
 
-from tokenfactory.kernels import _build
+from tokenfactory.kernels import _build, native
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("paged_attention.c")
-_FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp"]
-# Only the fp32 -> bf16 output rounding uses it; without it the kernel rounds with integer ops.
-_BF16_FLAGS = ["-mavx512bf16", "-mavx512vl", "-mavx512bw"]
 _REQUIRED_CPU = frozenset({"avx512f"})
-_BF16_CPU = frozenset({"avx512_bf16"})
 MAX_GROUP = 16  # query heads per kv head (kernel's MAX_G)
 MAX_HEAD_DIM = 256  # and head_dim must be a multiple of 16
 
 _DTYPES = (torch.bfloat16, torch.float32)
-# Field order of args_t in paged_attention.c: 18 int64, the scale as a double, 4 int64.
-_ARGS = struct.Struct("=18qd4q")
-_pack = _ARGS.pack
 
-_fn: Callable[..., int] | None = None
+# The operators (OpOverloads) once loaded: a fresh result, or into a given tensor.
+_fn: Any = None
+_out_fn: Any = None
 
 
 def _load_locked() -> bool:
-    global _fn
+    global _fn, _out_fn
     if _build.native_disabled():
         return False
-    cpu = _build.cpu_flags()
-    if not _REQUIRED_CPU <= cpu:
+    if not _REQUIRED_CPU <= _build.cpu_flags():
         log.info("paged_attention: CPU lacks AVX512F, using the torch path")
         return False
-    if _build.find_compiler() is None:
-        log.warning("paged_attention: gcc not found, using the torch path")
+    if not native.load():
         return False
-    flags = _FLAGS + (_BF16_FLAGS if _BF16_CPU <= cpu else [])
-    lib = _build.load_library("paged_attention", _SOURCE, flags)
-    if lib is None:
-        return False
-    lib.tf_paged_args_size.restype = ctypes.c_int64
-    if lib.tf_paged_args_size() != _ARGS.size:
-        log.warning("paged_attention: argument layout mismatch, using the torch path")
-        return False
-    fn = lib.tf_paged_decode_attention
-    # One bytes argument: ctypes converts it far faster than two dozen typed ones.
-    fn.argtypes = [ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    _fn = fn
+    ops = torch.ops.tokenfactory
+    _fn, _out_fn = ops.paged_decode_attention.default, ops.paged_decode_attention_out.default
     return True
 
 
@@ -75,16 +55,16 @@ _load = _build.Once(_load_locked)
 
 def _reset() -> None:
     """Forget the loaded state (tests flip the env var between cases)."""
-    global _fn
+    global _fn, _out_fn
     _load.reset()
-    _fn = None
+    _fn = _out_fn = None
 
 
 def available() -> bool:
     """True if the native kernel is usable here (CPU, compiler, build and env var allow it).
 
     Decided once per process, at the first call (which is also when the library gets built,
-    about a second the first time on a machine).
+    about 10 s the first time on a machine).
     """
     return _load()
 
@@ -154,34 +134,23 @@ def paged_decode_attention(
         block_tables = block_tables.to(torch.int64).contiguous()
     if context_lens.dtype is not torch.int64 or not context_lens.is_contiguous():
         context_lens = context_lens.to(torch.int64).contiguous()
-    if out is None:
-        out = torch.empty((d, heads, head_dim), dtype=q.dtype)
-    elif (
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    if out is not None and (
         out.dtype is not q.dtype
         or not out.is_cpu
         or out.shape != q.shape
         or (d and out.stride(2) != 1)
     ):
         raise ValueError("out must be a CPU [D, heads, head_dim] tensor in q's dtype")
-    if d == 0:
+    try:  # ValueError (bad lengths or block ids) goes to the caller, as documented
+        if out is None:
+            return _fn(q, k_cache, v_cache, block_tables, context_lens, float(scale))
+        _out_fn(q, k_cache, v_cache, block_tables, context_lens, float(scale), out)
         return out
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    # A fresh bytes object per call keeps concurrent callers apart (ctypes drops the GIL).
-    args = _pack(
-        q.data_ptr(), q.stride(0), q.stride(1),
-        k_cache.data_ptr(), v_cache.data_ptr(), num_blocks, block_size, kv_heads, head_dim,
-        block_tables.data_ptr(), block_tables.stride(0), block_tables.shape[1],
-        context_lens.data_ptr(), d, heads,
-        out.data_ptr(), out.stride(0), out.stride(1),
-        float(scale),
-        q.dtype is torch.bfloat16, k_cache.dtype is torch.bfloat16, out.dtype is torch.bfloat16,
-        torch.get_num_threads(),
-    )  # fmt: skip
-    rc = _fn(args)  # type: ignore[misc]
-    if rc == -2:
-        raise ValueError("context length or block id out of range of the block table / cache")
-    return out if rc == 0 else None
+    except RuntimeError as e:  # a case the checks above missed: the caller's torch path
+        log.warning("paged_decode_attention not taken: %s", e)
+        return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A decode step reads every weight once, so its time is the weights' bytes over the memory
 bandwidth. The embedded model ships as Q4_1 (per 32 weights: an fp16 scale d and minimum m,
 and 32 4-bit codes q; w = d*q + m); dequantized to bf16 its layers read ~212 MB a step, kept as
-codes and scales ~80 MB. The kernel (`skinny_linear.c`, a Q4_1 variant of its AVX512 tile)
+codes and scales ~80 MB. The kernel (`skinny_linear.cpp`, the operator
+`torch.ops.tokenfactory.skinny_linear_q4_1`, a Q4_1 variant of its AVX512 tile)
 expands each block in registers exactly as the loader dequantizes it and then does what the
 bf16 tile does, so `q4_linear` returns bit for bit what `skinny_linear` returns on the
 dequantized weight on its AVX512 path (its path for one row; from two rows it takes AMX tiles

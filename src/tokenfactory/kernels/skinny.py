@@ -6,24 +6,21 @@ so a small native kernel (``skinny_linear.c``) that reads every weight byte once
 bandwidth, wins ~2-3x. Batched decode (M = 9..256 sequences per step) runs an AMX kernel
 that tiles M in 16-row tiles and streams each weight block once for all of them; at
 SmolLM-sized shapes it measured ~1.1-2.5x faster than oneDNN (see ``should_use`` for where
-it is not). It is compiled at first use with the system gcc and called through
-ctypes; wherever it cannot run (no AVX512-BF16, no gcc, build failure,
+it is not). It runs as the operator ``torch.ops.tokenfactory.skinny_linear`` (``native``);
+wherever it cannot run (no AVX512-BF16, no compiler, build failure,
 ``TOKENFACTORY_NO_NATIVE=1``, unsupported dtype/layout/shape) ``skinny_linear`` computes the
 same thing with ``F.linear``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import struct
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from tokenfactory.kernels import _build
+from tokenfactory.kernels import _build, native
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +29,7 @@ MAX_M = 256  # rows per call the kernel handles; past it oneDNN's GEMM is as fas
 # kernel (AMX-capable CPU and build, K % 32 == 0).
 _AVX_MAX_M = 8
 
-_SOURCE = Path(__file__).with_name("skinny_linear.c")
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp"]
-_AMX_FLAGS = ["-mamx-tile", "-mamx-bf16", "-DTF_WITH_AMX"]
 _REQUIRED_CPU = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
-_AMX_CPU = frozenset({"amx_tile", "amx_bf16"})
 # From this many rows on, AMX tiles take over where the CPU has them: the AVX512 path does M
 # dot products per weight load and turns compute bound (measured: AMX equal or faster from
 # M = 2, up to 3x at M = 8; AVX512 slightly faster at M = 1).
@@ -55,44 +48,28 @@ _MAX_BATCH_MK = 256 * 1536
 BATCHED = True
 
 _BF16 = torch.bfloat16
-# x, M, ldx, w, N, K, bias, out, ldo, threads, use_amx (see tf_skinny_linear_bf16)
-_pack = struct.Struct("=11q").pack
 
-# Loaded state, kept as module globals so the hot path is a couple of global reads.
-_fn: Callable[..., int] | None = None
-_q4_fn: Callable[..., int] | None = None
+# The operators (OpOverloads), kept as module globals so the hot path is a couple of global
+# reads; None until loaded.
+_fn: Any = None
+_out_fn: Any = None
+_q4_fn: Any = None
 _amx_min_m = MAX_M + 1  # MAX_M + 1 disables AMX
 
 
 def _load_locked() -> bool:
-    global _fn, _q4_fn, _amx_min_m
+    global _fn, _out_fn, _q4_fn, _amx_min_m
     if _build.native_disabled():
         return False
-    flags = _build.cpu_flags()
-    if not _REQUIRED_CPU <= flags:
+    if not _REQUIRED_CPU <= _build.cpu_flags():
         log.info("skinny_linear: CPU lacks AVX512-BF16, using F.linear")
         return False
-    if _build.find_compiler() is None:
-        log.warning("skinny_linear: gcc not found, using F.linear")
+    if not native.load():
         return False
-    lib, amx = None, False
-    if _AMX_CPU <= flags:
-        lib = _build.load_library("skinny_linear_amx", _SOURCE, _FLAGS + _AMX_FLAGS)
-        # The kernel may only touch AMX state once Linux granted it to the process.
-        amx = lib is not None and lib.tf_amx_init() == 0
-    if lib is None:
-        lib = _build.load_library("skinny_linear", _SOURCE, _FLAGS)
-    if lib is None:
-        return False
-    # The packed entry point takes all 11 arguments as one bytes buffer: converting a single
-    # argument costs ctypes well under a microsecond, eleven typed ones several.
-    fn = lib.tf_skinny_linear_bf16_packed
-    fn.argtypes = [ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    q4 = lib.tf_skinny_linear_q4_1_packed
-    q4.argtypes = [ctypes.c_char_p]
-    q4.restype = ctypes.c_int
-    _fn, _q4_fn, _amx_min_m = fn, q4, (_AMX_MIN_M if amx else MAX_M + 1)
+    ops = torch.ops.tokenfactory
+    _fn, _out_fn = ops.skinny_linear.default, ops.skinny_linear_out.default
+    _q4_fn = ops.skinny_linear_q4_1.default
+    _amx_min_m = _AMX_MIN_M if native.amx() else MAX_M + 1
     return True
 
 
@@ -101,16 +78,16 @@ _load = _build.Once(_load_locked)
 
 def _reset() -> None:
     """Forget the loaded state (tests flip the env var / availability between cases)."""
-    global _fn, _q4_fn, _amx_min_m
+    global _fn, _out_fn, _q4_fn, _amx_min_m
     _load.reset()
-    _fn, _q4_fn, _amx_min_m = None, None, MAX_M + 1
+    _fn, _out_fn, _q4_fn, _amx_min_m = None, None, None, MAX_M + 1
 
 
 def available() -> bool:
     """True if the native kernel is usable here (CPU, compiler, build, env var all allow it).
 
     Decided once per process, at the first call of anything here (that is also when the
-    library gets built, ~2-3 s the first time on a machine): setting TOKENFACTORY_NO_NATIVE
+    library gets built, ~10 s the first time on a machine): setting TOKENFACTORY_NO_NATIVE
     later has no effect.
     """
     return _load()
@@ -172,7 +149,7 @@ def skinny_linear(
         return _reshaped(x, w, bias, out)
     m, k = x.shape
     n, kw = w.shape
-    ldx, sx1 = x.stride()
+    sx1 = x.stride(1)
     grad = torch.is_grad_enabled()
     if (
         not 0 < m <= MAX_M
@@ -189,28 +166,24 @@ def skinny_linear(
         or (grad and (x.requires_grad or w.requires_grad))
     ):
         return _fallback(x, w, bias, out)
-    bptr = 0
-    if bias is not None:
-        if (
-            bias.dtype is not _BF16
-            or not bias.is_cpu
-            or bias.shape != (n,)
-            or not bias.is_contiguous()
-            or (grad and bias.requires_grad)
-        ):
-            return _fallback(x, w, bias, out)
-        bptr = bias.data_ptr()
-    if out is None:
-        out = torch.empty((m, n), dtype=_BF16)
-    elif out.dtype is not _BF16 or not out.is_cpu or out.shape != (m, n) or out.stride(1) != 1:
+    if bias is not None and (
+        bias.dtype is not _BF16
+        or not bias.is_cpu
+        or bias.shape != (n,)
+        or not bias.is_contiguous()
+        or (grad and bias.requires_grad)
+    ):
         return _fallback(x, w, bias, out)
-    # A fresh bytes object per call keeps concurrent callers apart (ctypes drops the GIL).
-    args = _pack(
-        x.data_ptr(), m, ldx, w.data_ptr(), n, k, bptr, out.data_ptr(), out.stride(0),
-        torch.get_num_threads(), m >= _amx_min_m,
-    )  # fmt: skip
-    rc = _fn(args)
-    return out if rc == 0 else _fallback(x, w, bias, out)
+    try:
+        if out is None:
+            return _fn(x, w, bias, m >= _amx_min_m)
+        if out.dtype is not _BF16 or not out.is_cpu or out.shape != (m, n) or out.stride(1) != 1:
+            return _fallback(x, w, bias, out)
+        _out_fn(x, w, bias, m >= _amx_min_m, out)
+        return out
+    except RuntimeError as e:  # a case the checks above missed: never fail the caller
+        log.warning("skinny_linear fell back to F.linear: %s", e)
+        return _fallback(x, w, bias, out)
 
 
 def skinny_linear_q4_1(
@@ -247,14 +220,11 @@ def skinny_linear_q4_1(
         )
     ):
         return None
-    m = x.shape[0]
-    out = torch.empty((m, n), dtype=_BF16)
-    # x, M, ldx, codes, dm, N, K, bias, out, ldo, threads (see tf_skinny_linear_q4_1)
-    args = _pack(
-        x.data_ptr(), m, x.stride(0), codes.data_ptr(), dm.data_ptr(), n, k,
-        0 if bias is None else bias.data_ptr(), out.data_ptr(), n, torch.get_num_threads(),
-    )  # fmt: skip
-    return out if _q4_fn(args) == 0 else None  # type: ignore[misc]
+    try:
+        return _q4_fn(x, codes, dm, bias)
+    except RuntimeError as e:  # a case the checks above missed: the caller uses bf16
+        log.warning("skinny_linear_q4_1 not taken: %s", e)
+        return None
 
 
 def _reshaped(

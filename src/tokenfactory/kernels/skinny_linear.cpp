@@ -16,13 +16,25 @@
  * dequantizes it, and the dot products and their order are the bf16 AVX512 tile's, so the
  * results are bit for bit that kernel's on the dequantized weights.
  *
- * Plain C on purpose: no torch headers, so it compiles in well under a second.
+ * No torch headers here (ops.cpp registers the operators): this file compiles in about a
+ * second. The instruction sets come from the target pragma below, not from global flags, so
+ * the rest of the library stays runnable on CPUs without them; every header is included before
+ * it, so no inline function of a header is compiled for AVX512 by this file.
  */
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <omp.h>
+#ifdef TF_WITH_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")
+#else
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma")
+#endif
+
+#include "kernels.h"
 
 typedef uint16_t bf16_t;
 
@@ -245,9 +257,6 @@ static const run_q4_fn RUNS_Q4[9] = {0,         run_q4_m1, run_q4_m2, run_q4_m3,
  * C = 16 x M fp32 accumulators. Needs K % 32 == 0; leftover rows (N % 16) go to AVX512.
  * ------------------------------------------------------------------------------------------- */
 #ifdef TF_WITH_AMX
-#include <sys/syscall.h>
-#include <unistd.h>
-
 /* Linux hands out AMX state only on request (once per process). */
 int tf_amx_init(void) {
     const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
@@ -574,7 +583,7 @@ int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t
                           const float *dm, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
                           int64_t ldo, int64_t nthreads) {
     if (M < 1 || M > 8 || N < 1 || K < 32 || K % 32) return -1;
-    job_t j = {.x = x, .codes = codes, .dm = dm, .bias = bias, .out = out, .M = M, .ldx = ldx,
+    job_t j = {.x = x, .bias = bias, .codes = codes, .dm = dm, .out = out, .M = M, .ldx = ldx,
                .K = K, .N = N, .ldo = ldo};
     return run_job(&j, K / 2 + K / 32 * 8, nthreads, 0);
 }
@@ -596,11 +605,11 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
     if (M > 8) {
         if (!use_amx || K % 32) return -1;
         const int64_t mpad = (M + 15) / 16 * 16;
-        if ((xp = aligned_alloc(64, (size_t)(mpad * K * 2))) == NULL) return -1;
+        if ((xp = (bf16_t *)aligned_alloc(64, (size_t)(mpad * K * 2))) == NULL) return -1;
         j.xp = xp; /* packed by the threads themselves, in work() */
         j.amx = 2;
     } else if (use_amx && K % 32 == 0 && N >= 16 &&
-               (xp = aligned_alloc(64, (size_t)((M * K * 2 + 63) / 64 * 64))) != NULL) {
+               (xp = (bf16_t *)aligned_alloc(64, (size_t)((M * K * 2 + 63) / 64 * 64))) != NULL) {
         pack_x(x, M, ldx, K, xp); /* 72 KiB at K = 4608 */
         j.xp = xp;
         j.amx = 1;
@@ -636,23 +645,6 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
     return 0;
 }
 
-/* The same call with its 11 arguments packed as int64 in one buffer (pointers as addresses).
- * ctypes converts one bytes argument in a fraction of the time it takes for eleven. */
-int tf_skinny_linear_bf16_packed(const void *packed) {
-    int64_t a[11];
-    memcpy(a, packed, sizeof a);
-    return tf_skinny_linear_bf16((const bf16_t *)(intptr_t)a[0], a[1], a[2],
-                                 (const bf16_t *)(intptr_t)a[3], a[4], a[5],
-                                 (const bf16_t *)(intptr_t)a[6], (bf16_t *)(intptr_t)a[7], a[8],
-                                 a[9], a[10]);
-}
-
-/* tf_skinny_linear_q4_1's 11 arguments packed as int64 in one buffer. */
-int tf_skinny_linear_q4_1_packed(const void *packed) {
-    int64_t a[11];
-    memcpy(a, packed, sizeof a);
-    return tf_skinny_linear_q4_1((const bf16_t *)(intptr_t)a[0], a[1], a[2],
-                                 (const uint8_t *)(intptr_t)a[3], (const float *)(intptr_t)a[4],
-                                 a[5], a[6], (const bf16_t *)(intptr_t)a[7],
-                                 (bf16_t *)(intptr_t)a[8], a[9], a[10]);
-}
+#ifndef TF_WITH_AMX
+int tf_amx_init(void) { return -1; } /* built without AMX: never ask the kernel for it */
+#endif

@@ -12,13 +12,23 @@
  * transpose-add tree into a vector of 16 scores; then the usual running max / running sum
  * update and acc += p * V.
  *
- * Plain C on purpose: no torch headers, so it compiles in about a second.
+ * No torch headers here (ops.cpp registers the operator): this file compiles in about a
+ * second. The instruction sets come from the target pragma (headers first, see
+ * skinny_linear.cpp); AVX512-BF16 only where the CPU has it (TF_PAGED_BF16), as the fp32 -> bf16
+ * output rounding and bf16 dot products are its only users.
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
-#include <omp.h>
+#ifdef TF_PAGED_BF16
+#pragma GCC target("avx512f,fma,avx512bf16,avx512vl,avx512bw")
+#else
+#pragma GCC target("avx512f,fma")
+#endif
+
+#include "kernels.h"
 
 typedef uint16_t bf16_t;
 
@@ -27,15 +37,7 @@ typedef uint16_t bf16_t;
 #define MAX_G 16   /* query heads per kv head */
 #define MAX_HD 256 /* head_dim, a multiple of 16 */
 
-typedef struct {
-    int64_t q, q_sd, q_sh; /* q base address; strides (elements) of sequence and head */
-    int64_t k, v, num_blocks, block_size, kv_heads, head_dim;
-    int64_t bt, bt_sd, max_blocks, ctx; /* block tables (int64) and context lengths (int64) */
-    int64_t D, heads;
-    int64_t out, o_sd, o_sh;
-    double scale;
-    int64_t q_bf16, cache_bf16, out_bf16, nthreads;
-} args_t;
+typedef tf_paged_args args_t;
 
 AI __m512 bf16x16_to_ps(const bf16_t *p) {
     /* bf16 -> fp32 is exact: the bf16 bits are the top half of the fp32 */
@@ -285,10 +287,7 @@ static void pair_dispatch(const args_t *a, int64_t d, int64_t h) {
 
 /* Returns 0 on success, -1 for shapes the kernel does not take (nothing written), -2 for a
  * context length or block id out of range (nothing written). */
-int tf_paged_decode_attention(const void *packed) {
-    args_t args; /* copied out: the caller's buffer (a Python bytes object) may be unaligned */
-    memcpy(&args, packed, sizeof args);
-    const args_t *a = &args;
+int tf_paged_decode_attention(const tf_paged_args *a) {
     if (a->D < 0 || a->kv_heads < 1 || a->heads < 1 || a->heads % a->kv_heads ||
         a->heads / a->kv_heads > MAX_G || a->head_dim < 16 || a->head_dim > MAX_HD ||
         a->head_dim % 16 || a->block_size < 1 || a->max_blocks < 0)
@@ -315,6 +314,3 @@ int tf_paged_decode_attention(const void *packed) {
     for (int64_t p = 0; p < pairs; p++) pair_dispatch(a, p / a->kv_heads, p % a->kv_heads);
     return 0;
 }
-
-/* Static layout check from Python: the size of the argument block it must pack. */
-int64_t tf_paged_args_size(void) { return (int64_t)sizeof(args_t); }

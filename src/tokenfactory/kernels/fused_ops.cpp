@@ -1,13 +1,18 @@
 /* Fused residual-add + RMSNorm for the CPU decode path: it replaces three PyTorch ops (and
  * their per-op dispatch cost, which dominates at a handful of rows) with one pass over the data.
  * bf16 in and out, float32 arithmetic, the same roundings as the unfused PyTorch sequence.
- * AVX2 (8 floats per vector) with a scalar tail; built with -march=x86-64-v3. */
+ * AVX2 (8 floats per vector) with a scalar tail, for x86-64-v3 CPUs (target pragma after the
+ * headers, see skinny_linear.cpp). No fused multiply-adds: the library is built with
+ * -ffp-contract=off, so each product rounds where PyTorch's ops round it. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#pragma GCC target("arch=x86-64-v3")
+
+#include "kernels.h"
 
 static inline float bf16_to_f32(uint16_t v) {
-    union { uint32_t u; float f; } c = { .u = (uint32_t)v << 16 };
+    union { uint32_t u; float f; } c = {.u = (uint32_t)v << 16};
     return c.f;
 }
 

@@ -1,0 +1,208 @@
+// The native kernels as torch operators (namespace tokenfactory): argument checks, output
+// allocation and the calls into the kernel files, which include no torch headers. The only
+// file of the library that includes torch: with pybind11 left out (no torch/extension.h) it
+// compiles in a few seconds, and the library loads with torch.ops.load_library.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "kernels.h"
+
+namespace {
+
+using at::Tensor;
+
+const bf16_t *bf16_ptr(const Tensor &t) { return static_cast<const bf16_t *>(t.data_ptr()); }
+bf16_t *bf16_mut(Tensor &t) { return static_cast<bf16_t *>(t.data_ptr()); }
+
+void check_bf16_cpu(const Tensor &t, const char *name) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.device().is_cpu(), name,
+              " must be a bf16 CPU tensor, got ", t.scalar_type(), " on ", t.device());
+}
+
+void check_bias(const std::optional<Tensor> &bias, int64_t n) {
+  if (!bias) return;
+  check_bf16_cpu(*bias, "bias");
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
+              "bias must be a contiguous [N] tensor");
+}
+
+// x [M, K] with contiguous rows; returns (M, K).
+std::pair<int64_t, int64_t> check_x(const Tensor &x) {
+  check_bf16_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, K] with contiguous rows");
+  return {x.size(0), x.size(1)};
+}
+
+void check_out(const Tensor &out, int64_t m, int64_t n) {
+  check_bf16_cpu(out, "out");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.stride(1) == 1,
+              "out must be [M, N] with contiguous rows");
+}
+
+void linear_into(const Tensor &x, const Tensor &w, const std::optional<Tensor> &bias,
+                 bool use_amx, Tensor &out) {
+  const auto [m, k] = check_x(x);
+  check_bf16_cpu(w, "w");
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == k && w.is_contiguous() && k > 0 && w.size(0) > 0,
+              "w must be a contiguous [N, K] tensor matching x");
+  const int64_t n = w.size(0);
+  check_bias(bias, n);
+  check_out(out, m, n);
+  if (m == 0) return;
+  const int rc = tf_skinny_linear_bf16(bf16_ptr(x), m, x.stride(0), bf16_ptr(w), n, k,
+                                       bias ? bf16_ptr(*bias) : nullptr, bf16_mut(out),
+                                       out.stride(0), at::get_num_threads(), use_amx);
+  TORCH_CHECK(rc == 0, "skinny_linear: this build does not take M = ", m, ", K = ", k,
+              " (more than 8 rows need AMX and K % 32 == 0)");
+}
+
+Tensor skinny_linear(const Tensor &x, const Tensor &w, const std::optional<Tensor> &bias,
+                     bool use_amx) {
+  Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  linear_into(x, w, bias, use_amx, out);
+  return out;
+}
+
+void skinny_linear_out(const Tensor &x, const Tensor &w, const std::optional<Tensor> &bias,
+                       bool use_amx, Tensor out) {
+  linear_into(x, w, bias, use_amx, out);
+}
+
+Tensor skinny_linear_q4_1(const Tensor &x, const Tensor &codes, const Tensor &dm,
+                          const std::optional<Tensor> &bias) {
+  const auto [m, k] = check_x(x);
+  TORCH_CHECK(m >= 1 && m <= 8, "skinny_linear_q4_1 takes 1 to 8 rows, got ", m);
+  TORCH_CHECK(k > 0 && k % 32 == 0, "K must be a positive multiple of 32, got ", k);
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.device().is_cpu() &&
+                  codes.is_contiguous() && codes.dim() == 2 && codes.size(1) * 2 == k,
+              "codes must be a contiguous uint8 [N, K/2] CPU tensor");
+  const int64_t n = codes.size(0);
+  TORCH_CHECK(dm.scalar_type() == at::kFloat && dm.device().is_cpu() && dm.is_contiguous() &&
+                  dm.dim() == 3 && dm.size(0) == n && dm.size(1) == k / 32 && dm.size(2) == 2,
+              "dm must be a contiguous float32 [N, K/32, 2] CPU tensor");
+  check_bias(bias, n);
+  Tensor out = at::empty({m, n}, x.options());
+  const int rc = tf_skinny_linear_q4_1(
+      bf16_ptr(x), m, x.stride(0), static_cast<const uint8_t *>(codes.data_ptr()),
+      static_cast<const float *>(dm.data_ptr()), n, k, bias ? bf16_ptr(*bias) : nullptr,
+      bf16_mut(out), n, at::get_num_threads());
+  TORCH_CHECK(rc == 0, "skinny_linear_q4_1: unsupported arguments");
+  return out;
+}
+
+int64_t amx_init() { return tf_amx_init(); }
+
+void check_paged(const Tensor &q, const Tensor &k_cache, const Tensor &v_cache,
+                 const Tensor &block_tables, const Tensor &context_lens) {
+  const auto fp = [](const Tensor &t) {
+    return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat;
+  };
+  TORCH_CHECK(fp(q) && fp(k_cache) && v_cache.scalar_type() == k_cache.scalar_type(),
+              "q and the caches must be bf16 or float32 (both caches alike)");
+  TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu() &&
+                  block_tables.device().is_cpu() && context_lens.device().is_cpu(),
+              "paged_decode_attention runs on CPU tensors");
+  TORCH_CHECK_VALUE(q.dim() == 3 && k_cache.dim() == 4 && block_tables.dim() == 2 &&
+                        context_lens.dim() == 1,
+                    "expected q [D, H, Dh], caches [N, B, KVH, Dh], tables [D, M], lens [D]");
+  const int64_t d = q.size(0), heads = q.size(1), head_dim = q.size(2);
+  const int64_t kv_heads = k_cache.size(2);
+  TORCH_CHECK_VALUE(k_cache.size(3) == head_dim && v_cache.sizes() == k_cache.sizes() &&
+                        kv_heads > 0 && heads % kv_heads == 0 && block_tables.size(0) == d &&
+                        context_lens.size(0) == d,
+                    "shape mismatch: q ", q.sizes(), ", k_cache ", k_cache.sizes(),
+                    ", v_cache ", v_cache.sizes(), ", block_tables ", block_tables.sizes(),
+                    ", context_lens ", context_lens.sizes());
+  TORCH_CHECK(head_dim % 16 == 0 && head_dim <= 256 && heads / kv_heads <= 16,
+              "head_dim must be a multiple of 16 up to 256, with at most 16 query heads per "
+              "kv head");
+  TORCH_CHECK((d == 0 || q.stride(2) == 1) && k_cache.is_contiguous() &&
+                  v_cache.is_contiguous(),
+              "q needs a contiguous head_dim, the caches must be contiguous");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.stride(1) == 1 &&
+                  context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(),
+              "block_tables and context_lens must be int64 with contiguous rows");
+}
+
+void paged_decode_attention_out(const Tensor &q, const Tensor &k_cache, const Tensor &v_cache,
+                                const Tensor &block_tables, const Tensor &context_lens,
+                                double scale, Tensor out) {
+  check_paged(q, k_cache, v_cache, block_tables, context_lens);
+  TORCH_CHECK_VALUE(out.scalar_type() == q.scalar_type() && out.device().is_cpu() &&
+                        out.sizes() == q.sizes() && (q.size(0) == 0 || out.stride(2) == 1),
+                    "out must be a CPU [D, heads, head_dim] tensor in q's dtype");
+  if (q.size(0) == 0) return;
+  const auto addr = [](const Tensor &t) {
+    return static_cast<int64_t>(reinterpret_cast<intptr_t>(t.data_ptr()));
+  };
+  const tf_paged_args a = {
+      addr(q), q.stride(0), q.stride(1),
+      addr(k_cache), addr(v_cache), k_cache.size(0), k_cache.size(1), k_cache.size(2),
+      k_cache.size(3),
+      addr(block_tables), block_tables.stride(0), block_tables.size(1), addr(context_lens),
+      q.size(0), q.size(1),
+      addr(out), out.stride(0), out.stride(1),
+      scale,
+      q.scalar_type() == at::kBFloat16, k_cache.scalar_type() == at::kBFloat16,
+      out.scalar_type() == at::kBFloat16, at::get_num_threads(),
+  };
+  const int rc = tf_paged_decode_attention(&a);
+  TORCH_CHECK_VALUE(rc != -2,
+                    "context length or block id out of range of the block table / cache");
+  TORCH_CHECK(rc == 0, "paged_decode_attention: unsupported arguments");
+}
+
+Tensor paged_decode_attention(const Tensor &q, const Tensor &k_cache, const Tensor &v_cache,
+                              const Tensor &block_tables, const Tensor &context_lens,
+                              double scale) {
+  Tensor out = at::empty(q.sizes(), q.options());
+  paged_decode_attention_out(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+  return out;
+}
+
+Tensor add_rms_norm(const Tensor &x, Tensor residual, const Tensor &weight, double eps,
+                    bool add) {
+  check_bf16_cpu(x, "x");
+  check_bf16_cpu(residual, "residual");
+  check_bf16_cpu(weight, "weight");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [M, N] with contiguous rows");
+  TORCH_CHECK(residual.sizes() == x.sizes() && residual.stride(1) == 1,
+              "residual must be x's shape with contiguous rows");
+  const int64_t m = x.size(0), n = x.size(1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == n && weight.is_contiguous(),
+              "weight must be a contiguous [N] tensor");
+  Tensor out = at::empty({m, n}, x.options());
+  tf_add_rms_norm_bf16(bf16_ptr(x), x.stride(0), bf16_mut(residual), residual.stride(0),
+                       bf16_ptr(weight), bf16_mut(out), n, m, n, static_cast<float>(eps), add);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tokenfactory, m) {
+  m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None, bool use_amx=False) -> Tensor");
+  m.def("skinny_linear_out(Tensor x, Tensor w, Tensor? bias, bool use_amx, Tensor(a!) out) "
+        "-> ()");
+  m.def("skinny_linear_q4_1(Tensor x, Tensor codes, Tensor dm, Tensor? bias=None) -> Tensor");
+  m.def("amx_init() -> int", &amx_init);
+  m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor context_lens, float scale) -> Tensor");
+  m.def("paged_decode_attention_out(Tensor q, Tensor k_cache, Tensor v_cache, "
+        "Tensor block_tables, Tensor context_lens, float scale, Tensor(a!) out) -> ()");
+  m.def("add_rms_norm(Tensor x, Tensor(a!) residual, Tensor weight, float eps, bool add) "
+        "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(tokenfactory, CPU, m) {
+  m.impl("skinny_linear", &skinny_linear);
+  m.impl("skinny_linear_out", &skinny_linear_out);
+  m.impl("skinny_linear_q4_1", &skinny_linear_q4_1);
+  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("paged_decode_attention_out", &paged_decode_attention_out);
+  m.impl("add_rms_norm", &add_rms_norm);
+}
