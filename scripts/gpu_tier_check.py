@@ -36,7 +36,7 @@ from tokenfactory.bench.policy_sim import LoadRequest, SimLoad, load_requests
 from tokenfactory.bench.serve.tiers_info import parse_mix
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
-from tokenfactory.engine.policy import known_policies
+from tokenfactory.scheduling.policy import known_policies
 from tokenfactory.server.capacity import measure, tier_statuses
 from tokenfactory.tiers import TierCatalog, load_tiers
 
@@ -64,11 +64,11 @@ def crowd_requests(catalog: TierCatalog, free: int, dear: int, dear_tier: str) -
     reqs = []
     for i in range(free):
         prompt = [1 + (i * 37 + k) % 991 for k in range(256)]
-        terms = catalog.scheduling_terms(catalog["free"])
+        terms = catalog.service_terms(catalog["free"])
         reqs.append(LoadRequest(0.5 * i / max(free, 1), f"free{i}", prompt, 400, terms))
     for i in range(dear):
         prompt = [2 + (i * 53 + k) % 983 for k in range(256)]
-        terms = catalog.scheduling_terms(catalog[dear_tier])
+        terms = catalog.service_terms(catalog[dear_tier])
         reqs.append(LoadRequest(1.5 + 0.1 * i, f"dear{i}", prompt, 300, terms))
     return reqs
 

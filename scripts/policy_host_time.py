@@ -18,11 +18,11 @@ import time
 
 from tokenfactory.bench.policy_sim import SimLoad, simulate_tally
 from tokenfactory.engine import scheduler as scheduler_module
-from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.scheduling.calibration import step_cost
 from tokenfactory.tiers import load_tiers
 
-H200_COST = StepCoefficients(0.0054, 4e-5, 2.3e-5, 5e-8, 0.004)
-H200_PROBE = StepCoefficients(0.00497, 3.0e-5, 6.3e-5, 0.0)
+H200_COST = step_cost("h200-llama-8b")
+H200_PROBE = step_cost("h200-llama-8b-probe")
 LOADS = {
     "18/s": (SimLoad(rate=18, duration_s=20, mix="free=0.4,standard=0.3,high=0.2",
                      input_len="lognormal:512,0.6", output_len="lognormal:256,0.5", seed=0),

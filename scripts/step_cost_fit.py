@@ -2,9 +2,9 @@
 
 The load wanders between 1 and 48 running sequences (prompts of 40 / 160 / 300 tokens in
 chunks of at most 256, 20-80 output tokens), so the fit sees decode-only and mixed steps at
-every batch size. Prints the fitted coefficients (the form of
-`bench.policy_sim.EMBEDDED_CPU_COST`), the median step per batch size with and without prompt
-tokens, and the fit's median relative error. About a minute on the 2-core VM.
+every batch size. Prints the fitted coefficients (the form of the "embedded-cpu" entry of
+src/tokenfactory/data/step_costs.toml), the median step per batch size with and without
+prompt tokens, and the fit's median relative error. About a minute on the 2-core VM.
 
     .venv/bin/python scripts/step_cost_fit.py
 """
@@ -19,8 +19,8 @@ from collections import defaultdict
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.engine.step_model import StepTimeModel
 from tokenfactory.models.embedded import embedded_model_path
+from tokenfactory.scheduling.step_model import StepTimeModel
 
 TARGET_BATCHES = (1, 2, 4, 8, 16, 32, 48, 24, 12, 6, 3, 1, 2, 8, 40, 4)
 STEPS_PER_TARGET = 60

@@ -16,16 +16,12 @@ import dataclasses
 import sys
 
 from tokenfactory.bench.policy_compare import MIX, TIERS_ORDER
-from tokenfactory.bench.policy_sim import (
-    EMBEDDED_CPU_COST,
-    SLOWER_CPU_COST,
-    SimLoad,
-    simulate_pooled,
-)
-from tokenfactory.engine.tier_policy import TierPolicyConfig
+from tokenfactory.bench.policy_sim import SimLoad, simulate_pooled
+from tokenfactory.scheduling.calibration import step_cost
+from tokenfactory.scheduling.tier.config import TierPolicyConfig
 from tokenfactory.tiers import load_tiers
 
-COSTS = {"embedded": EMBEDDED_CPU_COST, "slower": SLOWER_CPU_COST}
+COSTS = {"embedded": step_cost("embedded-cpu"), "slower": step_cost("slower-cpu")}
 
 
 def parse_setting(text: str) -> tuple[str, list[float]]:

@@ -110,16 +110,18 @@ def test_custom_file_and_errors(tmp_path):
         load_tiers(tmp_path / "missing.toml")
 
 
-def test_scheduling_terms_carry_the_promise_and_the_slower_tiers_best_first(cpu):
-    terms = cpu.scheduling_terms(cpu["ultra"])
-    assert terms["tier"] == "ultra" and terms["tier_rank"] == cpu["ultra"].rank
-    assert terms["promised_tokens_per_s"] == cpu["ultra"].tokens_per_s
-    assert terms["promised_ttft_s"] == cpu["ultra"].ttft_s
-    assert terms["output_price"] == cpu["ultra"].output_price
-    assert terms["sheddable"] is False
-    assert [f["ttft_s"] for f in terms["fallbacks"]] == [
+def test_service_terms_carry_the_promise_and_the_slower_tiers_best_first(cpu):
+    terms = cpu.service_terms(cpu["ultra"], received_at=3.5)
+    assert terms.tier == "ultra" and terms.rank == cpu["ultra"].rank
+    assert terms.promise.tokens_per_s == cpu["ultra"].tokens_per_s
+    assert terms.promise.ttft_s == cpu["ultra"].ttft_s
+    assert terms.promise.output_price == cpu["ultra"].output_price
+    assert terms.sheddable is False and terms.received_at == 3.5
+    assert [f.ttft_s for f in terms.fallbacks] == [
         cpu[name].ttft_s for name in ("high", "standard", "free")
     ]
-    assert cpu.scheduling_terms(cpu["free"])["fallbacks"] == []
-    assert "downgradable" not in terms
-    assert cpu.scheduling_terms(cpu["high"], downgradable=True)["downgradable"] is True
+    assert terms.levels == (cpu["ultra"].promise, *terms.fallbacks)
+    assert cpu.service_terms(cpu["free"]).fallbacks == ()
+    assert cpu.service_terms(cpu["free"]).sheddable is True
+    assert terms.downgradable is False
+    assert cpu.service_terms(cpu["high"], downgradable=True).downgradable is True

@@ -519,7 +519,7 @@ def _positive_list(text: str, option: str) -> tuple[float, ...]:
 
 
 def _policies(text: str) -> tuple[str, ...]:
-    from tokenfactory.engine.policy import known_policies
+    from tokenfactory.scheduling.policy import known_policies
 
     names = tuple(x.strip() for x in text.split(","))
     unknown = [n for n in names if n not in known_policies()]
@@ -530,7 +530,7 @@ def _policies(text: str) -> tuple[str, ...]:
 
 
 def _step_cost(text: str | None):
-    from tokenfactory.engine.step_model import StepCoefficients
+    from tokenfactory.scheduling.step_model import StepCoefficients
 
     if text is None:
         return None

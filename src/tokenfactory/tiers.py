@@ -39,6 +39,43 @@ class UnknownTierError(TierError):
 
 
 @dataclass(frozen=True)
+class Promise:
+    """One promise a request can be billed at: its tier's, or a slower tier's."""
+
+    tokens_per_s: float | None  # decode speed per user; None: best effort
+    ttft_s: float | None  # time to first token; None: best effort
+    output_price: int  # micro-dollars per million completion tokens
+
+
+BEST_EFFORT = Promise(None, None, 0)
+
+
+@dataclass(frozen=True)
+class ServiceTerms:
+    """What a request was sold, as the scheduler reads it: built by the server from the tier
+    catalog (`TierCatalog.service_terms`) and carried on the engine's sequence unchanged.
+
+    `promise` is its tier's; `fallbacks` are the slower tiers' (best first): a request that
+    misses its TTFT is billed at the best slower tier whose promise it still keeps, so the
+    scheduler paces and values it at that level. A downgraded request (it asked for
+    `service_tier=auto` and started at once at a slower tier) keeps its tier and rank, with
+    that slower promise and no fallbacks."""
+
+    tier: str
+    rank: int  # 0 = slowest/cheapest
+    promise: Promise
+    fallbacks: tuple[Promise, ...] = ()
+    sheddable: bool = False  # may be refused at once under overload
+    downgradable: bool = False  # may start at once at a slower tier instead of waiting
+    received_at: float | None = None  # when the server received it (monotonic clock)
+
+    @property
+    def levels(self) -> tuple[Promise, ...]:
+        """Its promise, then the fallbacks: what it can be billed at, best first."""
+        return (self.promise, *self.fallbacks)
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     rank: int  # 0 = slowest/cheapest; a higher rank is a faster, dearer tier
@@ -69,6 +106,10 @@ class Tier:
         if ttft_s is None or ttft_s > self.ttft_s:
             return False
         return tokens_per_s is None or tokens_per_s >= self.tokens_per_s
+
+    @property
+    def promise(self) -> Promise:
+        return Promise(self.tokens_per_s, self.ttft_s, self.output_price)
 
     def as_dict(self) -> dict:
         return {
@@ -115,28 +156,24 @@ class TierCatalog:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def scheduling_terms(self, tier: Tier, downgradable: bool = False) -> dict:
+    def service_terms(
+        self, tier: Tier, downgradable: bool = False, received_at: float | None = None
+    ) -> ServiceTerms:
         """What the engine's scheduler is told about a request of `tier`: its rank, promise,
         price and sheddability, and the slower tiers it is billed at if it misses its promise
         (best first), so the scheduler can weigh what a late request is still worth.
         `downgradable` (the request asked for `service_tier=auto`): rather than wait for its
         tier, it may start at once at a slower one."""
         lower = sorted((t for t in self.tiers if t.rank < tier.rank), key=lambda t: -t.rank)
-        terms = {
-            "tier": tier.name,
-            "tier_rank": tier.rank,
-            "promised_tokens_per_s": tier.tokens_per_s,
-            "promised_ttft_s": tier.ttft_s,
-            "output_price": tier.output_price,
-            "sheddable": tier.sheddable,
-            "fallbacks": [
-                {"tokens_per_s": t.tokens_per_s, "ttft_s": t.ttft_s, "output_price": t.output_price}
-                for t in lower
-            ],
-        }
-        if downgradable:
-            terms["downgradable"] = True
-        return terms
+        return ServiceTerms(
+            tier=tier.name,
+            rank=tier.rank,
+            promise=tier.promise,
+            fallbacks=tuple(t.promise for t in lower),
+            sheddable=tier.sheddable,
+            downgradable=downgradable,
+            received_at=received_at,
+        )
 
     def resolve(self, service_tier: str | None, key_default: str | None = None) -> Tier:
         """Map a request's `service_tier` (OpenAI's values or ours) onto a tier."""

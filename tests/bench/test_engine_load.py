@@ -16,7 +16,7 @@ CATALOG = load_tiers(preset="cpu")
 
 def _request(at_s: float, i: int, tier: str, max_tokens: int, stop_after: int | None = None):
     prompt = [1 + (i * 7 + k) % 500 for k in range(12)]
-    terms = CATALOG.scheduling_terms(CATALOG[tier])
+    terms = CATALOG.service_terms(CATALOG[tier])
     return LoadRequest(at_s, f"q{i}", prompt, max_tokens, terms, stop_after)
 
 
@@ -31,7 +31,7 @@ def test_every_request_is_served_at_its_arrival_time_and_scored(policy):
     ]
     result = run_engine_load(engine, requests, CATALOG, load.rate, load.duration_s)
     assert len(result.served) == len(requests) > 5
-    assert sorted(r.tier for r in result.served) == sorted(r.metadata["tier"] for r in requests)
+    assert sorted(r.tier for r in result.served) == sorted(r.terms.tier for r in requests)
     assert all(r.output_tokens == 6 and r.first_token_time is not None for r in result.served)
     # Received when due on the wall clock, first token after that.
     starts = sorted(r.received_at for r in result.served)

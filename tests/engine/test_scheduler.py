@@ -8,16 +8,22 @@ reads; any scheduling or caching bug that serves wrong K/V changes the outputs.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.policy import FcfsPolicy, SchedulingPolicy, make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.scheduler import Scheduler, SchedulerOutput
 from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
+from tokenfactory.scheduling.fcfs import FcfsPolicy
+from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
+from tokenfactory.scheduling.view import Refusal, SchedulerView, StepPlan
+
+from ..scheduling.views import view_of
 
 VOCAB = 50
 
@@ -112,11 +118,11 @@ def test_fcfs_policy_orders_by_arrival_and_preempts_newest():
     seqs = [
         Sequence(f"r{i}", [1], SamplingParams(), arrival_time=t) for i, t in enumerate([3, 1, 2])
     ]
-    assert [s.request_id for s in policy.order_waiting(seqs, 0.0)] == ["r1", "r2", "r0"]
-    assert [s.request_id for s in policy.order_running(seqs, 0.0)] == ["r1", "r2", "r0"]
-    assert policy.preemption_victim(seqs).request_id == "r0"
-    assert policy.may_admit(seqs[0], [], 0.0)
-    policy.on_step(None)
+    plan = policy.plan(view_of(running=seqs, waiting=seqs))
+    assert [s.request_id for s in plan.admit] == ["r1", "r2", "r0"]
+    assert [e.request.request_id for e in plan.run] == ["r1", "r2", "r0"]
+    assert [s.request_id for s in plan.preempt_order] == ["r0", "r2", "r1"]
+    assert plan.token_budget is None and not plan.refuse and not plan.downgrade
 
 
 def test_unknown_policy_lists_known_ones():
@@ -138,10 +144,12 @@ def test_fcfs_admission_order_and_seq_limit():
 
 
 class _ShedsQueuedOdd(FcfsPolicy):
-    """fcfs that refuses, from the queue, every waiting request with an odd number."""
+    """fcfs that refuses every waiting request with an odd number."""
 
-    def shed_queued(self, waiting, running, now):
-        return [(s, 7.0) for s in waiting if int(s.request_id[1:]) % 2]
+    def plan(self, view: SchedulerView) -> StepPlan:
+        plan = super().plan(view)
+        odd = tuple(Refusal(r, 7.0) for r in view.waiting if int(r.request_id[1:]) % 2)
+        return replace(plan, admit=tuple(r for r in plan.admit if r not in odd), refuse=odd)
 
 
 def test_requests_the_budget_never_reached_can_be_shed_from_the_queue():
@@ -155,10 +163,10 @@ def test_requests_the_budget_never_reached_can_be_shed_from_the_queue():
     out = sched.schedule(0.0)
     # r0 took the whole budget; r1 and r3 were never reached and are refused from the queue.
     assert [c.seq.request_id for c in out.chunks] == ["r0"]
-    shed = sorted(s.request_id for s in out.finished)
-    assert shed == ["r1", "r3"]
-    assert all(s.finish_reason is FinishReason.SHED for s in out.finished)
-    assert all(s.metadata["retry_after_s"] == 7.0 for s in out.finished)
+    shed = sorted(s.seq.request_id for s in out.shed)
+    assert shed == ["r1", "r3"] and not out.finished
+    assert all(s.seq.finish_reason is FinishReason.SHED for s in out.shed)
+    assert all(s.retry_after_s == 7.0 for s in out.shed)
     assert [s.request_id for s in sched.waiting] == ["r2"]
     assert bm.num_free_blocks == bm.num_blocks - len(sched.running[0].block_table)
 

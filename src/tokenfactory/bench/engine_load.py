@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tokenfactory.bench.point_tally import PointTally
 from tokenfactory.bench.policy_sim import LoadRequest, Served, tally_served
@@ -100,8 +100,8 @@ def run_engine_load(
             params = SamplingParams(
                 temperature=0.0, max_tokens=req.max_tokens, ignore_eos=ignore_eos
             )
-            metadata = {**req.metadata, "received_at": received}
-            engine.add_request(req.prompt, params, req.request_id, metadata)
+            terms = replace(req.terms, received_at=received)
+            engine.add_request(req.prompt, params, req.request_id, terms)
             live[req.request_id] = (req, received)
             sent += 1
         if now >= deadline:
@@ -148,7 +148,7 @@ def run_engine_load(
 
 def _served(req: LoadRequest, received: float, out: RequestOutput) -> Served:
     return Served(
-        tier=req.metadata["tier"],
+        tier=req.terms.tier,
         received_at=received,
         first_token_time=out.first_token_time,
         finished_time=out.finished_time,
@@ -160,7 +160,7 @@ def _served(req: LoadRequest, received: float, out: RequestOutput) -> Served:
 
 def _cut_off(req: LoadRequest, received: float) -> Served:
     return Served(
-        tier=req.metadata["tier"],
+        tier=req.terms.tier,
         received_at=received,
         first_token_time=None,
         finished_time=None,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokenfactory.bench.local_factory import LocalFactory, copy_probe
 from tokenfactory.bench.point_tally import PointTally
-from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.scheduling.step_model import StepCoefficients
 
 MIX = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02"
 PAID = ("standard", "high", "ultra", "super")
@@ -146,10 +146,11 @@ def run_simulated(
     """The same comparison on a simulated engine (`bench.policy_sim`): no model, no HTTP, the
     step time from `cost` (default: the embedded model on the 2-core reference machine).
     Seconds instead of half an hour; a preview and a regression check, not a measurement."""
-    from tokenfactory.bench.policy_sim import EMBEDDED_CPU_COST, SimLoad, simulate_pooled
+    from tokenfactory.bench.policy_sim import SimLoad, simulate_pooled
+    from tokenfactory.scheduling.calibration import step_cost
     from tokenfactory.tiers import load_tiers
 
-    cost = cost or EMBEDDED_CPU_COST
+    cost = cost or step_cost("embedded-cpu")
     catalog = load_tiers(opts.tiers_file, preset="cpu")
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
                     "levels": {}, "simulated": True, "step_cost": vars(cost)}

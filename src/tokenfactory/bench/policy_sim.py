@@ -1,6 +1,6 @@
 """The policy benchmark's load, simulated: same mix, lengths and arrivals, no model, no HTTP.
 
-Requests carry the metadata the server would give them (tier, promise, price, sheddable), go
+Requests carry the terms the server would give them (tier, promise, price, sheddable), go
 through the real scheduler and policy on a `SimulatedEngine`, and are scored as `bench serve`
 scores them: a request attains its promise when its TTFT and decode speed meet its tier's, a
 shed request is a miss, and revenue is each request priced at the tier it delivered. The step
@@ -11,45 +11,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tokenfactory.bench.point_tally import PointTally
 from tokenfactory.bench.serve.arrivals import arrival_gaps
 from tokenfactory.bench.serve.lengths import LengthDist
 from tokenfactory.bench.serve.tiers_info import parse_mix
-from tokenfactory.engine.policy import make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import FinishReason, Sequence
-from tokenfactory.engine.simulator import SIM_STOP_AFTER, SimulatedEngine
-from tokenfactory.engine.step_model import StepCoefficients
-from tokenfactory.tiers import TierCatalog, decode_speed
-
-# The embedded SmolLM2-135M on the 2-core reference VM: `scripts/step_cost_fit.py`
-# (a staggered load, batches 1-48, prompt chunks up to 256 tokens, ~1,000 steps), the
-# per-coefficient median of three fits, 2026-11-27 13:40 UTC, commit 4fc5f09 (Q4_1 decode):
-# median error 9%. A step that computes any prompt token pays ~10 ms more than a decode-only
-# one. The model is linear, so it cannot show that steps of 1-2 decodes are cheaper still
-# (15-18 ms measured against ~21 ms predicted).
-EMBEDDED_CPU_COST = StepCoefficients(
-    base_s=0.020,
-    per_decode_s=0.00058,
-    per_prefill_token_s=0.000405,
-    per_kv_token_s=1.7e-6,
-    prefill_step_s=0.0101,
-)
-
-# The same model on the same VM before the Q4_1 decode path and the faster norms (fit of
-# 2026-11-27 04:00 UTC): every step at least 31 ms, a prompt token 0.69 ms. A slower machine,
-# where a paced super request leaves little room beside it; the policy tests' overload
-# scenarios and `scripts/tier_config_sim.py --cost slower` use it.
-SLOWER_CPU_COST = StepCoefficients(
-    base_s=0.031,
-    per_decode_s=0.000093,
-    per_prefill_token_s=0.000685,
-    per_kv_token_s=5.0e-6,
-    prefill_step_s=0.0115,
-)
+from tokenfactory.scheduling.calibration import step_cost
+from tokenfactory.scheduling.policy import make_policy
+from tokenfactory.scheduling.simulator import SimulatedEngine
+from tokenfactory.scheduling.step_model import StepCoefficients
+from tokenfactory.tiers import ServiceTerms, TierCatalog, decode_speed
 
 
 @dataclass(frozen=True)
@@ -90,7 +65,7 @@ def simulate_tally(
     policy: str,
     load: SimLoad,
     catalog: TierCatalog,
-    cost: StepCoefficients = EMBEDDED_CPU_COST,
+    cost: StepCoefficients | None = None,
     noise: float = 0.15,
     max_num_seqs: int = 64,
     num_blocks: int = 4096,
@@ -102,13 +77,14 @@ def simulate_tally(
     """Run `load` through `policy`: what it measured, poolable with other runs.
 
     `stall_share` of the steps take `stall_s` longer (pauses that are not work);
-    `step_prior` is what the hardware probe would tell the policy before any step."""
+    `step_prior` is what the hardware probe would tell the policy before any step; `cost`
+    defaults to the embedded model on the reference VM (calibration "embedded-cpu")."""
     scheduling = make_policy(policy, **policy_args)
     if step_prior is not None:
         scheduling.set_step_prior(step_prior)
     engine = SimulatedEngine(
         scheduling,
-        cost,
+        cost or step_cost("embedded-cpu"),
         num_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
         noise=noise,
@@ -118,16 +94,14 @@ def simulate_tally(
     )
     for req in load_requests(load, catalog):
         engine.run_until(req.at_s)
-        metadata = {**req.metadata, "received_at": req.at_s}
-        if req.stop_after is not None:
-            metadata[SIM_STOP_AFTER] = req.stop_after
+        terms = replace(req.terms, received_at=req.at_s)
         params = SamplingParams(max_tokens=req.max_tokens)
-        engine.add(Sequence(req.request_id, req.prompt, params, metadata=metadata))
+        engine.add(Sequence(req.request_id, req.prompt, params, terms=terms), req.stop_after)
     engine.drain()
     served = [
         Served(
-            tier=seq.metadata["tier"],
-            received_at=seq.metadata["received_at"],
+            tier=_terms(seq).tier,
+            received_at=_terms(seq).received_at or 0.0,
             first_token_time=seq.first_token_time,
             finished_time=seq.finished_time,
             prompt_tokens=seq.num_prompt_tokens,
@@ -139,6 +113,11 @@ def simulate_tally(
     return tally_served(served, load.rate, max(engine.now, load.duration_s), catalog)
 
 
+def _terms(seq: Sequence) -> ServiceTerms:
+    assert seq.terms is not None, "every simulated request carries its tier's terms"
+    return seq.terms
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """One request of a load: when it arrives (seconds from the start) and what it asks."""
@@ -147,7 +126,7 @@ class LoadRequest:
     request_id: str
     prompt: list[int]
     max_tokens: int
-    metadata: dict  # the scheduling terms of its tier, as the server gives them
+    terms: ServiceTerms  # what its tier sells, as the server gives it
     stop_after: int | None = None  # its model stops by itself after this many tokens
 
 
@@ -172,7 +151,7 @@ def load_requests(load: SimLoad, catalog: TierCatalog) -> Iterator[LoadRequest]:
         if stops.random() < load.early_stop_share:
             stop_after = stops.randint(1, max_tokens)
         yield LoadRequest(
-            t, f"r{i}", prompt, max_tokens, catalog.scheduling_terms(tier), stop_after
+            t, f"r{i}", prompt, max_tokens, catalog.service_terms(tier), stop_after
         )
         i += 1
 

@@ -25,6 +25,7 @@ from tokenfactory.engine.engine import Engine, RequestOutput
 from tokenfactory.engine.errors import EngineClosedError, EngineDeadError, EngineStepError
 from tokenfactory.engine.health import DEFAULT_MAX_CONSECUTIVE_FAILURES, EngineHealth
 from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.tiers import ServiceTerms
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,10 @@ class AsyncEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
-        metadata: dict | None = None,
+        terms: ServiceTerms | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and stream its deltas; leaving the iteration early aborts it."""
-        rid = await self.add_request(prompt, params, request_id, metadata)
+        rid = await self.add_request(prompt, params, request_id, terms)
         async with contextlib.aclosing(self.outputs(rid)) as outputs:
             async for out in outputs:
                 yield out
@@ -141,14 +142,14 @@ class AsyncEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
-        metadata: dict | None = None,
+        terms: ServiceTerms | None = None,
     ) -> str:
         """Queue a request and return its id; validation errors are raised here, and
         `EngineDeadError` (an `EngineClosedError`) at once when the engine is dead."""
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._submit("add", (prompt, params, request_id, metadata, stream), fut)
+        self._submit("add", (prompt, params, request_id, terms, stream), fut)
         return await asyncio.wrap_future(fut)
 
     def abort(self, request_id: str) -> None:
@@ -288,10 +289,10 @@ class AsyncEngine:
                 return True
 
     def _apply_add(self, arg: tuple, fut: concurrent.futures.Future | None) -> None:
-        prompt, params, request_id, metadata, stream = arg
+        prompt, params, request_id, terms, stream = arg
         assert fut is not None
         try:
-            rid = self.engine.add_request(prompt, params, request_id, metadata)
+            rid = self.engine.add_request(prompt, params, request_id, terms)
         except Exception as exc:
             fut.set_exception(exc)
             return

@@ -24,18 +24,20 @@ from tokenfactory.engine.hardware import (
     resolve_device,
     resolve_dtype,
 )
-from tokenfactory.engine.policy import make_policy
 from tokenfactory.engine.runner import ModelRunner
 from tokenfactory.engine.sampler import Sampler, TokenLogprob
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.scheduler import Scheduler
 from tokenfactory.engine.sequence import FinishReason, Sequence
-from tokenfactory.engine.stats import StatsLog, StepStats
-from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.engine.stats import StatsLog
 from tokenfactory.engine.stop_checker import StopChecker
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.errors import ModelTooLargeError
 from tokenfactory.models.llama import LlamaForCausalLM
+from tokenfactory.scheduling.policy import make_policy
+from tokenfactory.scheduling.step_model import StepCoefficients
+from tokenfactory.scheduling.step_stats import StepStats
+from tokenfactory.tiers import ServiceTerms
 
 if TYPE_CHECKING:
     from tokenfactory.models.tokenizer import Tokenizer
@@ -223,7 +225,7 @@ class Engine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
-        metadata: dict | None = None,
+        terms: ServiceTerms | None = None,
     ) -> str:
         """Queue a request; raises InvalidRequestError for anything that cannot be served."""
         params = params or SamplingParams()
@@ -250,7 +252,7 @@ class Engine:
                 f"{n} in the prompt plus max_tokens={params.max_tokens} exceeds it.",
                 param="max_tokens",
             )
-        seq = Sequence(request_id, prompt_ids, params, metadata=dict(metadata or {}))
+        seq = Sequence(request_id, prompt_ids, params, terms=terms)
         stop = StopChecker(params, self.eos_token_ids, self.max_model_len, n)
         if params.stop and self.tokenizer is None:
             raise InvalidRequestError("stop strings need a model with a tokenizer", "stop")
@@ -305,6 +307,9 @@ class Engine:
         plan = self.scheduler.schedule(started)
         planned = time.monotonic()
         outputs = [self._finished_by_scheduler(seq, started) for seq in plan.finished]
+        outputs += [
+            self._finished_by_scheduler(s.seq, started, s.retry_after_s) for s in plan.shed
+        ]
         if plan.is_empty:
             return outputs
         logits = self.runner.execute(plan)
@@ -338,11 +343,14 @@ class Engine:
             schedule_s=planned - started,
         )
         self.stats.record(step_stats)
-        self.scheduler.policy.on_step(step_stats)
+        self.scheduler.record_step(step_stats)
         return outputs
 
-    def _finished_by_scheduler(self, seq: Sequence, now: float) -> RequestOutput:
-        """A request the scheduler ended itself (it cannot fit in the whole KV cache)."""
+    def _finished_by_scheduler(
+        self, seq: Sequence, now: float, retry_after_s: float | None = None
+    ) -> RequestOutput:
+        """A request the scheduler ended itself: it cannot fit in the whole KV cache, or the
+        policy refused it (shed, with a Retry-After)."""
         state = self._requests.pop(seq.request_id)
         seq.finished_time = now
         return RequestOutput(
@@ -360,7 +368,7 @@ class Engine:
             first_token_time=seq.first_token_time,
             finished_time=now,
             first_scheduled_time=seq.first_scheduled_time,
-            retry_after_s=seq.metadata.get("retry_after_s"),
+            retry_after_s=retry_after_s,
         )
 
     def _postprocess(

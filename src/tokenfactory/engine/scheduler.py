@@ -1,13 +1,16 @@
 """Scheduler: iteration-level continuous batching with chunked prefill and preemption.
 
-Each step mixes decodes and prefill chunks under one token budget (vLLM v1 style): running
-sequences are served first in the policy's order, then waiting ones are admitted while budget,
-sequence slots and KV blocks last. When blocks run out, the policy's victim is preempted by
-recompute: its blocks are freed and it re-enters the front of the waiting queue, keeping the
-tokens generated so far.
+Each step the policy plans (`scheduling.view`: one immutable view in, one `StepPlan` out) and
+the scheduler applies the plan's mechanics under one token budget (vLLM v1 style): running
+sequences step in the plan's order, then waiting ones are admitted in the plan's order while
+budget, sequence slots and KV blocks last. When blocks run out, the first request in the
+plan's preemption order is preempted by recompute: its blocks are freed and it re-enters the
+front of the waiting queue, keeping the tokens generated so far. Requests the plan refuses end
+as shed, with their Retry-After; downgrades put the plan's slower terms on the request.
 
 A sequence whose tokens cannot fit even in the whole KV cache is finished with
-FinishReason.LENGTH (reported in `SchedulerOutput.finished`) instead of being retried forever.
+FinishReason.LENGTH (reported in `SchedulerOutput.finished`) instead of being retried forever;
+the policy never sees it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from dataclasses import dataclass, field
 
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.policy import SchedulingPolicy
 from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
+from tokenfactory.scheduling.policy import SchedulingPolicy
+from tokenfactory.scheduling.step_stats import StepStats
+from tokenfactory.scheduling.view import RequestView, SchedulerView, StepPlan, chunk_tokens
 
 
 @dataclass
@@ -45,6 +50,14 @@ class ScheduledChunk:
         return self.num_tokens == 1
 
 
+@dataclass(frozen=True)
+class ShedRequest:
+    """A request the policy refused: ended at once, to be told to retry after this long."""
+
+    seq: Sequence
+    retry_after_s: float
+
+
 @dataclass
 class SchedulerOutput:
     chunks: list[ScheduledChunk]  # decodes (num_tokens == 1) first, then prefill chunks
@@ -53,6 +66,7 @@ class SchedulerOutput:
     num_decode_tokens: int
     # Finished by the scheduler (too long for the whole cache); the engine reports them.
     finished: list[Sequence] = field(default_factory=list)
+    shed: list[ShedRequest] = field(default_factory=list)  # refused by the policy's plan
 
     @property
     def is_empty(self) -> bool:
@@ -69,7 +83,9 @@ class Scheduler:
         self.config = config
         self.block_manager = block_manager
         self.policy = policy
-        policy.set_limits(max_num_seqs=config.max_num_seqs)
+        self._step_index = 0  # plans made so far
+        self._last_step: StepStats | None = None  # the step run since the last plan
+        self._unseen: list[Sequence] = []  # added since the last plan
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._seqs: dict[str, Sequence] = {}  # unfinished, by request id
@@ -107,6 +123,7 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self._seqs[seq.request_id] = seq
         self._waiting.append(seq)
+        self._unseen.append(seq)
 
     def abort(self, request_id: str) -> Sequence | None:
         """Drop an unfinished request and free its blocks; unknown ids return None."""
@@ -133,61 +150,43 @@ class Scheduler:
 
     # ---- the step -------------------------------------------------------------------------
 
+    def record_step(self, stats: StepStats) -> None:
+        """The step just run, for the policy to learn from at the next plan."""
+        self._last_step = stats
+
     def schedule(self, now: float | None = None) -> SchedulerOutput:
         now = time.monotonic() if now is None else now
-        max_seqs = self.config.max_num_seqs
+        finished = self._finish_too_long()
+        plan = self._plan(now)
+        for d in plan.downgrade:
+            seq = self._own(d.request)
+            if seq is not None and seq.status is SequenceStatus.WAITING:
+                seq.terms = d.terms
         budget = self.config.max_num_batched_tokens
+        if self.config.enable_chunked_prefill and plan.token_budget is not None:
+            budget = min(budget, max(1, plan.token_budget))
         chunks: list[ScheduledChunk] = []
         preempted: list[Sequence] = []
-        finished: list[Sequence] = []
-        scheduled: set[Sequence] = set()
-
-        self.policy.see_waiting(list(self._waiting), now)
-        order = self.policy.order_running(list(self._running), now)
-        if self.config.enable_chunked_prefill:
-            cap = self.policy.step_token_budget(now)
-            if cap is not None:
-                budget = min(budget, max(1, cap))
-        for seq in order:
-            if budget <= 0 or len(chunks) >= max_seqs:
-                break
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted as a victim earlier in this loop
-            if self._too_long(seq):
-                self.finish(seq, FinishReason.LENGTH)
-                finished.append(seq)
-                continue
-            n = self._chunk_len(seq, budget, step_empty=not chunks)
-            if n == 0:
-                continue
-            while not self.block_manager.append_slots(seq, n):
-                others = [s for s in self._running if s is not seq and s not in scheduled]
-                victim = self.policy.preemption_victim(others) if others else seq
-                self._preempt(victim)
-                preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
-                scheduled.add(seq)
-                budget -= n
-
+        budget = self._run(plan, budget, chunks, preempted)
         # Admitting right after a preemption would only thrash: the blocks just freed are
         # needed by the sequences that are already running.
         if not preempted:
-            budget = self._admit(now, budget, chunks, finished)
-        if self._waiting:
-            queued = list(self._waiting)
-            for seq, retry in self.policy.shed_queued(queued, list(self._running), now):
-                if seq.status is SequenceStatus.WAITING and seq.first_scheduled_time is None:
-                    seq.metadata["retry_after_s"] = retry
-                    self.finish(seq, FinishReason.SHED)
-                    finished.append(seq)
+            self._admit(plan, now, budget, chunks)
+        shed = self._shed(plan)
+        for request in plan.judged:
+            judged = self._own(request)
+            if judged is not None:
+                judged.judged_on_arrival = True
+        for seq in self._unseen:
+            seq.seen_by_plan = True
+        self._unseen.clear()
+        for chunk in chunks:
+            chunk.seq.last_scheduled_step = self._step_index
 
         chunks.sort(key=lambda c: not c.is_decode)  # stable: decodes first
         decode = sum(c.num_tokens for c in chunks if c.is_decode)
         prefill = sum(c.num_tokens for c in chunks if not c.is_decode)
-        return SchedulerOutput(chunks, preempted, prefill, decode, finished)
+        return SchedulerOutput(chunks, preempted, prefill, decode, finished, shed)
 
     def on_step_done(self, output: SchedulerOutput) -> None:
         """Advance progress after the runner ran `output` and sampled tokens were appended."""
@@ -201,31 +200,110 @@ class Scheduler:
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _admit(
+    def _plan(self, now: float) -> StepPlan:
+        self._step_index += 1
+        bm = self.block_manager
+        view = SchedulerView(
+            now=now,
+            step_index=self._step_index,
+            running=tuple(self._running),
+            waiting=tuple(self._waiting),
+            max_num_seqs=self.config.max_num_seqs,
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+            chunked_prefill=self.config.enable_chunked_prefill,
+            free_blocks=bm.num_free_blocks,
+            block_size=bm.block_size,
+            last_step=self._last_step,
+        )
+        self._last_step = None
+        return self.policy.plan(view)
+
+    def _finish_too_long(self) -> list[Sequence]:
+        # Running requests grow a token a step; a waiting one only needs checking when new
+        # (a preempted one was checked while it ran).
+        limit = self.block_manager.num_blocks * self.block_manager.block_size
+        too_long = [s for s in self._running if s.num_tokens > limit]
+        too_long += [
+            s for s in self._unseen if s.status is SequenceStatus.WAITING and self._too_long(s)
+        ]
+        for seq in too_long:
+            self.finish(seq, FinishReason.LENGTH)
+        return too_long
+
+    def _chunk_len(self, seq: Sequence, budget: int, step_empty: bool) -> int:
+        """Tokens to run for `seq` this step; 0 when it must wait."""
+        cfg = self.config
+        return chunk_tokens(
+            seq.num_uncomputed_tokens,
+            budget,
+            cfg.enable_chunked_prefill,
+            step_empty,
+            cfg.max_num_batched_tokens,
+        )
+
+    def _run(
         self,
-        now: float,
+        plan: StepPlan,
         budget: int,
         chunks: list[ScheduledChunk],
-        finished: list[Sequence],
+        preempted: list[Sequence],
     ) -> int:
+        """Step the running sequences in the plan's order; returns the budget left."""
+        scheduled: set[Sequence] = set()
+        for entry in plan.run:
+            if budget <= 0 or len(chunks) >= self.config.max_num_seqs:
+                break
+            seq = self._own(entry.request)
+            if seq is None or seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted as a victim earlier in this loop
+            n = self._chunk_len(seq, budget, step_empty=not chunks)
+            if entry.max_tokens is not None:
+                n = min(n, entry.max_tokens)
+            if n == 0:
+                continue
+            while not self.block_manager.append_slots(seq, n):
+                victim = self._victim(plan, seq, scheduled)
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+                scheduled.add(seq)
+                budget -= n
+        return budget
+
+    def _own(self, request: RequestView) -> Sequence | None:
+        """The scheduler's sequence a plan names (policies return the views they were given,
+        which are the sequences themselves)."""
+        if isinstance(request, Sequence):
+            return request  # callers check its status
+        return self._seqs.get(request.request_id)
+
+    def _victim(self, plan: StepPlan, seq: Sequence, scheduled: set[Sequence]) -> Sequence:
+        """The first running request in the plan's preemption order that has not stepped
+        yet (any the plan left out come after, newest first); `seq` itself when none."""
+        order = (self._own(r) for r in plan.preempt_order)
+        for other in (*order, *reversed(self._running)):
+            if (
+                other is not None
+                and other is not seq
+                and other.status is SequenceStatus.RUNNING
+                and other not in scheduled
+            ):
+                return other
+        return seq
+
+    def _admit(
+        self, plan: StepPlan, now: float, budget: int, chunks: list[ScheduledChunk]
+    ) -> None:
         bm = self.block_manager
         max_seqs = self.config.max_num_seqs
-        for seq in self.policy.order_waiting(list(self._waiting), now):
+        for request in plan.admit:
             if budget <= 0 or len(self._running) >= max_seqs or len(chunks) >= max_seqs:
                 break
-            if seq.status is not SequenceStatus.WAITING:
-                continue
-            if self._too_long(seq):
-                self.finish(seq, FinishReason.LENGTH)
-                finished.append(seq)
-                continue
-            if not self.policy.may_admit(seq, list(self._running), now):
-                if seq.num_preemptions == 0 and seq.first_scheduled_time is None:
-                    retry = self.policy.shed(seq, list(self._running), now)
-                    if retry is not None:  # refused on arrival: no capacity for this tier
-                        seq.metadata["retry_after_s"] = retry
-                        self.finish(seq, FinishReason.SHED)
-                        finished.append(seq)
+            seq = self._own(request)
+            if seq is None or seq.status is not SequenceStatus.WAITING:
                 continue
             fresh = not seq.block_table
             cached = bm.allocate_prefix(seq) if fresh else 0
@@ -249,20 +327,20 @@ class Scheduler:
             self._running.append(seq)
             chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
             budget -= n
-        return budget
 
-    def _chunk_len(self, seq: Sequence, budget: int, step_empty: bool) -> int:
-        """Tokens to run for `seq` this step; 0 when it must wait."""
-        n = seq.num_uncomputed_tokens
-        if n <= budget:
-            return n
-        if self.config.enable_chunked_prefill:
-            return budget
-        # Without chunking a prompt runs whole. One larger than the whole step budget would
-        # never fit, so it may run alone in a step of its own.
-        if step_empty and n > self.config.max_num_batched_tokens:
-            return n
-        return 0
+    def _shed(self, plan: StepPlan) -> list[ShedRequest]:
+        """End the requests the plan refused, while they still wait and never ran."""
+        shed = []
+        for refusal in plan.refuse:
+            seq = self._own(refusal.request)
+            if (
+                seq is not None
+                and seq.status is SequenceStatus.WAITING
+                and seq.first_scheduled_time is None
+            ):
+                self.finish(seq, FinishReason.SHED)
+                shed.append(ShedRequest(seq, refusal.retry_after_s))
+        return shed
 
     def _too_long(self, seq: Sequence) -> bool:
         """True when the sequence's K/V can't fit even in the entire cache."""

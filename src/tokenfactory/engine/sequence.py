@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.tiers import ServiceTerms
 
 
 class SequenceStatus(enum.Enum):
@@ -47,8 +47,16 @@ class Sequence:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
-    # Free-form data a scheduling policy may read (tier, deadline, value...).
-    metadata: dict[str, Any] = field(default_factory=dict)
+    # What the request was sold (tier, promise, price), built by the server; None: best
+    # effort. A scheduling policy reads it; a downgrade replaces it.
+    terms: ServiceTerms | None = None
+    last_scheduled_step: int | None = None  # the scheduler's step index it last ran in
+    seen_by_plan: bool = False  # a scheduling plan has seen it (False: a new arrival)
+    judged_on_arrival: bool = False  # a scheduling plan judged it on arrival (shedding)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.params.max_tokens
 
     @property
     def num_prompt_tokens(self) -> int:

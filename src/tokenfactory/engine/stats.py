@@ -8,28 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
 
-
-@dataclass(frozen=True)
-class StepStats:
-    started_at: float  # time.monotonic() at step start
-    duration_s: float
-    num_seqs: int  # sequences in the step
-    num_decode_tokens: int
-    num_prefill_tokens: int
-    num_kv_tokens_read: int  # sum of context lengths attended over
-    num_sampled: int
-    num_preempted: int
-    num_waiting: int
-    num_running: int
-    kv_usage: float  # fraction of KV blocks held by sequences after the step
-    # Of duration_s, the host time the scheduler and its policy took to plan the step (on a
-    # GPU a Python policy's cost shows here, next to a step of a few milliseconds).
-    schedule_s: float = 0.0
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+from tokenfactory.scheduling.step_stats import StepStats
 
 
 class StatsLog:

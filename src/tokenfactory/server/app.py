@@ -482,11 +482,11 @@ def _tiers_body(factory: Factory) -> dict:
 def _step_model_body(factory: Factory) -> dict:
     """The step-time model fitted to the engine's recent steps: what a step costs right now
     (the scheduler's view; the probe above is the idle machine's)."""
-    from tokenfactory.engine.step_model import CPU_PRIOR, StepTimeModel
+    from tokenfactory.scheduling.step_model import StepTimeModel
 
     steps = factory.engine.stats.recent(512)
     prior = factory.engine.step_prior  # the probe's figures, as the scheduler starts from
-    model = StepTimeModel.from_steps(steps, prior=prior or CPU_PRIOR)
+    model = StepTimeModel.from_steps(steps, prior=prior)
     c = model.coefficients
     return {
         "policy": factory.engine.scheduler.policy.name,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.tiers import Tier, TierCatalog
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,14 @@ from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
 from tokenfactory.server.metrics import FactoryMetrics
 from tokenfactory.server.prepare import PreparedRequest
 from tokenfactory.server.responses import Usage
-from tokenfactory.tiers import Tier, TierCatalog, UnknownTierError, decode_speed, is_auto
+from tokenfactory.tiers import (
+    ServiceTerms,
+    Tier,
+    TierCatalog,
+    UnknownTierError,
+    decode_speed,
+    is_auto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +179,7 @@ class Factory:
                 prepared.prompt_ids,
                 prepared.params,
                 request_id,
-                metadata=engine_metadata(self.catalog, tier, prepared.service_tier, received_at),
+                terms=request_terms(self.catalog, tier, prepared.service_tier, received_at),
             )
         except ContextLengthExceededError as exc:
             gen.settle("rejected", error=str(exc))
@@ -407,12 +414,9 @@ class Generation:
         m.e2e.labels(model, asked).observe(time.monotonic() - self.received_at)
 
 
-def engine_metadata(
+def request_terms(
     catalog: TierCatalog, tier: Tier, service_tier: str | None, received_at: float
-) -> dict:
+) -> ServiceTerms:
     """What the scheduler is told about a request: its tier's terms, when it arrived, and
     whether it may start at a slower tier (it asked for `service_tier=auto`, or for none)."""
-    return {
-        **catalog.scheduling_terms(tier, downgradable=is_auto(service_tier)),
-        "received_at": received_at,
-    }
+    return catalog.service_terms(tier, downgradable=is_auto(service_tier), received_at=received_at)

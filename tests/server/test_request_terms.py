@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenfactory.server.factory import engine_metadata
+from tokenfactory.server.factory import request_terms
 from tokenfactory.tiers import load_tiers
 
 CATALOG = load_tiers(preset="cpu")
@@ -15,7 +15,7 @@ CATALOG = load_tiers(preset="cpu")
     [(None, True), ("auto", True), ("high", False), ("priority", False), ("default", False)],
 )
 def test_only_auto_requests_may_start_at_a_slower_tier(service_tier, downgradable):
-    md = engine_metadata(CATALOG, CATALOG["high"], service_tier, received_at=12.5)
-    assert md["tier"] == "high" and md["received_at"] == 12.5
-    assert md["fallbacks"]  # the slower tiers it can still be billed at
-    assert md.get("downgradable", False) is downgradable
+    terms = request_terms(CATALOG, CATALOG["high"], service_tier, received_at=12.5)
+    assert terms.tier == "high" and terms.received_at == 12.5
+    assert terms.fallbacks  # the slower tiers it can still be billed at
+    assert terms.downgradable is downgradable

@@ -7,8 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tokenfactory.engine.stats import StatsLog, StepStats
-from tokenfactory.engine.step_model import CPU_PRIOR, StepCoefficients, StepTimeModel
+from tokenfactory.engine.stats import StatsLog
+from tokenfactory.scheduling.calibration import step_cost
+from tokenfactory.scheduling.step_model import StepCoefficients, StepTimeModel
+from tokenfactory.scheduling.step_stats import StepStats
 
 TRUE = StepCoefficients(
     base_s=0.01, per_decode_s=0.003, per_prefill_token_s=0.0004, per_kv_token_s=5e-7
@@ -27,8 +29,9 @@ def synthetic_steps(coef: StepCoefficients, n: int, seed: int = 0, noise: float 
 
 def test_prior_before_data():
     model = StepTimeModel(skip_first=0)
-    assert model.coefficients == CPU_PRIOR
-    assert model.predict(10, 100, 1000) == pytest.approx(CPU_PRIOR.predict(10, 100, 1000))
+    prior = step_cost("cpu-prior")
+    assert model.coefficients == prior
+    assert model.predict(10, 100, 1000) == pytest.approx(prior.predict(10, 100, 1000))
 
 
 def test_recovers_synthetic_coefficients():
@@ -74,7 +77,7 @@ def test_skips_warmup_and_bad_durations_and_never_goes_negative():
     model.observe(100.0, 1, 0, 10)
     model.observe(float("nan"), 1, 0, 10)
     model.observe(0.0, 1, 0, 10)
-    assert model.num_observed == 0 and model.coefficients == CPU_PRIOR
+    assert model.num_observed == 0 and model.coefficients == step_cost("cpu-prior")
     # Data where more decodes look faster must not yield a negative per-decode cost.
     for i in range(50):
         model.observe(0.05 - 0.0005 * i, i, 0, 0)

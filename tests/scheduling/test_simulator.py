@@ -10,11 +10,11 @@ import pytest
 
 from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, markdown, run_simulated
 from tokenfactory.bench.policy_sim import SimLoad, simulate, simulate_tally
-from tokenfactory.engine.policy import make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import FinishReason, Sequence
-from tokenfactory.engine.simulator import SIM_STOP_AFTER, SimulatedEngine
-from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.scheduling.policy import make_policy
+from tokenfactory.scheduling.simulator import SimulatedEngine
+from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.tiers import load_tiers
 
 COST = StepCoefficients(base_s=0.02, per_decode_s=0.001, per_prefill_token_s=0.0005,
@@ -56,8 +56,7 @@ def test_noise_is_bounded_and_seeded():
 
 def test_a_sequence_may_stop_by_itself_before_max_tokens():
     engine = SimulatedEngine(make_policy("fcfs"), COST)
-    engine.add(Sequence("a", [1] * 4, SamplingParams(max_tokens=50),
-                        metadata={SIM_STOP_AFTER: 7}))
+    engine.add(Sequence("a", [1] * 4, SamplingParams(max_tokens=50)), stop_after=7)
     engine.drain()
     seq = engine.seqs["a"]
     assert seq.num_output_tokens == 7 and seq.finish_reason is FinishReason.STOP

@@ -5,6 +5,9 @@ work the scheduler planned, optionally times random noise, and the clock moves o
 much; the policy is told about every step exactly as under the real engine, so a policy that
 learns its step time learns it here too. Used to try scheduling policies in seconds instead
 of benchmark hours, by the policy tests and by `tokenfactory bench policies --simulate`.
+
+It drives the engine's own `Scheduler` and `BlockManager` (plain Python, no torch): the one
+place this room uses the engine's mechanics, so that what is simulated is what runs.
 """
 
 from __future__ import annotations
@@ -14,18 +17,14 @@ from dataclasses import dataclass, field
 
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.policy import SchedulingPolicy
 from tokenfactory.engine.scheduler import Scheduler, SchedulerOutput
 from tokenfactory.engine.sequence import FinishReason, Sequence
-from tokenfactory.engine.stats import StepStats
-from tokenfactory.engine.step_model import StepCoefficients
+from tokenfactory.scheduling.policy import SchedulingPolicy
+from tokenfactory.scheduling.step_model import StepCoefficients
+from tokenfactory.scheduling.step_stats import StepStats
 from tokenfactory.tiers import decode_speed
 
 _IDLE_TICK_S = 0.001  # how far the clock moves when there is nothing to run
-
-
-# Sequence metadata: the output token after which the simulated model stops by itself.
-SIM_STOP_AFTER = "sim_stop_after"
 
 
 @dataclass
@@ -44,6 +43,8 @@ class SimulatedEngine:
     now: float = 0.0
     seqs: dict[str, Sequence] = field(default_factory=dict)
     steps: list[SchedulerOutput] = field(default_factory=list)
+    # Request id -> the output token after which its simulated model stops by itself.
+    stop_after: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.config = EngineConfig(block_size=self.block_size, max_num_seqs=self.max_num_seqs)
@@ -53,9 +54,12 @@ class SimulatedEngine:
         self.scheduler = Scheduler(self.config, self.block_manager, self.policy)
         self._rng = random.Random(self.seed)
 
-    def add(self, seq: Sequence) -> Sequence:
-        """Queue a fresh sequence arriving now (its `arrival_time` is set to the clock)."""
+    def add(self, seq: Sequence, stop_after: int | None = None) -> Sequence:
+        """Queue a fresh sequence arriving now (its `arrival_time` is set to the clock); its
+        model stops by itself after `stop_after` output tokens, if given."""
         seq.arrival_time = self.now
+        if stop_after is not None:
+            self.stop_after[seq.request_id] = stop_after
         self.scheduler.add(seq)
         self.seqs[seq.request_id] = seq
         return seq
@@ -66,7 +70,7 @@ class SimulatedEngine:
     def step(self) -> SchedulerOutput:
         plan = self.scheduler.schedule(self.now)
         self.steps.append(plan)
-        for seq in plan.finished:  # shed or too long: finished by the scheduler
+        for seq in [*plan.finished, *(s.seq for s in plan.shed)]:  # ended by the scheduler
             seq.finished_time = self.now
         if plan.is_empty:
             self.now += _IDLE_TICK_S
@@ -92,14 +96,14 @@ class SimulatedEngine:
                 continue
             # A request may carry where its model would stop on its own (end of sequence),
             # which the policy cannot know in advance, as under the engine.
-            stop_after = seq.metadata.get(SIM_STOP_AFTER)
-            if isinstance(stop_after, int) and seq.num_output_tokens >= stop_after:
+            stop_after = self.stop_after.get(seq.request_id)
+            if stop_after is not None and seq.num_output_tokens >= stop_after:
                 seq.finished_time = self.now
                 self.scheduler.finish(seq, FinishReason.STOP)
             elif seq.num_output_tokens >= (seq.params.max_tokens or 1):
                 seq.finished_time = self.now
                 self.scheduler.finish(seq, FinishReason.LENGTH)
-        self.policy.on_step(
+        self.scheduler.record_step(
             StepStats(
                 started_at=self.now - duration,
                 duration_s=duration,

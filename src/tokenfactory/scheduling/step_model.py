@@ -55,15 +55,6 @@ class StepCoefficients:
         )
 
 
-# Roughly the embedded SmolLM2-135M on a few CPU cores; only a starting point.
-CPU_PRIOR = StepCoefficients(
-    base_s=0.02,
-    per_decode_s=0.002,
-    per_prefill_token_s=0.0005,
-    per_kv_token_s=2e-7,
-    prefill_step_s=0.01,
-)
-
 # Typical feature sizes, used to scale the prior's pull so it is comparable across features.
 _TYPICAL = np.array([1.0, 16.0, 256.0, 4096.0, 1.0])
 
@@ -73,7 +64,7 @@ class StepTimeModel:
 
     def __init__(
         self,
-        prior: StepCoefficients = CPU_PRIOR,
+        prior: StepCoefficients | None = None,
         window: int = 512,
         prior_weight: float = 2.0,
         skip_first: int = 2,
@@ -82,6 +73,10 @@ class StepTimeModel:
     ):
         if window < 1:
             raise ValueError("window must be at least 1")
+        if prior is None:
+            from tokenfactory.scheduling.calibration import step_cost  # it imports this module
+
+            prior = step_cost("cpu-prior")
         self.prior = prior
         self.window = window
         self.prior_weight = prior_weight

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from tests.engine.test_scheduler import FakeEngine, config
-from tokenfactory.engine.policy import PriorityPolicy, make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import Sequence
+from tokenfactory.scheduling.policy import make_policy
+from tokenfactory.scheduling.priority import PriorityPolicy
+from tokenfactory.tiers import BEST_EFFORT, ServiceTerms
+
+from .views import view_of
+
+
+def ranked(rank: int) -> ServiceTerms:
+    return ServiceTerms(tier=f"rank{rank}", rank=rank, promise=BEST_EFFORT)
 
 
 def seq(rid: str, rank: int | None, arrival: float) -> Sequence:
-    md = {} if rank is None else {"tier_rank": rank}
-    s = Sequence(rid, [1, 2, 3], SamplingParams(max_tokens=4), metadata=md)
+    terms = None if rank is None else ranked(rank)
+    s = Sequence(rid, [1, 2, 3], SamplingParams(max_tokens=4), terms=terms)
     s.arrival_time = arrival
     return s
 
@@ -25,17 +33,18 @@ def test_orders_by_rank_then_arrival_and_preempts_lowest_newest():
         seq("none", None, 0.0),
         seq("free-new", 0, 2.0),
     ]
-    order = [s.request_id for s in policy.order_waiting(seqs, 0.0)]
+    plan = policy.plan(view_of(running=seqs, waiting=seqs))
+    order = [s.request_id for s in plan.admit]
     assert order == ["super", "std", "none", "free-old", "free-new"]
-    assert [s.request_id for s in policy.order_running(seqs, 0.0)] == order
-    assert policy.preemption_victim(seqs).request_id == "free-new"
+    assert [e.request.request_id for e in plan.run] == order
+    assert [s.request_id for s in plan.preempt_order] == order[::-1]
 
 
 def test_blocks_running_short_preempt_the_free_request_not_the_paid_one():
     eng = FakeEngine(config(max_num_batched_tokens=64), num_blocks=8, policy="priority")
     free = eng.add("free", list(range(1, 9)), max_tokens=20, arrival=0.0)
     paid = eng.add("paid", list(range(11, 19)), max_tokens=20, arrival=1.0)
-    paid.metadata["tier_rank"] = 3
+    paid.terms = ranked(3)
     eng.run()
     assert paid.num_preemptions == 0
     assert free.num_preemptions >= 1

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tokenfactory.engine.queued_prompt_rate import QueuedPromptRate
+from tokenfactory.scheduling.queued_prompt_rate import QueuedPromptRate
 
 
 def test_no_estimate_until_enough_queued_time_is_seen():

@@ -10,17 +10,18 @@ from __future__ import annotations
 import math
 
 import pytest
+from tokenfactory.engine.simulator import SimulatedEngine
 
 from tokenfactory.bench.policy_sim import SLOWER_CPU_COST
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.policy import SchedulingPolicy, make_policy
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.scheduler import Scheduler, SchedulerOutput
 from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
-from tokenfactory.engine.simulator import SimulatedEngine
-from tokenfactory.engine.step_model import StepCoefficients, StepTimeModel
-from tokenfactory.engine.tier_policy import TierPolicy, TierPolicyConfig
+from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
+from tokenfactory.scheduling.step_model import StepCoefficients, StepTimeModel
+from tokenfactory.scheduling.tier.config import TierPolicyConfig
+from tokenfactory.scheduling.tier.policy import TierPolicy
 from tokenfactory.tiers import load_tiers
 
 TIERS = load_tiers(preset="cpu")  # free 1, standard 4, high 8, ultra 15, super 25 tokens/s
@@ -633,7 +634,7 @@ def test_deeper_overload_gives_prompt_time_to_the_dearer_tiers_first():
 
 
 def test_the_step_model_learns_the_step_period_not_just_the_compute():
-    from tokenfactory.engine.stats import StepStats
+    from tokenfactory.scheduling.step_stats import StepStats
 
     def stats(start: float, running: int) -> StepStats:
         return StepStats(
@@ -739,7 +740,7 @@ def test_on_a_gpu_the_probe_prior_and_the_capped_fit_keep_free_work_admitted():
 
 def _queued(policy: TierPolicy, tokens_per_s: float, seconds: float = 2.0) -> None:
     """Tell the policy that steps with a queue computed prompts at `tokens_per_s`."""
-    from tokenfactory.engine.stats import StepStats
+    from tokenfactory.scheduling.step_stats import StepStats
 
     for i in range(int(seconds / 0.1)):
         policy.on_step(StepStats(

@@ -1,0 +1,25 @@
+"""Plans of the classic policies: everyone runs and is admitted, in one order; a preemption
+takes the last in that order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tokenfactory.scheduling.view import (
+    RequestView,
+    RunEntry,
+    SchedulerView,
+    SortedOnDemand,
+    StepPlan,
+)
+
+
+def ordered_plan(view: SchedulerView, key: Callable[[RequestView], Any]) -> StepPlan:
+    """Run and admit by `key` (smallest first); preempt the largest key first."""
+    return StepPlan(
+        run=tuple(RunEntry(r) for r in sorted(view.running, key=key)),
+        admit=tuple(sorted(view.waiting, key=key)),
+        # Among equal keys the first in running order goes first.
+        preempt_order=SortedOnDemand(view.running, key, reverse=True),
+    )

@@ -1,0 +1,1 @@
+"""The `tier` scheduling policy, split by concern (see `policy`)."""
