@@ -7,16 +7,12 @@ import math
 import pytest
 import torch
 
-from tokenfactory.engine.sampler import (
-    Sampler,
-    SamplerOutput,
-    _apply_penalties,
-    _argmax,
-    _candidate_groups,
-    _Filters,
-    _topk,
-    row_seed,
-)
+from tokenfactory.engine.sampling.blocks import _argmax, _topk
+from tokenfactory.engine.sampling.candidates import _candidate_groups, _Filters
+from tokenfactory.engine.sampling.logprobs import SamplerOutput
+from tokenfactory.engine.sampling.penalties import _apply_penalties
+from tokenfactory.engine.sampling.sampler import Sampler
+from tokenfactory.engine.sampling.seeds import row_seed
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import Sequence
 

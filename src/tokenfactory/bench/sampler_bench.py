@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tokenfactory.engine import sampler as current
+from tokenfactory.engine.sampling import sampler as current
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import Sequence
 

@@ -34,7 +34,7 @@ from tokenfactory.engine.errors import (
     EngineDeadError,
 )
 from tokenfactory.engine.errors import InvalidRequestError as EngineInvalidRequest
-from tokenfactory.engine.sampler import TokenLogprob
+from tokenfactory.engine.sampling.logprobs import TokenLogprob
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
 from tokenfactory.server.metrics import FactoryMetrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from tokenfactory.engine.sampler import TokenLogprob
+from tokenfactory.engine.sampling.logprobs import TokenLogprob
 from tokenfactory.models.tokenizer import Tokenizer
 
 

@@ -1,0 +1,17 @@
+"""Sampling: turns one step's logits into next tokens (and logprobs), vectorised over the batch.
+
+Order per row, as in vLLM: penalties -> (greedy: argmax) -> temperature -> top-k -> top-p
+-> min-p -> sample. Logprobs describe the model's raw distribution (before any of that).
+
+The sampler runs every engine step, so it avoids full-vocabulary work (sorts, per-token noise,
+extra passes over [rows, vocab]) wherever an exact shortcut exists; each module says how:
+
+- `sampler`: the `Sampler` class, which sorts rows by kind and runs each group's pipeline.
+- `blocks`: argmax and top-k from block maxima.
+- `candidates`: top-k / top-p / min-p over each row's top-T candidates.
+- `race`: sampling as an exponential race.
+- `penalties`: repetition, presence and frequency penalties on the tokens that occur.
+- `seeds`: per-request generator seeds, for reproducible seeded requests.
+- `logprobs`: `TokenLogprob` and the `SamplerOutput` of a call.
+- `workspace`: scratch buffers reused across calls.
+"""
