@@ -9,7 +9,7 @@ import pytest
 
 from tests.engine.engine_fixtures import assert_no_leaks, prompts, tiny_engine
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.tiers import load_tiers
+from tokenfactory.tiers import ServiceTerms, load_tiers
 
 TIERS = load_tiers(preset="cpu")
 
@@ -20,19 +20,14 @@ def run(policy: str, num_kv_blocks: int) -> tuple[dict[str, list[int]], int]:
     names = [None, *TIERS.names]
     for i, prompt in enumerate(prompts(8, seed=3)):
         tier = names[i % len(names)]
-        md = {}
+        terms = None
         if tier is not None:
             t = TIERS[tier]
-            md = {
-                "tier": t.name,
-                "tier_rank": t.rank,
-                "promised_tokens_per_s": t.tokens_per_s,
-                "promised_ttft_s": t.ttft_s,
-                "output_price": t.output_price,
-                "received_at": time.monotonic(),
-            }
+            terms = ServiceTerms(
+                tier=t.name, rank=t.rank, promise=t.promise, received_at=time.monotonic()
+            )
         params = SamplingParams(temperature=0.0, max_tokens=8 + 2 * i, ignore_eos=True)
-        engine.add_request(prompt, params, request_id=f"r{i}", metadata=md)
+        engine.add_request(prompt, params, request_id=f"r{i}", terms=terms)
     tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(8)}
     steps = 0
     while engine.has_unfinished():
@@ -56,8 +51,8 @@ def test_policy_gives_the_same_greedy_tokens_as_fcfs(policy: str, num_kv_blocks:
 
 
 def test_use_policy_switches_between_loads_with_a_fresh_scheduler_and_cache():
-    from tokenfactory.engine.step_model import StepCoefficients
-    from tokenfactory.engine.tier_policy import TierPolicy
+    from tokenfactory.scheduling.step_model import StepCoefficients
+    from tokenfactory.scheduling.tier.policy import TierPolicy
 
     engine = tiny_engine(max_num_batched_tokens=64)
     prior = StepCoefficients(0.005, 2e-5, 2e-5, 0.0)

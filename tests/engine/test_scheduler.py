@@ -21,7 +21,9 @@ from tokenfactory.engine.scheduler import Scheduler, SchedulerOutput
 from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
 from tokenfactory.scheduling.fcfs import FcfsPolicy
 from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
-from tokenfactory.scheduling.view import Refusal, SchedulerView, StepPlan
+from tokenfactory.scheduling.step_stats import StepStats
+from tokenfactory.scheduling.view import Downgrade, Refusal, SchedulerView, StepPlan
+from tokenfactory.tiers import Promise, ServiceTerms
 
 from ..scheduling.views import view_of
 
@@ -357,3 +359,68 @@ def test_random_workloads_complete_correctly(
         assert seq.output_token_ids == expected
     assert len(eng.finished) == len(prompts)
     assert eng.bm.num_used_blocks == 0
+
+
+class _DecidesEverything(FcfsPolicy):
+    """fcfs that downgrades r0, marks r1 judged, refuses r2, and admits r0 and r1."""
+
+    def __init__(self) -> None:
+        self.views: list[SchedulerView] = []
+
+    def plan(self, view: SchedulerView) -> StepPlan:
+        self.views.append(view)
+        plan = super().plan(view)
+        by_id = {r.request_id: r for r in view.waiting}
+        if "r0" not in by_id:
+            return plan
+        slower = ServiceTerms(tier="high", rank=2, promise=Promise(5.0, 9.0, 7))
+        return replace(
+            plan,
+            admit=(by_id["r0"], by_id["r1"]),
+            downgrade=(Downgrade(by_id["r0"], slower),),
+            judged=(by_id["r1"],),
+            refuse=(Refusal(by_id["r2"], 3.0),),
+        )
+
+
+def test_the_scheduler_applies_a_plans_decisions_as_values():
+    cfg = config(max_num_batched_tokens=64)
+    policy = _DecidesEverything()
+    sched = Scheduler(cfg, BlockManager(64, cfg.block_size, True), policy)
+    seqs = [Sequence(f"r{i}", [1] * 4, SamplingParams(max_tokens=2)) for i in range(3)]
+    for seq in seqs:
+        sched.add(seq)
+    out = sched.schedule(0.0)
+    r0, r1, r2 = seqs
+    assert [c.seq for c in out.chunks] == [r0, r1]
+    assert r0.terms is not None and r0.terms.promise.tokens_per_s == 5.0  # downgraded
+    assert r1.judged_on_arrival and not r0.judged_on_arrival
+    assert [(s.seq, s.retry_after_s) for s in out.shed] == [(r2, 3.0)]
+    assert r2.finish_reason is FinishReason.SHED
+    # Every request the plan saw is no longer new, and each chunk says when it last ran.
+    assert all(s.seen_by_plan for s in seqs)
+    assert r0.last_scheduled_step == r1.last_scheduled_step == policy.views[0].step_index == 1
+    sched.schedule(1.0)
+    assert policy.views[1].step_index == 2
+
+
+def test_the_policy_sees_the_last_step_once():
+    cfg = config()
+    policy = _DecidesEverything()
+    sched = Scheduler(cfg, BlockManager(16, cfg.block_size, True), policy)
+    stats = StepStats(0.0, 0.01, 1, 1, 0, 4, 1, 0, 0, 1, 0.1)
+    sched.record_step(stats)
+    sched.schedule(0.0)
+    sched.schedule(0.1)
+    assert policy.views[0].last_step is stats and policy.views[1].last_step is None
+
+
+def test_a_waiting_request_too_long_for_the_whole_cache_never_reaches_the_policy():
+    cfg = config()
+    policy = _DecidesEverything()
+    sched = Scheduler(cfg, BlockManager(2, cfg.block_size, True), policy)  # 8 tokens in all
+    long = Sequence("long", [1] * 9, SamplingParams(max_tokens=2))
+    sched.add(long)
+    out = sched.schedule(0.0)
+    assert out.finished == [long] and long.finish_reason is FinishReason.LENGTH
+    assert policy.views[0].waiting == ()

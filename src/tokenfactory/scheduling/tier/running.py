@@ -118,8 +118,8 @@ def plan_running(
     cheap = sum(r.num_uncomputed_tokens for r in urgent)
     if cheap > prefill_tokens:
         limit = absorbable_s(ctx, carried, min_step)
-        room = limit - model.predict(len(carried), max(1, prefill_tokens), kv)
-        prefill_tokens += max(0, min(cheap - prefill_tokens, int(room / per_token)))
+        left_s = limit - model.predict(len(carried), max(1, prefill_tokens), kv)
+        prefill_tokens += max(0, min(cheap - prefill_tokens, int(left_s / per_token)))
     prompts = fund_prompts(ctx, urgent, budget_prefill, entrant, prefill_tokens)
     return RunningPlan(carried, prompts, len(carried) + prefill_tokens)
 

@@ -73,6 +73,7 @@ def shed_on_arrival(
     (`shed_on_arrival_due`), or None to let it wait. `waiting_dearer`: the dearest request
     refused admission in this plan so far."""
     cfg = ctx.config
+    retry: float | None
     if waiting_dearer is not None and ctx.rank(waiting_dearer) > ctx.rank(r):
         # Dearer work waits for capacity, and this tier would wait behind it: capacity is
         # gone for this tier. Hint when that waiting request could start.
