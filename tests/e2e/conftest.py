@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.engine import Engine, build_model
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.model_setup import build_model
 from tokenfactory.models.loader import LoadedModel, load_model_files
 
 

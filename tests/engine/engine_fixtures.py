@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.engine import Engine, build_model
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.model_setup import build_model
 from tokenfactory.models.config import ModelConfig
 
 TINY = ModelConfig(

@@ -14,7 +14,8 @@ import torch
 
 from tests.models.hf_fixtures import write_tiny_llama3_dir, write_tiny_qwen3_dir
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.engine import Engine, build_model
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.model_setup import build_model
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.models.embedded import embedded_model_path
 from tokenfactory.models.loader import load_model_files

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.engine import Engine, build_model
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.model_setup import build_model
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.kernels import q4_linear
 from tokenfactory.models.loader import LoadedModel, load_model_files

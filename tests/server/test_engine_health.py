@@ -18,7 +18,7 @@ from tests.server.conftest import ledger_rows, open_reservations
 from tokenfactory.bench.local_factory import open_tiers_toml
 from tokenfactory.billing import Billing
 from tokenfactory.engine.async_engine import AsyncEngine
-from tokenfactory.engine.engine import RequestOutput
+from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.server.app import create_app
 from tokenfactory.server.capacity import Capacity, CapacityPoint
 from tokenfactory.server.factory import Factory, FactoryConfig

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 
 from tokenfactory.bench.point_tally import PointTally
 from tokenfactory.bench.policy_sim import LoadRequest, Served, tally_served
-from tokenfactory.engine.engine import Engine, RequestOutput
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import FinishReason
 from tokenfactory.tiers import TierCatalog, decode_speed

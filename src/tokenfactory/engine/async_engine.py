@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tokenfactory.engine.engine import Engine, RequestOutput
+from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.errors import EngineClosedError, EngineDeadError, EngineStepError
 from tokenfactory.engine.health import DEFAULT_MAX_CONSECUTIVE_FAILURES, EngineHealth
+from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.tiers import ServiceTerms
 

@@ -8,31 +8,26 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.errors import ContextLengthExceededError, InvalidRequestError
-from tokenfactory.engine.hardware import (
-    available_memory_bytes,
-    configure_threads,
-    resolve_device,
-    resolve_dtype,
-)
+from tokenfactory.engine.hardware import resolve_device
+from tokenfactory.engine.model_setup import build_model, kv_cache_blocks
+from tokenfactory.engine.outputs import Completion, RequestOutput
 from tokenfactory.engine.runner import ModelRunner
-from tokenfactory.engine.sampler import Sampler, TokenLogprob
+from tokenfactory.engine.sampling.logprobs import TokenLogprob
+from tokenfactory.engine.sampling.sampler import Sampler
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.scheduler import Scheduler
 from tokenfactory.engine.sequence import FinishReason, Sequence
 from tokenfactory.engine.stats import StatsLog
 from tokenfactory.engine.stop_checker import StopChecker
 from tokenfactory.models.config import ModelConfig
-from tokenfactory.models.errors import ModelTooLargeError
 from tokenfactory.models.llama import LlamaForCausalLM
 from tokenfactory.scheduling.policy import make_policy
 from tokenfactory.scheduling.step_model import StepCoefficients
@@ -41,41 +36,6 @@ from tokenfactory.tiers import ServiceTerms
 
 if TYPE_CHECKING:
     from tokenfactory.models.tokenizer import Tokenizer
-
-
-@dataclass
-class RequestOutput:
-    """What one step produced for one request: a delta, plus totals so far."""
-
-    request_id: str
-    token_ids: list[int]  # new tokens this step
-    text: str  # new text this step (held back near a possible stop string)
-    logprobs: list[TokenLogprob] | None
-    finished: bool
-    finish_reason: FinishReason | None
-    stop_reason: str | int | None
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    arrival_time: float
-    first_token_time: float | None
-    finished_time: float | None
-    first_scheduled_time: float | None = None  # when it first ran: queue time = this - arrival
-    retry_after_s: float | None = None  # set when the request was shed on arrival
-
-
-@dataclass
-class Completion:
-    """A whole finished request, as `Engine.generate` returns it."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason | None
-    stop_reason: str | int | None
-    prompt_tokens: int
-    cached_tokens: int
-    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -102,7 +62,7 @@ class Engine:
         self.model_config: ModelConfig = model.config
         self.device = model.device
         self.dtype = model.dtype
-        num_blocks = self._num_kv_blocks()
+        num_blocks = kv_cache_blocks(model, self.config)
         cache = KVCache.allocate(
             self.model_config, num_blocks, self.config.block_size, self.dtype, self.device
         )
@@ -160,42 +120,6 @@ class Engine:
         model_config = get_architecture(architecture)
         model = build_model(model_config, config, state_dict=None)
         return cls(model, tokenizer, config, model_name=f"{architecture}-random")
-
-    def _num_kv_blocks(self) -> int:
-        cfg = self.config
-        per_block = KVCache.bytes_per_block(self.model_config, cfg.block_size, self.dtype)
-        if cfg.num_kv_blocks is not None:
-            return cfg.num_kv_blocks
-        if cfg.kv_cache_bytes is not None:
-            budget = cfg.kv_cache_bytes
-        elif self.device.type == "cuda":
-            budget = self._cuda_kv_budget()
-        else:
-            free = available_memory_bytes(self.device)
-            budget = int((free or 4 << 30) * cfg.kv_cache_memory_fraction)
-        # No point in more blocks than every sequence slot at full context could use.
-        max_len = cfg.max_model_len or self.model.rotary.max_positions
-        useful = cfg.max_num_seqs * -(-max_len // cfg.block_size)
-        blocks = min(budget // per_block, useful)
-        if blocks < 2:
-            raise ModelTooLargeError(
-                f"the KV cache budget ({budget / 2**20:.1f} MiB) holds fewer than 2 blocks of "
-                f"{per_block / 2**20:.2f} MiB: give more memory (--kv-cache-gb) or a smaller model"
-            )
-        return int(blocks)
-
-    def _cuda_kv_budget(self) -> int:
-        """The KV cache's share of free GPU memory (the weights are already loaded), less a
-        reserve for activations, the sampler's float32 logits and the CUDA graph pool."""
-        cfg, mc = self.config, self.model_config
-        free = available_memory_bytes(self.device) or 0
-        rows = max(cfg.max_num_seqs, 1)
-        reserve = (
-            (1 << 30)
-            + 3 * rows * mc.vocab_size * 4  # logits: the graphs' buffer, float copy, workspace
-            + cfg.max_num_batched_tokens * mc.intermediate_size * 2 * 3  # prefill MLP
-        )
-        return max(0, int(free * cfg.gpu_memory_utilization) - reserve)
 
     def use_policy(self, name: str, **policy_args: Any) -> None:
         """Serve from now on under another scheduling policy, with a fresh scheduler and an
@@ -444,33 +368,3 @@ class Engine:
         if self.tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer or chat template", "messages")
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-
-
-def build_model(
-    model_config: ModelConfig,
-    config: EngineConfig,
-    state_dict: dict[str, torch.Tensor] | None,
-) -> LlamaForCausalLM:
-    """Instantiate the network on the configured device and dtype, with real or random weights."""
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    if device.type == "cpu":
-        configure_threads(config.num_threads)
-    need = model_config.num_parameters() * torch.empty(0, dtype=dtype).element_size()
-    free = available_memory_bytes(device)
-    if free is not None and need > free:
-        raise ModelTooLargeError(
-            f"{model_config.name or model_config.architecture} needs {need / 2**30:.1f} GiB for "
-            f"its weights in {dtype} but only {free / 2**30:.1f} GiB is free on {device}"
-        )
-    max_positions = config.max_model_len or model_config.max_position_embeddings
-    with torch.device("meta"):
-        model = LlamaForCausalLM(model_config, max_positions=max_positions)
-    model = model.to(dtype=dtype).to_empty(device=device)
-    # Non-persistent rotary tables were lost on the meta device; rebuild them for real.
-    model.rotary = type(model.rotary)(model_config, max_positions).to(device)
-    if state_dict is None:
-        model.init_random_weights(seed=config.seed)
-    else:
-        model.load_hf_state_dict(state_dict)
-    return model.eval()

@@ -27,13 +27,14 @@ from tokenfactory.billing import (
     TierNotAllowedError,
 )
 from tokenfactory.engine.async_engine import AsyncEngine
-from tokenfactory.engine.engine import Engine, RequestOutput
+from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.errors import (
     ContextLengthExceededError,
     EngineClosedError,
     EngineDeadError,
 )
 from tokenfactory.engine.errors import InvalidRequestError as EngineInvalidRequest
+from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling.logprobs import TokenLogprob
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
