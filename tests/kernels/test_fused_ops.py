@@ -34,7 +34,7 @@ def test_add_rms_norm_matches_torch(rows, width, with_residual, monkeypatch):
     assert torch.equal(new_res, want_res)
     diff = (out.float() - want_out.float()).abs()
     # Same roundings; only the float32 sum of squares may differ in its last bits.
-    assert diff.max() <= 2 ** -6 * want_out.float().abs().max()
+    assert diff.max() <= 2**-6 * want_out.float().abs().max()
     assert (diff == 0).float().mean() > 0.95
 
 

@@ -56,7 +56,8 @@ def _load_locked() -> bool:
             _build.load_library(_build.build_flags(cpu, amx))
         except Exception as e:  # any failure means "use the PyTorch path"
             more = ", trying without AMX" if amx else ", using PyTorch instead"
-            log.warning("native kernels unavailable%s: %s", more, e)
+            # the compiler's last words say why; its full command lines are noise here
+            log.warning("native kernels unavailable%s: %s", more, str(e)[-3000:])
             continue
         _register_fakes()
         # The kernels may only touch AMX state once Linux granted it to the process.

@@ -594,8 +594,9 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
     const int64_t M = j.M, N = j.N, K = j.K, ldx = j.ldx;
     const bf16_t *x = j.x;
     const int64_t bytes = N * row_bytes;
-    /* per-thread work grows with the number of 16-row tiles of x once past 8 rows */
-    const int64_t work_bytes = M > 8 ? bytes * ((M + 15) / 16) : bytes;
+    /* per-thread work grows with the number of 16-row tiles of x once past 8 rows; Q4_1 rows
+     * count as the bf16 rows they expand to (the expansion is most of their cost) */
+    const int64_t work_bytes = j.codes ? N * K * 2 : M > 8 ? bytes * ((M + 15) / 16) : bytes;
     int64_t nt = nthreads < 1 ? 1 : nthreads;
     if (nt > work_bytes / MIN_BYTES_PER_THREAD) nt = work_bytes / MIN_BYTES_PER_THREAD;
     if (nt < 1) nt = 1;
