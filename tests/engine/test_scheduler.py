@@ -22,7 +22,7 @@ from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
 from tokenfactory.scheduling.fcfs import FcfsPolicy
 from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
 from tokenfactory.scheduling.step_stats import StepStats
-from tokenfactory.scheduling.view import Downgrade, Refusal, SchedulerView, StepPlan
+from tokenfactory.scheduling.view import Downgrade, Refusal, RunEntry, SchedulerView, StepPlan
 from tokenfactory.tiers import Promise, ServiceTerms
 
 from ..scheduling.views import view_of
@@ -424,3 +424,25 @@ def test_a_waiting_request_too_long_for_the_whole_cache_never_reaches_the_policy
     out = sched.schedule(0.0)
     assert out.finished == [long] and long.finish_reason is FinishReason.LENGTH
     assert policy.views[0].waiting == ()
+
+
+class _ThreeTokensAStep(FcfsPolicy):
+    """fcfs that runs each prompt three query tokens a step."""
+
+    def plan(self, view: SchedulerView) -> StepPlan:
+        plan = super().plan(view)
+        return replace(plan, run=tuple(RunEntry(e.request, max_tokens=3) for e in plan.run))
+
+
+def test_a_plan_may_cap_a_running_requests_query_tokens():
+    cfg = config(max_num_batched_tokens=4)
+    sched = Scheduler(cfg, BlockManager(64, cfg.block_size, True), _ThreeTokensAStep())
+    seq = Sequence("r0", list(range(1, 11)), SamplingParams(max_tokens=2))
+    sched.add(seq)
+    chunks = []
+    while seq.num_computed_tokens < seq.num_prompt_tokens:
+        out = sched.schedule(0.0)
+        chunks.append(out.chunks[0].num_tokens)
+        sched.on_step_done(out)
+    # Admission takes what the budget allows; once running, the plan's cap holds.
+    assert chunks == [4, 3, 3]

@@ -14,6 +14,7 @@ from tests.scheduling.tier_support import (
     running_seq,
 )
 from tests.scheduling.views import view_of
+from tokenfactory.scheduling.calibration import step_cost
 from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.scheduling.tier.policy import TierPolicy
 from tokenfactory.tiers import load_tiers
@@ -146,15 +147,10 @@ def test_deeper_overload_gives_prompt_time_to_the_dearer_tiers_first():
         assert tier[name] >= 0.85, (name, tier)
 
 
-# Llama-3.1-8B on one H200 (random weights; runs of 2026-11-27 17:30-18:20 UTC): the step
-# costs the policy fitted there, and what the capacity probe told it before any step.
-H200_8B_COST = StepCoefficients(
-    base_s=0.0054, per_decode_s=4e-5, per_prefill_token_s=2.3e-5, per_kv_token_s=5e-8,
-    prefill_step_s=0.004,
-)
-H200_8B_PROBE = StepCoefficients(
-    base_s=0.00497, per_decode_s=3.0e-5, per_prefill_token_s=6.3e-5, per_kv_token_s=0.0
-)
+# Llama-3.1-8B on one H200 (random weights): the step costs the policy fitted there, and what
+# the capacity probe told it before any step (data/step_costs.toml says where they come from).
+H200_8B_COST = step_cost("h200-llama-8b")
+H200_8B_PROBE = step_cost("h200-llama-8b-probe")
 
 
 def test_on_a_gpu_the_probe_prior_and_the_capped_fit_keep_free_work_admitted():
