@@ -17,14 +17,15 @@ def _small():
     return SMALL
 
 
-def test_cuda_engine_uses_fast_path_and_graphs():
+def test_cuda_engine_uses_triton_and_graphs():
     from tokenfactory.bench.gpu_check import _engine
+    from tokenfactory.engine.ops_backends import TritonOps
 
     engine = _engine(_small(), std=0.1, max_num_seqs=32)
-    fast = engine.runner.fast
+    runner = engine.runner
     assert engine.device.type == "cuda" and engine.dtype is torch.bfloat16
-    assert fast is not None and fast.backend == "triton" and fast.fused_ops
-    assert sorted(fast.graphs.graphs) == [1, 2, 4, 8, 16, 32]
+    assert runner.backend == "triton" and isinstance(runner.ops, TritonOps)
+    assert runner.graphs is not None and sorted(runner.graphs.graphs) == [1, 2, 4, 8, 16, 32]
     assert engine.num_kv_blocks * engine.config.block_size >= 32 * 2048
 
 

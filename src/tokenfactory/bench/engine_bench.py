@@ -231,15 +231,12 @@ def engine_description(engine: Engine) -> dict[str, Any]:
         "kv_cache_gib": engine.num_kv_blocks * per_block / 2**30,
         "weights_gib": weight_bytes_read_per_step(engine) / 2**30,
     }
-    fast = getattr(engine.runner, "fast", None)
-    if fast is not None:
-        info["attention_backend"] = fast.backend
-        info["fused_ops"] = fast.fused_ops
-        graphs = fast.graphs
-        info["cuda_graph_buckets"] = sorted(graphs.graphs) if graphs is not None else []
-        info["cuda_graph_capture_s"] = graphs.capture_seconds if graphs is not None else 0.0
-    else:
-        info["attention_backend"] = "cpu"
+    runner = engine.runner
+    info["attention_backend"] = runner.backend
+    info["fused_ops"] = runner.backend == "triton"
+    graphs = runner.graphs
+    info["cuda_graph_buckets"] = sorted(graphs.graphs) if graphs is not None else []
+    info["cuda_graph_capture_s"] = graphs.capture_seconds if graphs is not None else 0.0
     return info
 
 

@@ -185,7 +185,7 @@ def check_graphs_vs_eager(model_config: ModelConfig, std: float | None, state=No
     for graphs in (True, False):
         engine = _engine(model_config, state, std, cuda_graphs=graphs)
         res = engine.generate(prompts, params)
-        captured = engine.runner.fast.graphs is not None and bool(engine.runner.fast.graphs.graphs)
+        captured = engine.runner.graphs is not None and bool(engine.runner.graphs.graphs)
         runs[graphs] = (res, captured)
         del engine
         _free()
@@ -210,10 +210,10 @@ def correctness(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model_config.name}
     engine = _engine(model_config, state, std)
-    fast = engine.runner.fast
+    runner = engine.runner
     out["path"] = {
-        "backend": fast.backend if fast else None,
-        "graph_buckets": sorted(fast.graphs.graphs) if fast and fast.graphs else [],
+        "backend": runner.backend,
+        "graph_buckets": sorted(runner.graphs.graphs) if runner.graphs else [],
         "kv_cache_tokens": engine.num_kv_blocks * engine.config.block_size,
     }
     prompts = _prompts(8, model_config.vocab_size, seed=1)

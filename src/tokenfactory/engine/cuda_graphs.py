@@ -1,11 +1,12 @@
 """Decode steps over static input buffers, batch padded to a bucket, replayed as CUDA graphs.
 
 The buffers (token ids, positions, cache slots, block tables, context lengths, logits) are
-allocated once at their largest size. Each decode step copies its inputs into the first rows,
-fills the rows up to the bucket with padding (token 0 at position 0, writing to and reading
-from the cache's reserved pad block with context length 1), replays the bucket's graph and
-returns the first rows of the logits. The attention kernels read context lengths and block
-tables on the device, so one graph serves every context length.
+allocated once at their largest size. Each decode step pads its inputs on the host up to the
+bucket (token 0 at position 0, writing to and reading from the cache's reserved pad block
+with context length 1), ships them in one copy into the first rows, replays the bucket's
+graph (the runner's one forward, captured) and returns the first rows of the logits. The
+attention kernels read context lengths and block tables on the device, so one graph serves
+every context length.
 
 Without capture (CPU, or `cuda_graphs=False` with `static_decode=True`) the same buffers and
 padding run eagerly: that is how the CPU tests check this logic against the eager path.
@@ -17,12 +18,14 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from tokenfactory.engine.fast_path import FastMetadata, FastPagedAttention, HostBatch, PackedStep
+from tokenfactory.engine.attention import AttentionMetadata
+from tokenfactory.engine.step_inputs import StepInputs, ship
 
 if TYPE_CHECKING:
-    from tokenfactory.engine.fast_path import FastRunner
+    from tokenfactory.engine.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 
 class DecodeGraphRunner:
-    def __init__(self, runner: FastRunner, max_batch: int, max_blocks_per_seq: int, capture: bool):
+    def __init__(self, runner: ModelRunner, max_batch: int, max_blocks_per_seq: int, capture: bool):
         self.runner = runner
         self.max_batch = max_batch
         self.capture_graphs = capture
@@ -68,15 +71,14 @@ class DecodeGraphRunner:
     def _forward(self, batch: int, width: int) -> None:
         """The step body on the first `batch` rows of the static buffers."""
         r = self.runner
-        meta = FastMetadata(
+        meta = AttentionMetadata(
             slot_mapping=self.slots[:batch],
             num_decodes=batch,
             decode_block_tables=self.block_tables[:batch, :width],
             decode_context_lens=self.context_lens[:batch],
-            decode_splits=r.decode_splits(batch),
+            decode_splits=r.attention.decode_splits(batch),
         )
-        attention = FastPagedAttention(r.cache, meta, r.scale, r.backend)
-        hidden = r.forward(self.ids[:batch], self.positions[:batch], attention)
+        hidden = r.forward(self.ids[:batch], self.positions[:batch], meta, True)
         self.logits[:batch].copy_(r.model.compute_logits(hidden, True))
 
     def prepare(self) -> None:
@@ -106,29 +108,36 @@ class DecodeGraphRunner:
             len(self.graphs), self.buckets, self.capture_seconds,
         )  # fmt: skip
 
-    def run(self, hb: HostBatch, packed: PackedStep) -> torch.Tensor:
+    def run(self, inputs: StepInputs) -> torch.Tensor:
         """Logits [n, vocab] of a decode-only step (valid until the next step)."""
-        n = hb.num_decodes
+        n = inputs.num_decodes
         b = self.bucket(n)
-        bt = packed["dec_bt"]
-        w = bt.shape[1]
-        self.ids[:n].copy_(packed["ids"])
-        self.positions[:n].copy_(packed["positions"])
-        self.slots[:n].copy_(packed["slots"])
-        self.context_lens[:n].copy_(packed["dec_lens"])
-        self.block_tables[:n, :w].copy_(bt)
-        if b > n:
-            self.ids[n:b].zero_()
-            self.positions[n:b].zero_()
-            self.slots[n:b].fill_(self.pad_slot)
-            self.context_lens[n:b].fill_(1)
-            self.block_tables[n:b, 0].fill_(self.pad_block)
+        w = inputs.decode_width
+        pad = b - n
+        tables = np.full((b, w), self.pad_block, dtype=np.int64)
+        tables[:n] = inputs.block_tables[:, :w]
+        dev = ship(
+            {
+                "ids": np.pad(inputs.token_ids, (0, pad)),
+                "positions": np.pad(inputs.positions, (0, pad)),
+                "slots": np.pad(inputs.slots, (0, pad), constant_values=self.pad_slot),
+                "context_lens": np.pad(inputs.context_len, (0, pad), constant_values=1),
+                "block_tables": tables,
+                "sample_rows": inputs.sample_rows,
+            },
+            self.runner.device,
+        )
+        self.ids[:b].copy_(dev["ids"])
+        self.positions[:b].copy_(dev["positions"])
+        self.slots[:b].copy_(dev["slots"])
+        self.context_lens[:b].copy_(dev["context_lens"])
+        self.block_tables[:b, :w].copy_(dev["block_tables"])
         graph = self.graphs.get(b)
         if graph is not None:
             graph.replay()
         else:
             self._forward(b, w)
         logits = self.logits[:n]
-        if len(hb.sample_rows) != n:  # a one-token prompt chunk that does not sample
-            logits = logits.index_select(0, packed["sample_rows"])
+        if len(inputs.sample_rows) != n:  # a one-token prompt chunk that does not sample
+            logits = logits.index_select(0, dev["sample_rows"])
         return logits

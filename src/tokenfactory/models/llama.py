@@ -2,14 +2,15 @@
 
 The model computes on a flat token batch ([T] ids and positions, all sequences of a step
 concatenated). Attention, and the KV cache behind it, is not the model's business: each layer
-calls the `Attention` object the caller passes in, so the engine can swap CPU and GPU kernels
-without touching this file.
+calls the `Attention` object the caller passes in. Nor are the kernels of the small ops
+(add+RMSNorm, RoPE, SiLU-mul, the linears): they come from the `Ops` object passed in
+(`TorchOps` below by default; the engine passes Triton's on CUDA). One forward serves every
+device.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ class DenseCausalAttention:
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1),
             k.transpose(0, 1),
-            v.transpose(0, 1),
+            v.contiguous().transpose(0, 1),
             is_causal=True,
             enable_gqa=True,
         )
@@ -94,11 +95,57 @@ class RMSNorm(nn.Module):
         # One fused op; it accumulates in float32 for half-precision inputs, like the reference.
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
-    def add_forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None
+
+class Ops(Protocol):
+    """The small per-layer ops a forward takes from its caller's backend."""
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Add x into the residual stream, then normalise it: (normed, new residual)."""
-        return add_rms_norm(x, residual, self.weight, self.eps)
+        ...
+
+    def linear(self, layer: Linear, x: torch.Tensor, decode: bool) -> torch.Tensor: ...
+
+    def rope_tables(
+        self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype
+    ) -> Any:
+        """What `rope` needs for this step's positions, computed once for all layers."""
+        ...
+
+    def rope(self, qk: torch.Tensor, tables: Any) -> torch.Tensor:
+        """q and k heads [T, heads + kv_heads, d] rotated (possibly in place)."""
+        ...
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchOps:
+    """PyTorch ops, plus the native CPU kernels where they run (each falls back itself):
+    `add_rms_norm` fused on bf16 rows, the skinny and Q4_1 matmuls in `Linear`."""
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return add_rms_norm(x, residual, norm.weight, norm.eps)
+
+    def linear(self, layer: Linear, x: torch.Tensor, decode: bool) -> torch.Tensor:
+        return layer.forward(x, decode)  # no module hooks: a call saved per matmul
+
+    def rope_tables(
+        self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary.cos_sin(positions, dtype)
+
+    def rope(self, qk: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # q and k rotate together: one set of elementwise ops instead of two.
+        return apply_rotary(qk, *tables)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return silu_mul(gate_up)
+
+
+TORCH_OPS = TorchOps()
 
 
 class DecoderLayer(nn.Module):
@@ -126,62 +173,29 @@ class DecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         residual: torch.Tensor | None,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: Any,
         attention: Attention,
+        ops: Ops,
         decode: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One block on (x, residual): the residual add is fused into the next norm, so the
-        block's output is this block's delta plus the running residual stream."""
+        block's output is this block's delta plus the running residual stream. `rope` is
+        `ops.rope_tables(...)` of the step's positions."""
         t = x.shape[0]
-        h, residual = self.input_layernorm.add_forward(x, residual)
-        qkv = self.qkv_proj(h, decode)
-        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
-        # q and k rotate together: one set of elementwise ops instead of two.
-        q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
-        attn = attention(self.index, q, k, v.contiguous())
-        h, residual = self.post_attention_layernorm.add_forward(
-            self.o_proj(attn.reshape(t, self.q_size), decode), residual
-        )
-        return self.down_proj(silu_mul(self.gate_up_proj(h, decode)), decode), residual
-
-    def forward_fused(
-        self,
-        ops: ModuleType,
-        x: torch.Tensor,
-        residual: torch.Tensor | None,
-        positions: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attention: Attention,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` with the GPU path's fused ops (`ops`: kernels.triton_fused): RoPE in
-        place on the q/k view of the qkv output, add+RMSNorm and SiLU-mul in one launch each.
-        Same math; K and V reach the attention as strided views (no copies)."""
-        t = x.shape[0]
-        norm = self.input_layernorm
-        h, residual = ops.add_rms_norm(x, residual, norm.weight, norm.eps)
-        qkv = F.linear(h, self.qkv_proj.weight, self.qkv_proj.bias)
+        h, residual = ops.add_rms_norm(x, residual, self.input_layernorm)
+        qkv = ops.linear(self.qkv_proj, h, decode)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
-        ops.rope_(qk, positions, cos, sin)
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        q, k = ops.rope(qk, rope).split([self.num_heads, self.num_kv_heads], dim=1)
+        # K and V reach the attention as strided views; a backend copies if it must.
         attn = attention(self.index, q, k, v.view(t, self.num_kv_heads, self.head_dim))
-        norm = self.post_attention_layernorm
-        h, residual = ops.add_rms_norm(
-            F.linear(attn.reshape(t, self.q_size), self.o_proj.weight), residual, norm.weight,
-            norm.eps,
-        )  # fmt: skip
-        gate_up = F.linear(h, self.gate_up_proj.weight)
-        return F.linear(ops.silu_mul(gate_up), self.down_proj.weight), residual
+        o = ops.linear(self.o_proj, attn.reshape(t, self.q_size), decode)
+        h, residual = ops.add_rms_norm(o, residual, self.post_attention_layernorm)
+        gate_up = ops.linear(self.gate_up_proj, h, decode)
+        return ops.linear(self.down_proj, ops.silu_mul(gate_up), decode), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -214,29 +228,16 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         attention: Attention,
         decode: bool = False,
+        ops: Ops = TORCH_OPS,
     ) -> torch.Tensor:
         """Hidden states [T, hidden] for a flat batch of tokens; `decode` says every token is
         one sequence's next token (it only selects kernels, never changes the math)."""
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        rope = ops.rope_tables(self.rotary, positions, x.dtype)
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, attention, decode)
-        return self.norm.add_forward(x, residual)[0]
-
-    def forward_fused(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention
-    ) -> torch.Tensor:
-        """`forward` on the GPU path: Triton's fused small ops (kernels.triton_fused) in
-        every layer, RoPE straight from the float32 tables. Hidden states [T, hidden]."""
-        from tokenfactory.kernels import triton_fused as ops
-
-        x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos, self.rotary.sin
-        residual = None
-        for layer in self.layers:
-            x, residual = layer.forward_fused(ops, x, residual, positions, cos, sin, attention)
-        return ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
+            x, residual = layer(x, residual, rope, attention, ops, decode)
+        return ops.add_rms_norm(x, residual, self.norm)[0]
 
     def compute_logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

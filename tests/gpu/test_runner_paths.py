@@ -1,6 +1,6 @@
-"""The GPU fast path's logic on CPU: bucketed static-buffer decode (the CUDA graph runner with
-capture skipped), packed metadata, the Triton backend (interpreted) and the fused-op forward,
-each checked against the classic eager path."""
+"""The runner's GPU paths on CPU: bucketed static-buffer decode (the CUDA graph runner with
+capture skipped), the Triton attention backend (interpreted) and the Triton small ops in the
+one model forward, each checked against the default eager CPU path."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_static_decode_torch_matches_eager():
     """Padding to buckets (5 -> 8, then shrinking as requests finish) changes nothing."""
     batch = prompts(5, seed=3)
     fast = tiny_engine(static_decode=True, attention_backend="torch")
-    graphs = fast.runner.fast.graphs
+    graphs = fast.runner.graphs
     assert graphs is not None and not graphs.graphs  # buffers, no capture on CPU
     params = [
         SamplingParams(temperature=0, max_tokens=4 + 3 * i, ignore_eos=True, logprobs=0)
@@ -83,7 +83,7 @@ def test_triton_backend_matches_eager(static):
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=0)
     ref = tiny_engine().generate(batch, params)
     engine = tiny_engine(attention_backend="triton", static_decode=static)
-    assert engine.runner.fast.backend == "triton"
+    assert engine.runner.backend == "triton"
     got = engine.generate(batch, params)
     _same(got, ref, tol=1e-3)
     assert_no_leaks(engine)
@@ -105,9 +105,19 @@ def test_triton_prefix_cached_prefill_attends_over_cached_blocks():
 
 @needs_triton
 @interpreted
-def test_forward_fused_matches_forward():
+def test_triton_spans_match_dense_forward():
+    from tests.engine.test_runner_backends import check_spans_match_dense_forward
+
+    check_spans_match_dense_forward("triton")
+
+
+@needs_triton
+@interpreted
+def test_triton_ops_match_torch_ops():
+    """The one forward with Triton's small ops vs with the torch ops, no cache."""
     from tokenfactory.engine.config import EngineConfig
-    from tokenfactory.engine.engine import build_model
+    from tokenfactory.engine.model_setup import build_model
+    from tokenfactory.engine.ops_backends import TritonOps
     from tokenfactory.models.llama import DenseCausalAttention
 
     model = build_model(TINY, EngineConfig(dtype="float32"), state_dict=None)
@@ -115,7 +125,7 @@ def test_forward_fused_matches_forward():
     pos = torch.arange(ids.shape[0])
     with torch.inference_mode():
         ref = model(ids, pos, DenseCausalAttention())
-        got = model.forward_fused(ids, pos, DenseCausalAttention())
+        got = model(ids, pos, DenseCausalAttention(), ops=TritonOps())
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
