@@ -100,8 +100,8 @@ def plan_admission(
 ) -> AdmissionPlan:
     """The waiting requests to admit, most urgent first, as far as the step's budget and
     sequence slots reach once the running work has stepped (the scheduler stops there too,
-    and where KV blocks run out). A request that does not fit is passed over, and cheaper tiers wait behind
-    it; a sheddable one not judged on arrival yet is judged for shedding."""
+    and where KV blocks run out). A request that does not fit is passed over, and cheaper
+    tiers wait behind it; a sheddable one not judged on arrival yet is judged for shedding."""
     budget, steps = _budget_after(view, decodes, prompts, token_cap)
     plan = AdmissionPlan(running=list(view.running))
     running = plan.running
