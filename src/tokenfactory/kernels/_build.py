@@ -7,7 +7,7 @@ it, at first use, because its flags follow that machine's CPU (AMX only where th
 The library lands in ``<cache>/<hash of sources, flags, compiler and torch>/tokenfactory_cpu.so``.
 Each process builds in a directory of its own and renames the result into place, so processes
 racing to build never load a half-written file and no lock file can be left behind by a killed
-build; a warm start hashes the sources and loads the file (tens of milliseconds).
+build; a warm start hashes the sources and loads the file (about 6 ms).
 """
 
 from __future__ import annotations
