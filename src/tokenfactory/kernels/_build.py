@@ -5,25 +5,31 @@ operators; the kernel files include no torch headers). It is built on the machin
 it, at first use, because its flags follow that machine's CPU (AMX only where the CPU has it).
 
 The library lands in ``<cache>/<hash of sources, flags, compiler and torch>/tokenfactory_cpu.so``.
-Each process builds in a directory of its own and renames the result into place, so processes
-racing to build never load a half-written file and no lock file can be left behind by a killed
-build; a warm start hashes the sources and loads the file (about 6 ms).
+Processes starting together build it once (an flock, which dies with its holder, so a killed
+build leaves no stale lock); the build runs in a directory of its own and is renamed into
+place, so no process ever loads a half-written file. A warm start hashes the sources and loads
+the file (about 6 ms).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DISABLE_ENV = "TOKENFACTORY_NO_NATIVE"
 CACHE_ENV = "TOKENFACTORY_KERNEL_CACHE"
 LIB_NAME = "tokenfactory_cpu"
+# How long a process waits for another one building the same library before building too.
+WAIT_FOR_OTHER_BUILD_S = 300.0
 
 _DIR = Path(__file__).parent
 SOURCES = [
@@ -122,10 +128,45 @@ def load_library(flags: list[str]) -> Path:
     if lib.exists():
         torch.ops.load_library(str(lib))
         return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(lib.parent / ".lock", WAIT_FOR_OTHER_BUILD_S) as held:
+        if lib.exists():  # another process built it while this one waited
+            torch.ops.load_library(str(lib))
+            return lib
+        if held:  # nobody else builds here now: what is left is from killed builds
+            for old in lib.parent.glob(".build-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        _build_and_load(flags, lib)
+    return lib
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, timeout_s: float) -> Iterator[bool]:
+    """Processes starting together build once: the others wait here, then load its result.
+
+    flock, because the kernel drops it when its holder exits or is killed, so no lock goes
+    stale; past ``timeout_s`` (a hung build) the waiter goes on without it (yields False) and
+    builds on its own.
+    """
+    with open(path, "a") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    held = False
+                    break
+                time.sleep(0.1)
+        yield held  # closing the file releases the lock
+
+
+def _build_and_load(flags: list[str], lib: Path) -> None:
     from torch.utils import cpp_extension  # imports setuptools: only on a cache miss
 
     _ensure_ninja()
-    lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".build-", dir=lib.parent)
     try:
         cpp_extension.load(
@@ -146,7 +187,6 @@ def load_library(flags: list[str]) -> Path:
         os.replace(built, lib)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return lib
 
 
 class Once:
