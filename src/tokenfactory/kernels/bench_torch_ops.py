@@ -66,6 +66,10 @@ def random_q4(n: int, k: int, seed: int) -> tuple[Q4Weight, torch.Tensor, torch.
     return Q4Weight(codes, dm), q, torch.stack((d, m))
 
 
+def _rel_rms(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double() - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+
+
 def int4pack(q: torch.Tensor, dm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The same weight for torch's int4 op: packed codes and [K/32, N, 2] bf16 scale/zero."""
     d, m = dm[0], dm[1]
@@ -78,15 +82,16 @@ def bench_q4(shapes: list[tuple[int, int]], ms: list[int], budget: float, cold_m
     print("Q4_1 weights: hand kernel (q4_linear) vs torch._weight_int4pack_mm_for_cpu")
     print(f"{'N x K':>12} {'M':>3} {'hand us':>9} {'int4pack us':>12} {'speedup':>8} "
           f"{'hand err':>9} {'int4 err':>9}")  # fmt: skip
+    print("(err: relative RMS error against the exact product with the Q4_1 weights)")
     for n, k in shapes:
         row_bytes = k // 2 + k // 32 * 8
         copies = max(1, -(-(cold_mib << 20) // (n * row_bytes))) if cold_mib else 1
         ws = [random_q4(n, k, seed) for seed in range(copies)]
         packs = [int4pack(q, dm) for _, q, dm in ws]
-        w_ref = ws[0][0].dequantize().bfloat16().float()  # the loader's bf16 weight
+        w_ref = ws[0][0].dequantize().double()  # the file's weights, exactly
         for m in ms:
             x = torch.randn(m, k).bfloat16()
-            ref = x.float() @ w_ref.t()
+            ref = x.double() @ w_ref.t()
 
             def hand(i: int, x: torch.Tensor = x, ws: list = ws) -> object:  # type: ignore[type-arg]
                 return q4_linear.q4_linear(x, ws[i % len(ws)][0])
@@ -95,11 +100,11 @@ def bench_q4(shapes: list[tuple[int, int]], ms: list[int], budget: float, cold_m
                 packed, sz = packs[i % len(packs)]
                 return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz)
 
-            err_hand = (hand(0).float() - ref).abs().max().item()  # type: ignore[union-attr]
-            err_int4 = (torch_op(0).float() - ref).abs().max().item()  # type: ignore[union-attr]
+            err_hand = _rel_rms(hand(0), ref)  # type: ignore[arg-type]
+            err_int4 = _rel_rms(torch_op(0), ref)  # type: ignore[arg-type]
             t_hand, t_int4 = interleaved_medians([hand, torch_op], _rounds(budget, n * row_bytes))
             print(f"{f'{n} x {k}':>12} {m:>3} {t_hand * 1e6:>9.1f} {t_int4 * 1e6:>12.1f} "
-                  f"{t_int4 / t_hand:>7.2f}x {err_hand:>9.2g} {err_int4:>9.2g}")  # fmt: skip
+                  f"{t_int4 / t_hand:>7.2f}x {err_hand:>9.2e} {err_int4:>9.2e}")  # fmt: skip
 
 
 # SmolLM2-135M: 30 layers of (qkv, o, gate_up, down) weights.
