@@ -42,6 +42,16 @@ def test_operators_are_registered() -> None:
 
 
 @needs_native
+def test_profiler_names_the_kernels() -> None:
+    from tokenfactory.kernels import skinny
+
+    x, w = _bf16(2, 64), _bf16(40, 64, seed=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        skinny.skinny_linear(x, w)
+    assert "tokenfactory::skinny_linear" in {e.key for e in prof.key_averages()}
+
+
+@needs_native
 def test_opcheck() -> None:
     # Schema, fake (meta) implementation and dispatch agree with what the kernels do.
     ops = torch.ops.tokenfactory
