@@ -165,3 +165,52 @@ def test_backends_can_be_injected():
     backends = Backends(TorchAttention(cache, None), TORCH_OPS)
     runner = ModelRunner(model, cache, cfg, backends=backends)
     assert runner.attention is backends.attention and runner.backend == "torch"
+
+
+# -- the engine's equivalences on the portable torch reference ------------------------------
+
+
+def _engine(name: str, **overrides):
+    """A tiny engine whose runner uses the named backends (the default one is "cpu")."""
+    engine = tiny_engine(**overrides)
+    cache, model = engine.runner.cache, engine.model
+    backends = make_backends(name, cache, TINY, CPU)
+    engine.runner = ModelRunner(model, cache, engine.config, backends=backends)
+    return engine
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=0)
+
+
+def _tokens(results) -> list[list[int]]:
+    return [r.token_ids for r in results]
+
+
+def test_reference_backend_keeps_the_engine_equivalences():
+    """On the torch reference: a batch = each request alone, prefix cache on = off,
+    chunked prefill and forced preemption change nothing, no leaked blocks; and the tokens
+    are the default (native decode) backend's."""
+    from tests.engine.engine_fixtures import assert_no_leaks
+
+    shared = prompts(1, seed=3, lo=40, hi=41)[0]
+    batch = [shared + tail for tail in prompts(5, seed=4, lo=3, hi=20)] + prompts(5, seed=8)
+    ref = _engine("torch")
+    together = ref.generate(batch, GREEDY)
+    alone = [_engine("torch").generate([p], GREEDY)[0] for p in batch]
+    assert _tokens(together) == _tokens(alone)
+    cached = _engine("torch")
+    hits = cached.generate(batch[:1], GREEDY) + cached.generate(batch[1:], GREEDY)
+    assert sum(r.cached_tokens for r in hits) == 4 * 32  # two shared blocks, four hits
+    uncached = _engine("torch", enable_prefix_caching=False).generate(batch, GREEDY)
+    assert _tokens(hits) == _tokens(uncached) == _tokens(together)
+    tight = _engine("torch", num_kv_blocks=14, max_num_batched_tokens=32)
+    squeezed = tight.generate(batch, GREEDY)
+    assert tight.stats.total_preemptions > 0
+    assert _tokens(squeezed) == _tokens(together)
+    for engine in (ref, cached, tight):
+        assert_no_leaks(engine)
+    default = tiny_engine().generate(batch, GREEDY)
+    assert _tokens(default) == _tokens(together)
+    for a, b in zip(default, together, strict=True):
+        for x, y in zip(a.logprobs, b.logprobs, strict=True):
+            assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
