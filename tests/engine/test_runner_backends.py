@@ -138,11 +138,14 @@ def check_spans_match_dense_forward(name: str) -> None:
     torch.testing.assert_close(got, torch.stack(want), atol=2e-4, rtol=2e-4)
 
 
-def test_decode_graph_runner_pads_to_bucket():
+@pytest.mark.parametrize("name", ["cpu", "torch"])
+def test_decode_graph_runner_pads_to_bucket(name):
     """Static decode (no capture on CPU): 3 decodes run as a bucket of 4; the padding row is
     token 0 at position 0 in the pad block, and the logits are the eager runner's."""
-    static = _runner("cpu", static=True)
-    eager = ModelRunner(static.model, static.cache, EngineConfig(dtype="float32"))
+    static = _runner(name, static=True)
+    eager = ModelRunner(
+        static.model, static.cache, backends=make_backends(name, static.cache, TINY, CPU)
+    )
     graphs = static.graphs
     assert graphs is not None and graphs.bucket(3) == 4 and not graphs.graphs
     seqs = [_seq(p, 10 * i) for i, p in enumerate(prompts(3, seed=6, lo=10, hi=40))]
