@@ -1,12 +1,12 @@
 """Decode attention straight off the paged KV cache, for CPUs with AVX512F.
 
-``TorchPagedAttention._decode`` gathers every sequence's blocks into a padded copy
-([D, max_blocks * block_size, kv_heads, head_dim]) and runs masked SDPA over it; at decode the
-copy is most of the cost. ``paged_decode_attention`` reads the K/V rows in place through the
-block table instead (the operator ``torch.ops.tokenfactory.paged_decode_attention``,
-``paged_attention.cpp``: fp32 math, online softmax, all query heads of a
-kv group per pass over its rows, OpenMP over (sequence, kv head) pairs). It returns ``None``
-wherever it does not run, and the caller keeps its torch path.
+``TorchAttention._decode`` (engine/attention_backends.py) gathers every sequence's blocks into
+a padded copy ([D, max_blocks * block_size, kv_heads, head_dim]) and runs masked SDPA over
+it; at decode the copy is most of the cost. ``paged_decode_attention`` reads the K/V rows in
+place through the block table instead (the operator
+``torch.ops.tokenfactory.paged_decode_attention``, ``paged_attention.cpp``: fp32 math, online
+softmax, all query heads of a kv group per pass over its rows, OpenMP over (sequence, kv head)
+pairs). It returns ``None`` wherever it does not run, and the caller keeps its torch path.
 
 Run ``python -m tokenfactory.kernels.paged_attention`` for a timing table against the torch
 path.
@@ -165,7 +165,7 @@ def _torch_decode(
     mask: torch.Tensor,
     scale: float | None,
 ) -> torch.Tensor:
-    """The torch path, as in TorchPagedAttention._decode (gather + masked SDPA)."""
+    """The torch path, as in TorchAttention._decode (gather + masked SDPA)."""
     import torch.nn.functional as F
 
     d = block_tables.shape[0]
