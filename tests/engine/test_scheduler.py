@@ -22,7 +22,7 @@ from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
 from tokenfactory.scheduling.fcfs import FcfsPolicy
 from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
 from tokenfactory.scheduling.step_stats import StepStats
-from tokenfactory.scheduling.view import Downgrade, Refusal, RunEntry, SchedulerView, StepPlan
+from tokenfactory.scheduling.view import Downgrade, Refusal, SchedulerView, StepPlan
 from tokenfactory.tiers import Promise, ServiceTerms
 
 from ..scheduling.views import view_of
@@ -122,7 +122,7 @@ def test_fcfs_policy_orders_by_arrival_and_preempts_newest():
     ]
     plan = policy.plan(view_of(running=seqs, waiting=seqs))
     assert [s.request_id for s in plan.admit] == ["r1", "r2", "r0"]
-    assert [e.request.request_id for e in plan.run] == ["r1", "r2", "r0"]
+    assert [r.request_id for r in plan.run] == ["r1", "r2", "r0"]
     assert [s.request_id for s in plan.preempt_order] == ["r0", "r2", "r1"]
     assert plan.token_budget is None and not plan.refuse and not plan.downgrade
 
@@ -431,7 +431,7 @@ class _ThreeTokensAStep(FcfsPolicy):
 
     def plan(self, view: SchedulerView) -> StepPlan:
         plan = super().plan(view)
-        return replace(plan, run=tuple(RunEntry(e.request, max_tokens=3) for e in plan.run))
+        return replace(plan, query_caps={r.request_id: 3 for r in plan.run})
 
 
 def test_a_plan_may_cap_a_running_requests_query_tokens():

@@ -36,7 +36,7 @@ def test_orders_by_rank_then_arrival_and_preempts_lowest_newest():
     plan = policy.plan(view_of(running=seqs, waiting=seqs))
     order = [s.request_id for s in plan.admit]
     assert order == ["super", "std", "none", "free-old", "free-new"]
-    assert [e.request.request_id for e in plan.run] == order
+    assert [r.request_id for r in plan.run] == order
     assert [s.request_id for s in plan.preempt_order] == order[::-1]
 
 

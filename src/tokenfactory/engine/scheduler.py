@@ -9,8 +9,8 @@ front of the waiting queue, keeping the tokens generated so far. Requests the pl
 as shed, with their Retry-After; downgrades put the plan's slower terms on the request.
 
 A sequence whose tokens cannot fit even in the whole KV cache is finished with
-FinishReason.LENGTH (reported in `SchedulerOutput.finished`) instead of being retried forever;
-the policy never sees it.
+FinishReason.LENGTH (reported in `SchedulerOutput.finished`) instead of being retried forever:
+a new arrival before the policy sees it, a running one when its turn to step comes.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class Scheduler:
             budget = min(budget, max(1, plan.token_budget))
         chunks: list[ScheduledChunk] = []
         preempted: list[Sequence] = []
-        budget = self._run(plan, budget, chunks, preempted)
+        budget = self._run(plan, budget, chunks, preempted, finished)
         # Admitting right after a preemption would only thrash: the blocks just freed are
         # needed by the sequences that are already running.
         if not preempted:
@@ -180,8 +180,6 @@ class Scheduler:
         for seq in self._unseen:
             seq.seen_by_plan = True
         self._unseen.clear()
-        for chunk in chunks:
-            chunk.seq.last_scheduled_step = self._step_index
 
         chunks.sort(key=lambda c: not c.is_decode)  # stable: decodes first
         decode = sum(c.num_tokens for c in chunks if c.is_decode)
@@ -219,11 +217,9 @@ class Scheduler:
         return self.policy.plan(view)
 
     def _finish_too_long(self) -> list[Sequence]:
-        # Running requests grow a token a step; a waiting one only needs checking when new
-        # (a preempted one was checked while it ran).
-        limit = self.block_manager.num_blocks * self.block_manager.block_size
-        too_long = [s for s in self._running if s.num_tokens > limit]
-        too_long += [
+        # New arrivals only: a waiting request does not grow (a preempted one was checked
+        # while it ran), and running ones are checked as they step (`_run`).
+        too_long = [
             s for s in self._unseen if s.status is SequenceStatus.WAITING and self._too_long(s)
         ]
         for seq in too_long:
@@ -247,18 +243,26 @@ class Scheduler:
         budget: int,
         chunks: list[ScheduledChunk],
         preempted: list[Sequence],
+        finished: list[Sequence],
     ) -> int:
         """Step the running sequences in the plan's order; returns the budget left."""
         scheduled: set[Sequence] = set()
-        for entry in plan.run:
-            if budget <= 0 or len(chunks) >= self.config.max_num_seqs:
+        caps = plan.query_caps
+        max_seqs = self.config.max_num_seqs
+        for request in plan.run:
+            if budget <= 0 or len(chunks) >= max_seqs:
                 break
-            seq = self._own(entry.request)
+            # Inline `_own`: this loop runs over every running request, every step.
+            seq = request if type(request) is Sequence else self._own(request)
             if seq is None or seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted as a victim earlier in this loop
+            if self._too_long(seq):
+                self.finish(seq, FinishReason.LENGTH)
+                finished.append(seq)
+                continue
             n = self._chunk_len(seq, budget, step_empty=not chunks)
-            if entry.max_tokens is not None:
-                n = min(n, entry.max_tokens)
+            if caps:
+                n = min(n, caps.get(seq.request_id, n))
             if n == 0:
                 continue
             while not self.block_manager.append_slots(seq, n):
@@ -269,6 +273,7 @@ class Scheduler:
                     break
             else:
                 chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+                seq.last_scheduled_step = self._step_index
                 scheduled.add(seq)
                 budget -= n
         return budget
@@ -326,6 +331,7 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self._running.append(seq)
             chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            seq.last_scheduled_step = self._step_index
             budget -= n
 
     def _shed(self, plan: StepPlan) -> list[ShedRequest]:

@@ -8,7 +8,6 @@ from typing import Any
 
 from tokenfactory.scheduling.view import (
     RequestView,
-    RunEntry,
     SchedulerView,
     SortedOnDemand,
     StepPlan,
@@ -18,7 +17,7 @@ from tokenfactory.scheduling.view import (
 def ordered_plan(view: SchedulerView, key: Callable[[RequestView], Any]) -> StepPlan:
     """Run and admit by `key` (smallest first); preempt the largest key first."""
     return StepPlan(
-        run=tuple(RunEntry(r) for r in sorted(view.running, key=key)),
+        run=tuple(sorted(view.running, key=key)),
         admit=tuple(sorted(view.waiting, key=key)),
         # Among equal keys the first in running order goes first.
         preempt_order=SortedOnDemand(view.running, key, reverse=True),

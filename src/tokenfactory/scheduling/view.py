@@ -3,17 +3,18 @@
 A policy is one call per step, `plan(view) -> StepPlan`. The view holds the queue, the running
 set, the engine's limits, the KV room, the clock and the previous step's record; requests are
 seen through `RequestView`, a read-only protocol the engine's `Sequence` satisfies, so nothing
-is copied per step. The plan says which running requests step (in order, under a token cap),
-which waiting ones are admitted (in order, as far as room lasts), which are refused with what
-Retry-After, which take a slower tier, and in which order running requests are preempted when
-KV blocks run short. Decisions come back as values; the scheduler applies them.
+is copied per step. The plan says which running requests step (in order, under a token cap,
+each optionally capped in query tokens), which waiting ones are admitted (in order, as far as
+room lasts), which are refused with what Retry-After, which take a slower tier, and in which
+order running requests are preempted when KV blocks run short. Decisions come back as values;
+the scheduler applies them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenfactory.scheduling.step_stats import StepStats
@@ -82,15 +83,6 @@ class SchedulerView:
 
 
 @dataclass(frozen=True)
-class RunEntry:
-    """A running request to step. `max_tokens` caps its query tokens this step (None: as
-    many as it has pending and the step's budget allows)."""
-
-    request: RequestView
-    max_tokens: int | None = None
-
-
-@dataclass(frozen=True)
 class Refusal:
     """A waiting request ended at once as shed (HTTP 429), told to retry after this long."""
 
@@ -109,7 +101,7 @@ class Downgrade:
 
 @dataclass(frozen=True)
 class StepPlan:
-    run: tuple[RunEntry, ...]  # running requests to step, in order; the rest skip this step
+    run: tuple[RequestView, ...]  # running requests to step, in order; the rest skip this step
     admit: tuple[RequestView, ...]  # waiting requests to admit, in order, while room lasts
     preempt_order: SequenceABC[RequestView]  # running requests, first preempted first
     token_budget: int | None = None  # a cap on the step's tokens (applied with chunked prefill)
@@ -117,6 +109,10 @@ class StepPlan:
     downgrade: tuple[Downgrade, ...] = ()
     # Waiting requests judged on arrival and let wait: no later plan judges them so again.
     judged: tuple[RequestView, ...] = ()
+    # Caps on the query tokens of running requests this step, by request id (absent: as many
+    # as it has pending and the budget allows). A plain mapping, not an object per request:
+    # a plan is made every step, over hundreds of requests.
+    query_caps: Mapping[str, int] = field(default_factory=dict)
 
 
 class SortedOnDemand(SequenceABC[RequestView]):

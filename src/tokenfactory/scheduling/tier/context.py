@@ -50,11 +50,10 @@ class PlanContext:
 
     def level(self, r: RequestView) -> Promise:
         """The promise the request can still be billed at, as of this plan."""
-        try:
-            return self._levels[r.request_id]
-        except KeyError:
+        level = self._levels.get(r.request_id)
+        if level is None:
             level = self._levels[r.request_id] = settled_level(r, self.terms(r), self.now)
-            return level
+        return level
 
     def try_terms(self, r: RequestView, terms: ServiceTerms | None) -> None:
         """Read `r` by `terms` from now on in this plan (None: by its own again)."""

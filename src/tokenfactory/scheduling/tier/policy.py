@@ -33,7 +33,6 @@ from tokenfactory.scheduling.tier.running import plan_running
 from tokenfactory.scheduling.tier.shedding import shed_behind_queue
 from tokenfactory.scheduling.view import (
     RequestView,
-    RunEntry,
     SchedulerView,
     SortedOnDemand,
     StepPlan,
@@ -73,7 +72,7 @@ class TierPolicy(SchedulingPolicy):
             queued = [r for r in view.waiting if r.request_id not in gone]
             refusals += shed_behind_queue(ctx, queued, admission.running, self.prompt_rate)
         return StepPlan(
-            run=tuple(RunEntry(r) for r in running.order),
+            run=(*running.decodes, *running.prompts),
             admit=tuple(admission.admit),
             preempt_order=SortedOnDemand(view.running, key=lambda r: _value(ctx, r)),
             token_budget=running.token_cap,
