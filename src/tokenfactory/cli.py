@@ -241,6 +241,12 @@ def serve(
     grace_period: Annotated[
         float, typer.Option(help="Seconds in-flight requests get on shutdown")
     ] = 30.0,
+    max_step_failures: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Failed engine steps in a row that mark the engine dead (/ready 503)"
+        ),
+    ] = 3,
     remeasure: Annotated[bool, typer.Option(help="Re-run the hardware probe")] = False,
     probe_batches: Annotated[
         str | None, typer.Option(help="Batch sizes the probe measures, e.g. 1,4,16,64")
@@ -274,6 +280,7 @@ def serve(
         tier_preset=tier_preset,
         served_model_name=served_model_name or [],
         grace_period_s=grace_period,
+        max_step_failures=max_step_failures,
         remeasure=remeasure,
         probe_batches=_batches(probe_batches),
         max_waiting=max_waiting,

@@ -17,6 +17,7 @@ from tokenfactory.billing import Billing, default_data_dir
 from tokenfactory.engine.async_engine import AsyncEngine
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.health import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from tokenfactory.gc_heap import GcPauseWatch, freeze_heap
 from tokenfactory.server.app import create_app
 from tokenfactory.server.capacity import load_or_measure
@@ -38,6 +39,7 @@ class ServeOptions:
     tier_preset: str = "auto"  # auto picks by device: gpu on CUDA, cpu otherwise
     served_model_name: list[str] = field(default_factory=list)
     grace_period_s: float = 30.0
+    max_step_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES  # in a row: the engine is dead
     remeasure: bool = False
     probe_batches: tuple[int, ...] | None = None  # batch sizes the hardware probe measures
     max_waiting: int = 1024
@@ -68,7 +70,8 @@ def build_factory(
     # The model is loaded, probed and served on the engine's own thread (AsyncEngine.call).
     with console.status("loading model..."):
         async_engine = AsyncEngine(
-            engine or (lambda: Engine.from_model_path(opts.model, opts.engine))
+            engine or (lambda: Engine.from_model_path(opts.model, opts.engine)),
+            max_consecutive_failures=opts.max_step_failures,
         )
     engine = async_engine.engine
     catalog: TierCatalog = load_tiers(opts.tiers_file, pick_preset(opts.tier_preset, engine))
