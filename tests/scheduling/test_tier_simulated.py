@@ -85,7 +85,7 @@ def test_simulated_benchmark_load_tier_keeps_dear_promises_and_earns_more_than_f
     # machine's step costs (`SLOWER_CPU_COST`: there 3 requests/s is 1.5x what fcfs keeps;
     # today's engine is faster) over three arrival seeds: tier keeps high/ultra/super
     # promises that fcfs misses, and earns more. (The HTTP benchmark measures the same on the
-    # real model: docs/benchmarks.md.)
+    # real model: docs/performance.md.)
     from tokenfactory.bench.policy_compare import MIX
     from tokenfactory.bench.policy_sim import SimLoad, simulate
 
