@@ -1,34 +1,33 @@
 """Decode on the stored Q4_1 weights against bf16, on the embedded model, side by side.
 
-1. Every Q4_1 layer linear of the GGUF in turn (one decode step's layer weights, as a step
-   reads them): `skinny_linear` on the dequantized bf16 weights vs `q4_linear` on the stored
-   blocks, at 1 / 2 / 3 / 4 / 8 rows, with the bytes each reads and the copy bandwidth
-   measured in the same run (the floor: bytes / bandwidth).
+1. The model's layer linears as one forward calls them (q/k/v and gate/up fused, 120 calls):
+   the bf16 route (`linear(..., batched=True)`: skinny kernel, AMX tiles or oneDNN by shape)
+   vs `q4_linear` on the stored blocks, at each of `--rows` rows, plus the bf16 lm_head, with
+   the bytes each reads and the copy bandwidth measured in the same run (the floor:
+   bytes / bandwidth).
 2. Whole decode steps: two engines over the same weights, `q4_decode` off and on, each with B
    sequences decoding (200-token prompts), timed in alternating rounds of 20 steps.
 
 Medians in milliseconds. This VM drifts by +-30% within minutes: compare within one run.
 
-    .venv/bin/python scripts/q4_decode_check.py
+    .venv/bin/python scripts/q4_decode_check.py [--rows 1,2,3,4,8] [--no-steps]
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.kernels.q4_linear import Q4Weight, q4_linear
-from tokenfactory.kernels.skinny import skinny_linear
-from tokenfactory.models.embedded import embedded_model_path
-from tokenfactory.models.gguf_file import open_gguf
-from tokenfactory.models.gguf_loader import _dequantize
+from tokenfactory.models.llama import LlamaForCausalLM, linear
+from tokenfactory.models.loader import load_model_files
 
 
 def median_ms(fn: Callable[[], object], runs: int = 15) -> float:
@@ -48,36 +47,55 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() / (ms / 1e3) / 1e9  # read + write
 
 
-def linears(rows: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 3) -> None:
-    f = open_gguf(embedded_model_path())
-    weights = []
-    for t in f.tensors:
-        if t.tensor_type.name == "Q4_1":
-            dense = torch.from_numpy(np.array(_dequantize(f, t), dtype=np.float32)).bfloat16()
-            weights.append((dense, Q4Weight.from_gguf_blocks(np.asarray(t.data))))
+def model_linears() -> tuple[list[tuple[torch.Tensor, Q4Weight]], torch.Tensor]:
+    """The embedded model's layer linears as a forward calls them (q/k/v and gate/up fused):
+    (bf16 weight, Q4_1 weight) pairs, and the tied lm_head's bf16 weight."""
+    loaded = load_model_files(None, q4_weights=True)
+    model = LlamaForCausalLM(loaded.config).to(torch.bfloat16)
+    model.load_hf_state_dict(loaded.state_dict)
+    model.attach_q4_weights(loaded.q4_weights)
+    pairs = []
+    for layer in model.layers:
+        for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
+            assert lin.q4 is not None
+            pairs.append((lin.weight.detach(), lin.q4))
+    return pairs, model.embed_tokens.weight.detach()
+
+
+def linears(rows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16), rounds: int = 5) -> None:
+    """Per forward: all layer linears on the bf16 route a decode step takes without Q4_1
+    (`linear(..., batched=True)`: the skinny kernel, AMX tiles or oneDNN by shape) against
+    `q4_linear`, and the lm_head (bf16), in alternating rounds."""
+    weights, head = model_linears()
     bf16_mb = sum(w.numel() * 2 for w, _ in weights) / 1e6
     q4_mb = sum(q.codes.numel() + q.dm.numel() * 4 for _, q in weights) / 1e6
     bw = copy_bandwidth_gbs()
     print(f"{len(weights)} layer linears: bf16 {bf16_mb:.0f} MB, Q4_1 {q4_mb:.0f} MB per step")
     print(f"copy bandwidth {bw:.1f} GB/s: floor {bf16_mb / bw:.1f} / {q4_mb / bw:.1f} ms")
-    print(f"{'rows':>5} {'bf16 ms':>8} {'Q4_1 ms':>8} {'ratio':>6}")
+    print(f"{'rows':>5} {'bf16 ms':>8} {'Q4_1 ms':>8} {'ratio':>6} {'lm_head ms':>10}")
     for m in rows:
-        pairs = [(w, q, torch.randn(m, w.shape[1]).bfloat16()) for w, q in weights]
+        xs = {k: torch.randn(m, k).bfloat16() for k in {w.shape[1] for w, _ in weights}}
+        xh = torch.randn(m, head.shape[1]).bfloat16()
 
-        def dense(pairs: list = pairs) -> None:
-            for w, _, x in pairs:
-                skinny_linear(x, w)
+        def dense(xs: dict = xs) -> None:
+            for w, _ in weights:
+                linear(xs[w.shape[1]], w, batched=True)
 
-        def packed(pairs: list = pairs) -> None:
-            for _, q, x in pairs:
-                q4_linear(x, q)
+        def packed(xs: dict = xs) -> None:
+            for w, q in weights:
+                q4_linear(xs[w.shape[1]], q)
 
-        times: dict[str, list[float]] = {"bf16": [], "q4": []}
-        for _ in range(rounds):  # alternating: the VM's drift hits both alike
-            times["bf16"].append(median_ms(dense))
-            times["q4"].append(median_ms(packed))
+        def lm_head(xh: torch.Tensor = xh) -> None:
+            linear(xh, head, batched=True)
+
+        times: dict[str, list[float]] = {"bf16": [], "q4": [], "head": []}
+        for _ in range(rounds):  # alternating: drift and other load hit all alike
+            times["bf16"].append(median_ms(dense, runs=7))
+            times["q4"].append(median_ms(packed, runs=7))
+            times["head"].append(median_ms(lm_head, runs=7))
         d, q = statistics.median(times["bf16"]), statistics.median(times["q4"])
-        print(f"{m:>5} {d:>8.1f} {q:>8.1f} {q / d:>6.2f}")
+        h = statistics.median(times["head"])
+        print(f"{m:>5} {d:>8.2f} {q:>8.2f} {q / d:>6.2f} {h:>10.2f}", flush=True)
 
 
 def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
@@ -106,6 +124,13 @@ def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", default="1,2,3,4,5,6,8,9,12,16", help="row counts, part 1")
+    ap.add_argument("--batches", default="1,2,3,4,8", help="sequences per step, part 2")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-steps", action="store_true", help="part 1 only")
+    args = ap.parse_args()
     torch.set_grad_enabled(False)
-    linears()
-    steps()
+    linears(tuple(int(v) for v in args.rows.split(",")), args.rounds)
+    if not args.no_steps:
+        steps(tuple(int(v) for v in args.batches.split(",")))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tokenfactory.kernels import _build, skinny
+from tokenfactory.kernels import _build, q4_linear, skinny
 
 
 @pytest.fixture
@@ -14,5 +14,7 @@ def fresh_skinny(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The skinny_linear library as freshly imported, whatever the environment says."""
     monkeypatch.delenv(_build.DISABLE_ENV, raising=False)
     skinny._reset()
+    q4_linear._reset()
     yield
     skinny._reset()
+    q4_linear._reset()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tokenfactory.kernels import _build, native, q4_linear, skinny
 from tokenfactory.kernels.q4_linear import Q4Weight
 from tokenfactory.kernels.skinny import skinny_linear
+from tokenfactory.models.llama import Linear
 
 needs_native = pytest.mark.skipif(
     not (skinny._REQUIRED_CPU <= _build.cpu_flags() and native.load()),
@@ -79,6 +80,30 @@ def test_bit_for_bit_the_bf16_kernel_on_the_dequantized_weight(
 
 
 @needs_native
+@pytest.mark.parametrize("m", [2, 3, 4, 6, 8, 9, 12, 16, 17, 24, 33])
+@pytest.mark.parametrize("n,k", [(17, 96), (129, 1536), (576, 576)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_each_row_of_a_batch_is_bit_for_bit_that_row_alone(
+    m: int, n: int, k: int, bias: bool
+) -> None:
+    """What speculative verification relies on: a forward over M rows (a draft's tokens)
+    gives each row exactly what one-row forwards give, whatever M (the passes of 16 rows
+    included), so greedy tokens match token by token."""
+    q, w32 = _q4_weight(n, k, seed=m)
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    y = q4_linear.q4_linear(x, q, b)
+    assert y is not None and y.shape == (m, n)
+    w = w32.bfloat16()
+    for i in range(m):
+        alone = q4_linear.q4_linear(x[i : i + 1], q, b)
+        assert alone is not None and torch.equal(y[i : i + 1], alone), f"row {i}"
+        # and one row is the bf16 kernel's one-row (AVX512) path on the dequantized weight
+        assert torch.equal(alone, skinny_linear(x[i : i + 1], w, b)), f"row {i}"
+
+
+@needs_native
 def test_rows_of_x_need_not_be_packed(avx512_only: None) -> None:
     q, w32 = _q4_weight(40, 64)
     x = torch.randn(3, 128).bfloat16()[:, :64]  # rows 128 elements apart
@@ -89,7 +114,7 @@ def test_rows_of_x_need_not_be_packed(avx512_only: None) -> None:
 @needs_native
 def test_calls_it_does_not_take_return_none() -> None:
     q, _ = _q4_weight(16, 64)
-    assert q4_linear.q4_linear(torch.randn(9, 64).bfloat16(), q) is None  # > 8 rows
+    assert q4_linear.q4_linear(torch.randn(skinny.MAX_M + 1, 64).bfloat16(), q) is None
     assert q4_linear.q4_linear(torch.randn(1, 64), q) is None  # float32
     assert q4_linear.q4_linear(torch.randn(1, 32).bfloat16(), q) is None  # wrong K
     assert q4_linear.q4_linear(torch.randn(64, 2).bfloat16().t(), q) is None  # strided rows
@@ -100,3 +125,37 @@ def test_disabled_native_code_means_no_kernel(monkeypatch: pytest.MonkeyPatch) -
     q, _ = _q4_weight(16, 64)
     assert not q4_linear.available()
     assert q4_linear.q4_linear(torch.randn(1, 64).bfloat16(), q) is None
+
+
+def test_the_q4_row_limit_follows_the_cpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(skinny, "available", lambda: True)
+    for amx, rows in (
+        (True, q4_linear.DECODE_MAX_ROWS_AMX),
+        (False, q4_linear.DECODE_MAX_ROWS_AVX512),
+    ):
+        monkeypatch.setattr(skinny, "uses_amx", lambda amx=amx: amx)
+        q4_linear._reset()
+        assert q4_linear.decode_max_rows() == rows
+    monkeypatch.setattr(skinny, "available", lambda: False)
+    q4_linear._reset()
+    assert q4_linear.decode_max_rows() == 0
+
+
+@needs_native
+def test_a_decode_linear_reads_q4_up_to_the_limit_with_rows_independent() -> None:
+    """`Linear.forward` in a decode step: rows up to `decode_max_rows()` come from the Q4_1
+    kernel, each exactly as when it runs alone (a speculative verify forward over k + 1 rows
+    scores every draft token as k + 1 one-row steps would)."""
+    q, w32 = _q4_weight(96, 576)
+    lin = Linear(576, 96, bias=False).bfloat16()
+    with torch.no_grad():
+        lin.weight.copy_(w32.bfloat16())
+    lin.q4 = q
+    limit = q4_linear.decode_max_rows()
+    assert limit >= q4_linear.DECODE_MAX_ROWS_AMX
+    x = torch.randn(limit, 576).bfloat16()
+    with torch.inference_mode():
+        y = lin(x, True)
+        assert torch.equal(y, q4_linear.q4_linear(x, q))
+        for i in range(limit):
+            assert torch.equal(y[i : i + 1], lin(x[i : i + 1], True)), f"row {i}"

@@ -76,7 +76,7 @@ void skinny_linear_out(const Tensor &x, const Tensor &w, const std::optional<Ten
 Tensor skinny_linear_q4_1(const Tensor &x, const Tensor &codes, const Tensor &dm,
                           const std::optional<Tensor> &bias) {
   const auto [m, k] = check_x(x);
-  TORCH_CHECK(m >= 1 && m <= 8, "skinny_linear_q4_1 takes 1 to 8 rows, got ", m);
+  TORCH_CHECK(m >= 1 && m <= 1024, "skinny_linear_q4_1 takes 1 to 1024 rows, got ", m);
   TORCH_CHECK(k > 0 && k % 32 == 0, "K must be a positive multiple of 32, got ", k);
   TORCH_CHECK(codes.scalar_type() == at::kByte && codes.device().is_cpu() &&
                   codes.is_contiguous() && codes.dim() == 2 && codes.size(1) * 2 == k,

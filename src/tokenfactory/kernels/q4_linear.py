@@ -8,9 +8,11 @@ codes and scales ~80 MB. The kernel (`skinny_linear.cpp`, the operator
 expands each block in registers exactly as the loader dequantizes it and then does what the
 bf16 tile does, so `q4_linear` returns bit for bit what `skinny_linear` returns on the
 dequantized weight on its AVX512 path (its path for one row; from two rows it takes AMX tiles
-where the CPU has them, which round a few sums differently). The bf16 weights stay too:
-prompt and mixed steps, and decode steps of more than `DECODE_MAX_ROWS` sequences, run on
-them.
+where the CPU has them, and oneDNN past 8 rows where it has not, which round a few sums
+differently). Every row of a call is computed alone: M rows give bit for bit what M one-row
+calls give, whatever M (up to 16 rows share each expanded block, more go in passes of 16).
+The bf16 weights stay too: prompt and mixed steps, and decode steps of more than
+`decode_max_rows()` rows, run on them.
 
 `Q4Weight.from_gguf_blocks` builds the kernel's layout from a tensor's raw GGUF blocks;
 `LlamaForCausalLM.attach_q4_weights` hands them to the linears.
@@ -26,11 +28,38 @@ import torch
 from tokenfactory.kernels import skinny
 
 BLOCK_BYTES = 20  # per 32 weights: fp16 d, fp16 m, 16 bytes of codes
-# Decode steps of up to this many sequences read Q4_1. Expanding the codes costs compute that
-# only hides behind the memory reads at one or two rows: from 3 rows the bf16 AMX tiles were as
-# fast on the 2-core VM (scripts/q4_decode_check.py), and with AMX tiles expanded from codes
-# too (tried) no faster.
-DECODE_MAX_ROWS = 2
+# Decode steps (and speculative verification forwards) of up to this many rows read Q4_1; the
+# bf16 weights beyond. Expanding codes costs compute that hides behind the memory reads only
+# while the dot products are cheap, so the limit depends on what the bf16 route has:
+# - With AMX: from 3 rows the bf16 AMX tiles were as fast on the 2-core Sapphire Rapids VM
+#   (scripts/q4_decode_check.py), and AMX tiles expanded from codes (tried) no faster.
+# - Without AMX (AVX512-BF16 only, e.g. AMD Zen 4): the bf16 route is the same AVX512 dot
+#   products up to 8 rows and oneDNN past them; Q4_1 was faster at every row count up to 24
+#   and even at 32 on the 2-core EPYC VM (0.56x the bf16 time at 1 row, 0.6-0.9x at 3-8,
+#   ~0.5-0.7x at 9-16, 0.98x at 32, 1.1x at 48), see docs/performance.md.
+DECODE_MAX_ROWS_AMX = 2
+DECODE_MAX_ROWS_AVX512 = 32
+
+
+def decode_max_rows() -> int:
+    """Up to how many rows (decode sequences, or verified draft tokens) a decode-step linear
+    reads Q4_1 on this CPU; 0 where the kernel does not run. Decided once per process."""
+    global _max_rows
+    if _max_rows < 0:
+        if not skinny.available():
+            _max_rows = 0
+        else:
+            _max_rows = DECODE_MAX_ROWS_AMX if skinny.uses_amx() else DECODE_MAX_ROWS_AVX512
+    return _max_rows
+
+
+_max_rows = -1  # not decided yet
+
+
+def _reset() -> None:
+    """Decide again at the next call (tests flip the kernel's availability)."""
+    global _max_rows
+    _max_rows = -1
 
 
 @dataclass(frozen=True)
@@ -80,7 +109,8 @@ def available() -> bool:
 def q4_linear(
     x: torch.Tensor, weight: Q4Weight, bias: torch.Tensor | None = None
 ) -> torch.Tensor | None:
-    """x [M, K] bf16 (M <= 8, rows contiguous) @ weight^T (+ bias): [M, N] bf16, bit for bit
-    ``skinny_linear``'s AVX512 path on the dequantized weight; None when the kernel does not
-    take the call (the caller then uses the bf16 weight)."""
+    """x [M, K] bf16 (M <= skinny.MAX_M, rows contiguous) @ weight^T (+ bias): [M, N] bf16,
+    each row bit for bit ``skinny_linear``'s AVX512 path on the dequantized weight for that
+    row alone; None when the kernel does not take the call (the caller then uses the bf16
+    weight)."""
     return skinny.skinny_linear_q4_1(x, weight.codes, weight.dm, bias)

@@ -193,18 +193,18 @@ def skinny_linear_q4_1(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """``x @ W.T (+ bias)`` with W as Q4_1 codes and scales (layout: ``kernels.q4_linear``):
-    x [M, K] bf16 with rows contiguous, M <= 8; codes [N, K/2] uint8 and dm [N, K/32, 2]
-    float32, contiguous. The result is bit for bit ``skinny_linear``'s AVX512 path on the
-    dequantized bf16 weight (which is its path for one row; several rows take AMX tiles there
-    where the CPU has them, which round a few sums differently). None when the native kernel
-    does not take the call."""
+    x [M, K] bf16 with rows contiguous, M <= MAX_M; codes [N, K/2] uint8 and dm [N, K/32, 2]
+    float32, contiguous. Each row of the result is bit for bit ``skinny_linear``'s AVX512 path
+    on the dequantized bf16 weight for that row alone (its path for one row; several rows take
+    AMX tiles there where the CPU has them, or oneDNN past 8 rows without AMX, which round a
+    few sums differently), whatever M. None when the native kernel does not take the call."""
     if _q4_fn is None and not _load():
         return None
     n, half = codes.shape
     k = 2 * half
     if (
         x.dim() != 2
-        or not 0 < x.shape[0] <= _AVX_MAX_M
+        or not 0 < x.shape[0] <= MAX_M
         or x.shape[1] != k
         or k % 32
         or x.dtype is not _BF16

@@ -203,7 +203,7 @@ AI void tile_q4(const int M, const int R, const bf16_t *x, int64_t ldx, const ui
                 _mm_prefetch(pc + b * R * 16 + off, PF_HINT);
             _mm_prefetch(pd + b * R * 8, PF_HINT);
         }
-        __m512bh xv[8];
+        __m512bh xv[16];
         for (int m = 0; m < M; m++) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * ldx + 32 * b);
         for (int r = 0; r < R; r++) {
             const __m512bh wv = q4_block(cr[r] + 16 * b, dr[r] + 2 * b);
@@ -241,13 +241,27 @@ DEFINE_RUN_Q4(5, 3)
 DEFINE_RUN_Q4(6, 2)
 DEFINE_RUN_Q4(7, 2)
 DEFINE_RUN_Q4(8, 2)
+/* 9..16 rows: one W row per tile, so each block is expanded once for up to 16 rows of x (two
+ * 8-row passes would expand it twice); the x vectors then come from L1 as memory operands. */
+DEFINE_RUN_Q4(9, 1)
+DEFINE_RUN_Q4(10, 1)
+DEFINE_RUN_Q4(11, 1)
+DEFINE_RUN_Q4(12, 1)
+DEFINE_RUN_Q4(13, 1)
+DEFINE_RUN_Q4(14, 1)
+DEFINE_RUN_Q4(15, 1)
+DEFINE_RUN_Q4(16, 1)
 
-static const int ROWS_Q4[9] = {0, 8, 8, 5, 4, 3, 2, 2, 2};
+/* Rows of x one pass of the Q4_1 tiles takes; more rows run in passes of this many. */
+#define Q4_PASS 16
+static const int ROWS_Q4[Q4_PASS + 1] = {0, 8, 8, 5, 4, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1};
 
 typedef void (*run_q4_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
                           int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
-static const run_q4_fn RUNS_Q4[9] = {0,         run_q4_m1, run_q4_m2, run_q4_m3, run_q4_m4,
-                                     run_q4_m5, run_q4_m6, run_q4_m7, run_q4_m8};
+static const run_q4_fn RUNS_Q4[Q4_PASS + 1] = {
+    0,          run_q4_m1,  run_q4_m2,  run_q4_m3,  run_q4_m4,  run_q4_m5,
+    run_q4_m6,  run_q4_m7,  run_q4_m8,  run_q4_m9,  run_q4_m10, run_q4_m11,
+    run_q4_m12, run_q4_m13, run_q4_m14, run_q4_m15, run_q4_m16};
 
 /* ---------------------------------------------------------------------------------------------
  * AMX path. With several activation rows the AVX512 kernel becomes compute bound (M dot
@@ -507,13 +521,16 @@ typedef struct {
 
 /* x rows m0 .. M-1 for W rows [nb, ne) on AVX512, at most 8 rows of x per pass. */
 static void run_avx(const job_t *j, int64_t nb, int64_t ne) {
-    for (int64_t m0 = 0; m0 < j->M; m0 += 8) {
-        const int64_t mr = j->M - m0 < 8 ? j->M - m0 : 8;
-        if (j->codes) {
+    if (j->codes) { /* passes of Q4_PASS rows: each row's sums never depend on the others */
+        for (int64_t m0 = 0; m0 < j->M; m0 += Q4_PASS) {
+            const int64_t mr = j->M - m0 < Q4_PASS ? j->M - m0 : Q4_PASS;
             RUNS_Q4[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->N, j->K, j->bias,
                         j->out + m0 * j->ldo, j->ldo, nb, ne);
-            continue;
         }
+        return;
+    }
+    for (int64_t m0 = 0; m0 < j->M; m0 += 8) {
+        const int64_t mr = j->M - m0 < 8 ? j->M - m0 : 8;
         RUNS[mr](j->x + m0 * j->ldx, j->ldx, j->w, j->N, j->K, j->bias, j->out + m0 * j->ldo,
                  j->ldo, nb, ne);
     }
@@ -576,13 +593,16 @@ int tf_skinny_linear_bf16(const bf16_t *x, int64_t M, int64_t ldx, const bf16_t 
     return run_job(&j, K * 2, nthreads, use_amx);
 }
 
-/* The same product with W as Q4_1 (codes, dm: see above), M <= 8, K % 32 == 0, on the AVX512
- * tiles: results bit for bit tf_skinny_linear_bf16's AVX512 path on the dequantized weight.
- * (Expanding codes into AMX tiles was measured no faster than bf16 tiles on the 2-core VM.) */
+/* The same product with W as Q4_1 (codes, dm: see above), K % 32 == 0, on the AVX512 tiles
+ * (up to 16 rows of x per pass over W): each output is bit for bit what
+ * tf_skinny_linear_bf16's AVX512 path gives for that row alone on the dequantized weight, for
+ * any M (the accumulators, their dot products and their reduction never mix rows).
+ * (Expanding codes into AMX tiles was measured no faster than bf16 tiles on the 2-core AMX
+ * VM.) */
 int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t *codes,
                           const float *dm, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
                           int64_t ldo, int64_t nthreads) {
-    if (M < 1 || M > 8 || N < 1 || K < 32 || K % 32) return -1;
+    if (M < 1 || M > MAX_ROWS || N < 1 || K < 32 || K % 32) return -1;
     job_t j = {.x = x, .bias = bias, .codes = codes, .dm = dm, .out = out, .M = M, .ldx = ldx,
                .K = K, .N = N, .ldo = ldo};
     return run_job(&j, K / 2 + K / 32 * 8, nthreads, 0);
@@ -596,14 +616,18 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
     const int64_t bytes = N * row_bytes;
     /* per-thread work grows with the number of 16-row tiles of x once past 8 rows; Q4_1 rows
      * count as the bf16 rows they expand to (the expansion is most of their cost) */
-    const int64_t work_bytes = j.codes ? N * K * 2 : M > 8 ? bytes * ((M + 15) / 16) : bytes;
+    const int64_t work_bytes = j.codes  ? N * K * 2 * ((M + Q4_PASS - 1) / Q4_PASS)
+                               : M > 8 ? bytes * ((M + 15) / 16)
+                                       : bytes;
     int64_t nt = nthreads < 1 ? 1 : nthreads;
     if (nt > work_bytes / MIN_BYTES_PER_THREAD) nt = work_bytes / MIN_BYTES_PER_THREAD;
     if (nt < 1) nt = 1;
 
 #ifdef TF_WITH_AMX
     bf16_t *xp = NULL; /* x repacked for the B tiles */
-    if (M > 8) {
+    if (j.codes) {
+        /* Q4_1: AVX512 tiles only (use_amx is 0) */
+    } else if (M > 8) {
         if (!use_amx || K % 32) return -1;
         const int64_t mpad = (M + 15) / 16 * 16;
         if ((xp = (bf16_t *)aligned_alloc(64, (size_t)(mpad * K * 2))) == NULL) return -1;
@@ -616,12 +640,15 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
         j.amx = 1;
     }
 #else
-    if (M > 8) return -1;
+    if (M > 8 && !j.codes) return -1;
     (void)use_amx;
 #endif
     /* AMX covers whole 16-row blocks (the batched kernel works in pairs of them); AVX512 does
      * the < 16 leftover rows */
-    const int64_t step = j.amx == 2 ? 32 : j.amx ? 16 : j.codes ? ROWS_Q4[M] : ROWS[M];
+    const int64_t step = j.amx == 2 ? 32
+                         : j.amx    ? 16
+                         : j.codes  ? ROWS_Q4[M < Q4_PASS ? M : Q4_PASS]
+                                    : ROWS[M];
     j.n_main = j.amx ? N / 16 * 16 : N;
     j.chunk = j.n_main;
     if (nt > 1) {
