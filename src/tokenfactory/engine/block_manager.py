@@ -156,6 +156,17 @@ class BlockManager:
             seq.block_table.append(self._take_block())
         return True
 
+    def trim(self, seq: Sequence) -> None:
+        """Free the blocks past the sequence's computed tokens: slots a speculative draft
+        reserved and its rejected tokens left empty. They were never full of computed
+        tokens, so none was registered in the prefix cache."""
+        keep = _cdiv(seq.num_computed_tokens, self.block_size)
+        while len(seq.block_table) > keep:
+            block = self._blocks[seq.block_table.pop()]
+            assert block.hash is None and block.ref_count == 1, "trimmed a shared block"
+            block.ref_count = 0
+            self._free.append(block.block_id)
+
     def commit(self, seq: Sequence, num_computed_tokens: int) -> None:
         """Register hashes for blocks that became full now that tokens up to here are computed."""
         if not self.enable_prefix_caching:

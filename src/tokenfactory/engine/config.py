@@ -38,6 +38,12 @@ class EngineConfig:
     # On CUDA, the KV cache takes this share of the memory free after the weights, less a
     # reserve for activations, logits and graphs (kv_cache_memory_fraction is for CPUs).
     gpu_memory_utilization: float = 0.9
+    # Speculative decoding (docs/speculation.md): None, "ngram" (prompt lookup) or "draft"
+    # (a smaller model with the same tokenizer, `draft_model`). The scheduling policy picks
+    # each step how many of at most `num_speculative_tokens` draft tokens a request verifies.
+    speculation: str | None = None
+    num_speculative_tokens: int = 4
+    draft_model: str | None = None  # a GGUF file or Hugging Face directory, like --model
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -54,3 +60,9 @@ class EngineConfig:
             raise ValueError("attention_backend must be auto, torch or triton")
         if self.cuda_graph_max_batch < 1:
             raise ValueError("cuda_graph_max_batch must be at least 1")
+        if self.speculation not in (None, "ngram", "draft"):
+            raise ValueError("speculation must be ngram or draft (or None: off)")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError("num_speculative_tokens must be in [1, 16]")
+        if self.speculation == "draft" and not self.draft_model:
+            raise ValueError("speculation='draft' needs draft_model (a model path)")

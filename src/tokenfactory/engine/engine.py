@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
@@ -23,13 +25,16 @@ from tokenfactory.engine.runner import ModelRunner
 from tokenfactory.engine.sampling.logprobs import TokenLogprob
 from tokenfactory.engine.sampling.sampler import Sampler
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.engine.scheduler import Scheduler
+from tokenfactory.engine.scheduler import Scheduler, SchedulerOutput
 from tokenfactory.engine.sequence import FinishReason, Sequence
+from tokenfactory.engine.speculation.factory import make_proposer
+from tokenfactory.engine.speculation.proposer import DraftRequest, Proposer
+from tokenfactory.engine.speculation.verify import DraftRow, accepted_length, sample_rows
 from tokenfactory.engine.stats import StatsLog
-from tokenfactory.engine.stop_checker import StopChecker
+from tokenfactory.engine.stop_checker import CONTINUE, StopChecker
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.llama import LlamaForCausalLM
-from tokenfactory.scheduling.policy import make_policy
+from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
 from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.scheduling.step_stats import StepStats
 from tokenfactory.tiers import ServiceTerms
@@ -54,7 +59,10 @@ class Engine:
         tokenizer: Tokenizer | None,
         config: EngineConfig | None = None,
         model_name: str = "model",
+        proposer: Proposer | None = None,
     ):
+        """`proposer`: draft tokens for speculative decoding; None builds the one
+        `config.speculation` names (none when it is None)."""
         self.config = config or EngineConfig()
         self.model = model
         self.tokenizer = tokenizer
@@ -73,7 +81,8 @@ class Engine:
         self.block_manager = BlockManager(
             num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(self.config, self.block_manager, make_policy(self.config.policy))
+        self.proposer = proposer or make_proposer(self.config, model, num_blocks)
+        self.scheduler = self._make_scheduler(make_policy(self.config.policy))
         self.runner = ModelRunner(model, cache, self.config)
         self.sampler = Sampler(seed=self.config.seed)
         self.stats = StatsLog()
@@ -132,9 +141,13 @@ class Engine:
         self.block_manager = BlockManager(
             self.num_kv_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(self.config, self.block_manager, policy)
+        self.scheduler = self._make_scheduler(policy)
         if self.step_prior is not None:
             policy.set_step_prior(self.step_prior)
+
+    def _make_scheduler(self, policy: SchedulingPolicy) -> Scheduler:
+        depth = self.config.num_speculative_tokens if self.proposer is not None else 0
+        return Scheduler(self.config, self.block_manager, policy, depth, self.max_model_len)
 
     def set_step_prior(self, prior: StepCoefficients) -> None:
         """What a step costs on this hardware (the capacity probe's figures), for the policy's
@@ -236,22 +249,19 @@ class Engine:
         ]
         if plan.is_empty:
             return outputs
+        if self.proposer is not None and plan.speculating:
+            requests = [DraftRequest(c.seq, c.draft_slots) for c in plan.speculating]
+            plan.attach_drafts(self.proposer.propose(requests))
         logits = self.runner.execute(plan)
-        sampling = [c.seq for c in plan.chunks if c.samples]
-        sampled = self.sampler(logits, sampling) if sampling else None
-        now = time.monotonic()
-        if sampled is not None:
-            for seq, token in zip(sampling, sampled.token_ids, strict=True):
-                seq.output_token_ids.append(token)
-                if seq.first_token_time is None:
-                    seq.first_token_time = now
+        emitted = self._sample(plan, logits)
         self.scheduler.on_step_done(plan)
-
-        if sampled is not None:
-            for i, seq in enumerate(sampling):
-                lp = sampled.logprobs[i]
-                outputs.append(self._postprocess(seq, sampled.token_ids[i], lp, now))
+        now = time.monotonic()
+        for seq, tokens, logprobs in emitted:
+            outputs.append(self._postprocess(seq, tokens, logprobs, now))
+        if self.proposer is not None:
+            self.proposer.retain(self._requests)
         kv_read = sum(c.start + c.num_tokens for c in plan.chunks)
+        sampled = [c for c in plan.chunks if c.samples]
         step_stats = StepStats(
             started_at=started,
             duration_s=time.monotonic() - started,
@@ -259,12 +269,14 @@ class Engine:
             num_decode_tokens=plan.num_decode_tokens,
             num_prefill_tokens=plan.num_prefill_tokens,
             num_kv_tokens_read=kv_read,
-            num_sampled=len(sampling),
+            num_sampled=len(sampled),
             num_preempted=len(plan.preempted),
             num_waiting=self.scheduler.num_waiting,
             num_running=self.scheduler.num_running,
             kv_usage=self.block_manager.usage,
             schedule_s=planned - started,
+            num_draft_tokens=plan.num_draft_tokens,
+            num_accepted_tokens=sum(c.num_accepted for c in sampled),
         )
         self.stats.record(step_stats)
         self.scheduler.record_step(step_stats)
@@ -295,20 +307,66 @@ class Engine:
             retry_after_s=retry_after_s,
         )
 
+    def _sample(
+        self, plan: SchedulerOutput, logits: torch.Tensor
+    ) -> list[tuple[Sequence, list[int], list[TokenLogprob | None]]]:
+        """Sample the step's rows and append each request's new tokens: one for a decode or
+        a prompt's last chunk; for a verified draft, its accepted tokens and the next one."""
+        chunks = [c for c in plan.chunks if c.samples]
+        if not chunks:
+            return []
+        rows: list[Sequence | DraftRow] = []
+        for c in chunks:
+            rows += sample_rows(c.seq, c.draft) if c.draft else [c.seq]
+        sampled = self.sampler(logits, rows)
+        now = time.monotonic()
+        emitted = []
+        i = 0
+        for c in chunks:
+            seq, n = c.seq, 1 + len(c.draft)
+            tokens = sampled.token_ids[i : i + n]
+            if c.draft:
+                c.num_accepted = accepted_length(tokens, c.draft)
+                tokens = tokens[: c.num_accepted + 1]
+                seq.num_draft_tokens += len(c.draft)
+                seq.num_accepted_draft_tokens += c.num_accepted
+            seq.output_token_ids += tokens
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            emitted.append((seq, tokens, sampled.logprobs[i : i + len(tokens)]))
+            i += n
+        return emitted
+
     def _postprocess(
-        self, seq: Sequence, token: int, logprob: TokenLogprob | None, now: float
+        self,
+        seq: Sequence,
+        tokens: list[int],
+        logprobs: list[TokenLogprob | None],
+        now: float,
     ) -> RequestOutput:
+        """Stop checks and text for the tokens a step appended to `seq` (several when a draft
+        was accepted); tokens after the one that ends the request are dropped."""
         state = self._requests[seq.request_id]
-        decision = state.stop.check_token(token, seq.num_output_tokens)
+        base = seq.num_output_tokens - len(tokens)
         text = ""
-        # EOS and stop tokens end the request without showing their text; a length stop
-        # still shows the last token, whose text may itself complete a stop string.
-        stopped_by_token = decision.finished and decision.reason is FinishReason.STOP
-        if not stopped_by_token and state.detokenizer is not None:
-            delta = state.detokenizer.add(token)  # type: ignore[attr-defined]
-            text, text_decision = state.stop.add_text(delta)
-            if text_decision.finished:
-                decision = text_decision
+        decision = CONTINUE
+        kept = 0
+        for token in tokens:
+            kept += 1
+            decision = state.stop.check_token(token, base + kept)
+            # EOS and stop tokens end the request without showing their text; a length stop
+            # still shows the last token, whose text may itself complete a stop string.
+            stopped_by_token = decision.finished and decision.reason is FinishReason.STOP
+            if not stopped_by_token and state.detokenizer is not None:
+                delta = state.detokenizer.add(token)  # type: ignore[attr-defined]
+                released, text_decision = state.stop.add_text(delta)
+                text += released
+                if text_decision.finished:
+                    decision = text_decision
+            if decision.finished:
+                break
+        if kept < len(tokens):
+            del seq.output_token_ids[base + kept :]  # generated past the end: not delivered
         if decision.finished:
             if not isinstance(decision.stop_reason, str):
                 text += state.stop.flush()
@@ -318,11 +376,12 @@ class Engine:
             assert decision.reason is not None
             self.scheduler.finish(seq, decision.reason)
             del self._requests[seq.request_id]
+        lps = logprobs[:kept]
         return RequestOutput(
             request_id=seq.request_id,
-            token_ids=[token],
+            token_ids=tokens[:kept],
             text=text,
-            logprobs=[logprob] if logprob is not None else None,
+            logprobs=lps if lps and lps[0] is not None else None,
             finished=decision.finished,
             finish_reason=decision.reason if decision.finished else None,
             stop_reason=decision.stop_reason if decision.finished else None,

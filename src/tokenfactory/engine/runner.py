@@ -71,11 +71,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: SchedulerOutput) -> torch.Tensor:
-        """Run one step; logits [N, vocab] for the chunks that sample, in chunk order."""
+        """Run one step; logits [N, vocab] for the rows that sample, in chunk order (one per
+        sampling chunk, 1 + its draft for a chunk that verifies one)."""
         inputs = build_step_inputs(step, self.block_size)
-        decode = inputs.is_decode_only
-        if decode and self.graphs is not None and inputs.num_decodes <= self.graphs.max_batch:
+        if (
+            inputs.is_decode_only
+            and self.graphs is not None
+            and inputs.num_decodes <= self.graphs.max_batch
+        ):
             return self.graphs.run(inputs)
+        # Decodes and the drafts they verify are a few rows each: the linears' decode path
+        # (the skinny kernels, Q4_1 weights on CPU) suits them; prompt chunks take the other.
+        decode = step.num_prefill_tokens == 0
         extra = self.attention.host_arrays(inputs)
         dev = ship(inputs.arrays() | extra, self.device)
         splits = self.attention.decode_splits(inputs.num_decodes)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.sequence import FinishReason, Sequence, SequenceStatus
+from tokenfactory.scheduling.acceptance import AcceptanceRate
 from tokenfactory.scheduling.policy import SchedulingPolicy
 from tokenfactory.scheduling.step_stats import StepStats
 from tokenfactory.scheduling.view import RequestView, SchedulerView, StepPlan, chunk_tokens
@@ -31,10 +33,16 @@ from tokenfactory.scheduling.view import RequestView, SchedulerView, StepPlan, c
 class ScheduledChunk:
     seq: Sequence
     start: int  # == seq.num_computed_tokens at schedule time
-    num_tokens: int  # tokens to run this step
+    num_tokens: int  # tokens to run this step (a decode's draft tokens included)
     # Length of the sequence when scheduled: the engine appends the sampled token before
     # on_step_done, which must not change what `samples` says.
     seq_len: int = field(default=-1, repr=False)
+    # Speculative decoding: KV slots reserved for draft tokens, the draft the proposer filled
+    # them with (`SchedulerOutput.attach_drafts`; run after the decode's own token), and how
+    # many of it the sampler accepted (set by the engine before on_step_done).
+    draft_slots: int = 0
+    draft: list[int] = field(default_factory=list)
+    num_accepted: int = 0
 
     def __post_init__(self) -> None:
         if self.seq_len < 0:
@@ -43,7 +51,12 @@ class ScheduledChunk:
     @property
     def samples(self) -> bool:
         """This chunk reaches the end of the sequence, so its logits yield a new token."""
-        return self.start + self.num_tokens == self.seq_len
+        return self.start + self.num_tokens - len(self.draft) == self.seq_len
+
+    @property
+    def num_sample_rows(self) -> int:
+        """Rows of logits the chunk yields: its last token's, and one per draft token."""
+        return 1 + len(self.draft) if self.samples else 0
 
     @property
     def is_decode(self) -> bool:
@@ -75,14 +88,44 @@ class SchedulerOutput:
 
     @property
     def num_scheduled_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode_tokens
+        return self.num_prefill_tokens + self.num_decode_tokens + self.num_draft_tokens
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return sum(len(c.draft) for c in self.chunks)
+
+    @property
+    def speculating(self) -> list[ScheduledChunk]:
+        """Decodes with KV slots reserved for draft tokens, waiting for a proposer's draft."""
+        return [c for c in self.chunks if c.draft_slots]
+
+    def attach_drafts(self, drafts: Mapping[str, list[int]]) -> None:
+        """Put each speculating decode's draft (by request id; at most its reserved slots,
+        absent: none) after its token, then order the step as the runner expects: plain
+        decodes first."""
+        for chunk in self.speculating:
+            chunk.draft = list(drafts.get(chunk.seq.request_id, ()))[: chunk.draft_slots]
+            chunk.num_tokens = 1 + len(chunk.draft)
+        self.chunks.sort(key=lambda c: not c.is_decode)
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager, policy: SchedulingPolicy):
+    def __init__(
+        self,
+        config: EngineConfig,
+        block_manager: BlockManager,
+        policy: SchedulingPolicy,
+        max_draft_tokens: int = 0,
+        max_model_len: int | None = None,
+    ):
         self.config = config
         self.block_manager = block_manager
         self.policy = policy
+        # Speculative decoding: at most this many draft tokens per request and step (0: off);
+        # a draft never reaches past the context window.
+        self.max_draft_tokens = max_draft_tokens
+        self.max_model_len = max_model_len
+        self.acceptance = AcceptanceRate()
         self._step_index = 0  # plans made so far
         self._last_step: StepStats | None = None  # the step run since the last plan
         self._unseen: list[Sequence] = []  # added since the last plan
@@ -193,8 +236,16 @@ class Scheduler:
             # Finished or aborted in between (or otherwise stale): leave it alone.
             if seq.status is not SequenceStatus.RUNNING or seq.num_computed_tokens != chunk.start:
                 continue
-            seq.num_computed_tokens += chunk.num_tokens
+            # A draft's rejected tokens are not computed: their K/V are overwritten later.
+            seq.num_computed_tokens += chunk.num_tokens - len(chunk.draft) + chunk.num_accepted
+            if chunk.draft_slots:
+                self.block_manager.trim(seq)
             self.block_manager.commit(seq, seq.num_computed_tokens)
+        drafted = [c for c in output.chunks if c.draft]
+        if drafted:
+            self.acceptance.observe(
+                sum(len(c.draft) for c in drafted), sum(c.num_accepted for c in drafted)
+            )
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -212,6 +263,8 @@ class Scheduler:
             free_blocks=bm.num_free_blocks,
             block_size=bm.block_size,
             last_step=self._last_step,
+            max_draft_tokens=self.max_draft_tokens,
+            draft_acceptance=self.acceptance.rate,
         )
         self._last_step = None
         return self.policy.plan(view)
@@ -265,18 +318,36 @@ class Scheduler:
                 n = min(n, caps.get(seq.request_id, n))
             if n == 0:
                 continue
-            while not self.block_manager.append_slots(seq, n):
+            drafts = self._draft_slots(plan, seq, budget) if seq.num_uncomputed_tokens == 1 else 0
+            while not self.block_manager.append_slots(seq, n + drafts):
+                if drafts:  # short of blocks: verify nothing rather than preempt anyone
+                    drafts = 0
+                    continue
                 victim = self._victim(plan, seq, scheduled)
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is seq:
                     break
             else:
-                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n, draft_slots=drafts))
                 seq.last_scheduled_step = self._step_index
                 scheduled.add(seq)
-                budget -= n
+                budget -= n + drafts
         return budget
+
+    def _draft_slots(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
+        """Draft tokens a decoding `seq` may verify this step: what the plan grants, within
+        the budget left, the tokens it may still generate and the context window."""
+        k = plan.draft_tokens.get(seq.request_id, 0) if plan.draft_tokens else 0
+        if k <= 0 or self.max_draft_tokens <= 0:
+            return 0
+        # A step emits at most drafts + 1 tokens: never more than the request may still get.
+        left = budget - 1
+        if seq.max_tokens is not None:
+            left = min(left, seq.max_tokens - seq.num_output_tokens - 1)
+        if self.max_model_len is not None:
+            left = min(left, self.max_model_len - seq.num_tokens - 1)
+        return max(0, min(k, self.max_draft_tokens, left))
 
     def _own(self, request: RequestView) -> Sequence | None:
         """The scheduler's sequence a plan names (policies return the views they were given,

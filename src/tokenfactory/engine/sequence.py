@@ -53,6 +53,9 @@ class Sequence:
     last_scheduled_step: int | None = None  # the scheduler's step index it last ran in
     seen_by_plan: bool = False  # a scheduling plan has seen it (False: a new arrival)
     judged_on_arrival: bool = False  # a scheduling plan judged it on arrival (shedding)
+    # Speculative decoding: draft tokens verified so far, and how many of them were accepted.
+    num_draft_tokens: int = 0
+    num_accepted_draft_tokens: int = 0
 
     @property
     def max_tokens(self) -> int | None:

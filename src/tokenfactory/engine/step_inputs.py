@@ -33,7 +33,9 @@ class StepInputs:
     q_len: np.ndarray  # [S]
     context_len: np.ndarray  # [S] positions each span attends to, its own included
     block_tables: np.ndarray  # [S, W] the blocks of each span's context, padded with 0
-    sample_rows: np.ndarray  # [N] last row of each span that samples, in span order
+    # [N] rows whose logits are sampled, in span order: the last of each span that samples,
+    # and every row of a span that verifies a draft
+    sample_rows: np.ndarray
     num_decodes: int  # spans 0..num_decodes-1 are single-token decodes (rows 0..D-1)
     decode_width: int  # block-table columns the decodes need
 
@@ -88,7 +90,10 @@ def build_step_inputs(step: SchedulerOutput, block_size: int) -> StepInputs:
         seq, start, n = chunk.seq, chunk.start, chunk.num_tokens
         end = start + n
         q_start.append(len(ids))
-        if n == 1:
+        if chunk.draft:  # a decode and the draft tokens it verifies
+            ids.append(seq.token_at(start))
+            ids += chunk.draft
+        elif n == 1:
             ids.append(seq.token_at(start))
             # Decodes lead the batch: a single token after a prompt chunk is not one.
             if start > 0 and num_decodes == len(starts):
@@ -101,8 +106,9 @@ def build_step_inputs(step: SchedulerOutput, block_size: int) -> StepInputs:
         q_len.append(n)
         context_len.append(end)
         num_blocks.append(blocks)
-        if chunk.samples:
-            sample_rows.append(len(ids) - 1)
+        rows = chunk.num_sample_rows  # the last token's, then one per draft token
+        if rows:
+            sample_rows += range(len(ids) - rows, len(ids))
 
     # Whole-step arrays: the padded block tables, then every token's position and slot.
     width = max(num_blocks, default=1)

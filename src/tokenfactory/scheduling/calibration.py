@@ -33,7 +33,11 @@ def calibrations() -> dict[str, Calibration]:
     text = resources.files("tokenfactory").joinpath("data/step_costs.toml").read_text("utf-8")
     out = {}
     for name, entry in tomllib.loads(text).items():
-        cost = StepCoefficients(*(float(entry.get(f, 0.0)) for f in _FIELDS))
+        draft = entry.get("per_draft_token_s")
+        cost = StepCoefficients(
+            *(float(entry.get(f, 0.0)) for f in _FIELDS),
+            per_draft_token_s=None if draft is None else float(draft),
+        )
         out[name] = Calibration(
             name=name,
             cost=cost,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tokenfactory.scheduling.ordered import ordered_plan
 from tokenfactory.scheduling.policy import SchedulingPolicy
+from tokenfactory.scheduling.speculation import UniformSpeculation
+from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.scheduling.view import RequestView, SchedulerView, StepPlan
 
 
@@ -20,8 +22,14 @@ def tier_rank(request: RequestView) -> int:
 class PriorityPolicy(SchedulingPolicy):
     name = "priority"
 
+    def __init__(self) -> None:
+        self.speculation = UniformSpeculation()
+
     def plan(self, view: SchedulerView) -> StepPlan:
-        return ordered_plan(view, _priority_key)
+        return ordered_plan(view, _priority_key, self.speculation.plan(view))
+
+    def set_step_prior(self, prior: StepCoefficients) -> None:
+        self.speculation.set_prior(prior)
 
 
 def _priority_key(request: RequestView) -> tuple[int, float]:

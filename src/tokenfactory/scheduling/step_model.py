@@ -1,12 +1,13 @@
 """Step-time model: how long an engine step takes, fitted online from measured steps.
 
     step_s ~ a + b * decode_seqs + c * prefill_tokens + d * kv_tokens_read + e * [prefill > 0]
+             + f * draft_tokens
 
 Least squares over a sliding window of recent steps, regularised toward a prior so that the
 model is usable before any data and never swings wildly on a handful of similar steps (a
 ridge pull toward the prior, worth `prior_weight` pseudo-steps per coefficient). The window's
 normal equations are kept incrementally, so an observation costs O(1) and a refit solves a
-4x4 system. Coefficients are clipped to be non-negative: more work never makes a step faster.
+6x6 system. Coefficients are clipped to be non-negative: more work never makes a step faster.
 
 Plain Python and numpy over plain numbers: the tier policy, /v1/tiers and the planner's
 simulator all use the same class.
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-NUM_FEATURES = 5  # 1, decode sequences, prefill tokens, KV tokens read, any prefill
+# 1, decode sequences, prefill tokens, KV tokens read, any prefill, draft tokens verified
+NUM_FEATURES = 6
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,14 @@ class StepCoefficients:
     # e: what a step pays once for computing any prompt tokens: decode-only steps take a
     # faster path (the skinny CPU kernels, CUDA graphs), mixed steps the general one.
     prefill_step_s: float = 0.0
+    # f: per speculative draft token verified (a row beside its decode's). None: taken to
+    # cost what a prompt token does until steps say otherwise.
+    per_draft_token_s: float | None = None
+
+    @property
+    def draft_token_s(self) -> float:
+        draft = self.per_draft_token_s
+        return self.per_prefill_token_s if draft is None else draft
 
     def as_array(self) -> np.ndarray:
         return np.array(
@@ -42,21 +52,25 @@ class StepCoefficients:
                 self.per_prefill_token_s,
                 self.per_kv_token_s,
                 self.prefill_step_s,
+                self.draft_token_s,
             ]
         )
 
-    def predict(self, decode_seqs: float, prefill_tokens: float, kv_tokens: float) -> float:
+    def predict(
+        self, decode_seqs: float, prefill_tokens: float, kv_tokens: float, draft_tokens: float = 0
+    ) -> float:
         return (
             self.base_s
             + self.per_decode_s * decode_seqs
             + self.per_prefill_token_s * prefill_tokens
             + self.per_kv_token_s * kv_tokens
             + (self.prefill_step_s if prefill_tokens > 0 else 0.0)
+            + self.draft_token_s * draft_tokens
         )
 
 
 # Typical feature sizes, used to scale the prior's pull so it is comparable across features.
-_TYPICAL = np.array([1.0, 16.0, 256.0, 4096.0, 1.0])
+_TYPICAL = np.array([1.0, 16.0, 256.0, 4096.0, 1.0, 16.0])
 
 
 class StepTimeModel:
@@ -118,7 +132,12 @@ class StepTimeModel:
     # ---- data -------------------------------------------------------------------------------
 
     def observe(
-        self, duration_s: float, decode_seqs: float, prefill_tokens: float, kv_tokens: float
+        self,
+        duration_s: float,
+        decode_seqs: float,
+        prefill_tokens: float,
+        kv_tokens: float,
+        draft_tokens: float = 0,
     ) -> None:
         if self._skip > 0:
             self._skip -= 1
@@ -126,7 +145,14 @@ class StepTimeModel:
         if not duration_s > 0 or not np.isfinite(duration_s):
             return
         x = np.array(
-            [1.0, decode_seqs, prefill_tokens, kv_tokens, 1.0 if prefill_tokens > 0 else 0.0],
+            [
+                1.0,
+                decode_seqs,
+                prefill_tokens,
+                kv_tokens,
+                1.0 if prefill_tokens > 0 else 0.0,
+                draft_tokens,
+            ],
             dtype=np.float64,
         )
         if self.outlier_factor > 0:
@@ -153,12 +179,15 @@ class StepTimeModel:
             stats.num_decode_tokens,
             stats.num_prefill_tokens,
             stats.num_kv_tokens_read,
+            getattr(stats, "num_draft_tokens", 0),
         )
 
     # ---- the fit ----------------------------------------------------------------------------
 
     @property
     def coefficients(self) -> StepCoefficients:
+        if self.num_observed == 0:
+            return self.prior  # nothing learned yet (and unset draft costs stay unset)
         if self._dirty:
             self._refit()
         # One object per fit: the policy asks for it many times a step.
@@ -166,7 +195,13 @@ class StepTimeModel:
             self._coef_obj = StepCoefficients(*(float(v) for v in self._coef))
         return self._coef_obj
 
-    def predict(self, decode_seqs: float, prefill_tokens: float = 0, kv_tokens: float = 0) -> float:
+    def predict(
+        self,
+        decode_seqs: float,
+        prefill_tokens: float = 0,
+        kv_tokens: float = 0,
+        draft_tokens: float = 0,
+    ) -> float:
         if self._dirty:
             self._refit()
         c = self._coef
@@ -176,6 +211,7 @@ class StepTimeModel:
             + c[2] * prefill_tokens
             + c[3] * kv_tokens
             + (c[4] if prefill_tokens > 0 else 0.0)
+            + c[5] * draft_tokens
         )
 
     def _refit(self) -> None:

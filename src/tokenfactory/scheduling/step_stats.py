@@ -22,6 +22,10 @@ class StepStats:
     # Of duration_s, the host time the scheduler and its policy took to plan the step (on a
     # GPU a Python policy's cost shows here, next to a step of a few milliseconds).
     schedule_s: float = 0.0
+    # Speculative decoding: draft tokens verified in the step (beyond each decode's own
+    # token, not in num_decode_tokens), and how many of them were accepted.
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)

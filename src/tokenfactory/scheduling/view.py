@@ -52,6 +52,10 @@ class RequestView(Protocol):
     def seen_by_plan(self) -> bool: ...  # a plan has seen it (False: a new arrival)
     @property
     def judged_on_arrival(self) -> bool: ...  # a plan judged it on arrival (`StepPlan.judged`)
+    @property
+    def num_draft_tokens(self) -> int: ...  # speculative draft tokens verified so far
+    @property
+    def num_accepted_draft_tokens(self) -> int: ...  # of those, accepted
 
 
 def is_new_arrival(request: RequestView) -> bool:
@@ -80,6 +84,11 @@ class SchedulerView:
     free_blocks: int
     block_size: int
     last_step: StepStats | None = None  # the step that ran since the previous plan
+    # Speculative decoding: the most draft tokens a request may verify in one step (0: the
+    # engine has no proposer), and the share of draft tokens accepted lately, engine-wide
+    # (None before any was verified).
+    max_draft_tokens: int = 0
+    draft_acceptance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,9 @@ class StepPlan:
     # as it has pending and the budget allows). A plain mapping, not an object per request:
     # a plan is made every step, over hundreds of requests.
     query_caps: Mapping[str, int] = field(default_factory=dict)
+    # Draft tokens each decoding request may verify this step, by request id (absent: 0, a
+    # plain decode). Capped by the view's max_draft_tokens; the proposer may find fewer.
+    draft_tokens: Mapping[str, int] = field(default_factory=dict)
 
 
 class SortedOnDemand(SequenceABC[RequestView]):

@@ -99,7 +99,11 @@ class TierPolicy(SchedulingPolicy):
             if prev.duration_s <= gap <= prev.duration_s + self.config.max_step_gap_s:
                 period = gap
         self.model.observe(
-            period, prev.num_decode_tokens, prev.num_prefill_tokens, prev.num_kv_tokens_read
+            period,
+            prev.num_decode_tokens,
+            prev.num_prefill_tokens,
+            prev.num_kv_tokens_read,
+            prev.num_draft_tokens,
         )
 
 
