@@ -45,6 +45,40 @@ KvOpt = Annotated[
 ]
 LenOpt = Annotated[int | None, typer.Option(help="Context window cap in tokens")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads (default: every core)")]
+SpeculationOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Speculative decoding: ngram (prompt lookup) or draft (needs --draft-model); "
+        "the scheduling policy decides per request and step how many tokens to draft"
+    ),
+]
+SpecTokensOpt = Annotated[
+    int, typer.Option(min=1, max=16, help="Most draft tokens a request verifies in one step")
+]
+DraftModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Draft model for --speculation draft: a GGUF file or HF directory "
+                 "sharing the model's tokenizer"),
+]
+
+
+def _speculation(
+    speculation: str | None, num_tokens: int, draft_model: str | None
+) -> dict[str, object]:
+    """EngineConfig fields for the speculation options (a draft model implies `draft`)."""
+    if draft_model and speculation is None:
+        speculation = "draft"
+    if speculation is not None and speculation not in ("ngram", "draft"):
+        err.print(f"[red]error:[/red] --speculation must be ngram or draft, not {speculation!r}")
+        raise typer.Exit(2)
+    if speculation == "draft" and not draft_model:
+        err.print("[red]error:[/red] --speculation draft needs --draft-model PATH")
+        raise typer.Exit(2)
+    return {
+        "speculation": speculation,
+        "num_speculative_tokens": num_tokens,
+        "draft_model": draft_model,
+    }
 
 
 def _engine_config(
@@ -171,10 +205,14 @@ def generate(
     kv_cache_gb: KvOpt = None,
     max_model_len: LenOpt = None,
     threads: ThreadsOpt = None,
+    speculation: SpeculationOpt = None,
+    num_speculative_tokens: SpecTokensOpt = 4,
+    draft_model: DraftModelOpt = None,
 ) -> None:
     """Complete prompts offline and print the results."""
+    spec = _speculation(speculation, num_speculative_tokens, draft_model)
     engine = _load_engine(
-        model, None, _engine_config(device, dtype, kv_cache_gb, max_model_len, threads)
+        model, None, _engine_config(device, dtype, kv_cache_gb, max_model_len, threads, **spec)
     )
     try:
         params = SamplingParams(
@@ -260,6 +298,9 @@ def serve(
     kv_cache_gb: KvOpt = None,
     max_model_len: LenOpt = None,
     threads: ThreadsOpt = None,
+    speculation: SpeculationOpt = None,
+    num_speculative_tokens: SpecTokensOpt = 4,
+    draft_model: DraftModelOpt = None,
 ) -> None:
     """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
     from tokenfactory.server.run import ServeOptions
@@ -268,7 +309,7 @@ def serve(
 
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=max_num_seqs,
-        policy=policy,
+        policy=policy, **_speculation(speculation, num_speculative_tokens, draft_model),
     )
     opts = ServeOptions(
         model=model,
@@ -320,12 +361,16 @@ def bench_engine(
     kv_cache_gb: KvOpt = None,
     max_model_len: LenOpt = None,
     threads: ThreadsOpt = None,
+    speculation: SpeculationOpt = None,
+    num_speculative_tokens: SpecTokensOpt = 4,
+    draft_model: DraftModelOpt = None,
 ) -> None:
     """Offline throughput, a decode sweep over batch sizes, prefill speed, against the roofline."""
     from tokenfactory.bench.engine_bench import BenchOptions, run_engine_bench
 
     config = _engine_config(
-        device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=512, seed=seed
+        device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=512, seed=seed,
+        **_speculation(speculation, num_speculative_tokens, draft_model),
     )
     engine = _load_engine(model, random_weights, config)
     cpu = engine.device.type == "cpu"
