@@ -45,13 +45,20 @@ class SimulatedEngine:
     steps: list[SchedulerOutput] = field(default_factory=list)
     # Request id -> the output token after which its simulated model stops by itself.
     stop_after: dict[str, int] = field(default_factory=dict)
+    # Speculative decoding: the most draft tokens a request may verify per step (0: off),
+    # and the chance each draft token is accepted, by request id (absent: `acceptance`).
+    max_draft_tokens: int = 0
+    acceptance: float = 0.5
+    request_acceptance: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.config = EngineConfig(block_size=self.block_size, max_num_seqs=self.max_num_seqs)
         self.block_manager = BlockManager(
             self.num_blocks, self.block_size, enable_prefix_caching=False
         )
-        self.scheduler = Scheduler(self.config, self.block_manager, self.policy)
+        self.scheduler = Scheduler(
+            self.config, self.block_manager, self.policy, self.max_draft_tokens
+        )
         self._rng = random.Random(self.seed)
 
     def add(self, seq: Sequence, stop_after: int | None = None) -> Sequence:
@@ -75,8 +82,12 @@ class SimulatedEngine:
         if plan.is_empty:
             self.now += _IDLE_TICK_S
             return plan
+        if plan.speculating:  # the simulated proposer always fills the slots granted
+            plan.attach_drafts({c.seq.request_id: [7] * c.draft_slots for c in plan.speculating})
         kv = sum(c.start + c.num_tokens for c in plan.chunks)
-        duration = self.cost.predict(plan.num_decode_tokens, plan.num_prefill_tokens, kv)
+        duration = self.cost.predict(
+            plan.num_decode_tokens, plan.num_prefill_tokens, kv, plan.num_draft_tokens
+        )
         if self.noise > 0:
             duration *= 1.0 + self._rng.uniform(-self.noise, self.noise)
         if self.stall_share > 0 and self._rng.random() < self.stall_share:
@@ -86,7 +97,12 @@ class SimulatedEngine:
             if not c.samples:
                 continue
             seq = c.seq
-            seq.output_token_ids.append(7)  # the token's value does not matter here
+            if c.draft:
+                c.num_accepted = self._accepted(seq.request_id, len(c.draft))
+                seq.num_draft_tokens += len(c.draft)
+                seq.num_accepted_draft_tokens += c.num_accepted
+            # The tokens' values do not matter here.
+            seq.output_token_ids += [7] * (1 + c.num_accepted)
             if seq.first_token_time is None:
                 seq.first_token_time = self.now
         self.scheduler.on_step_done(plan)
@@ -116,9 +132,19 @@ class SimulatedEngine:
                 num_waiting=self.scheduler.num_waiting,
                 num_running=self.scheduler.num_running,
                 kv_usage=self.block_manager.usage,
+                num_draft_tokens=plan.num_draft_tokens,
+                num_accepted_tokens=sum(c.num_accepted for c in plan.chunks),
             )
         )
         return plan
+
+    def _accepted(self, request_id: str, k: int) -> int:
+        """Leading draft tokens accepted, each with the request's acceptance chance."""
+        rate = self.request_acceptance.get(request_id, self.acceptance)
+        n = 0
+        while n < k and self._rng.random() < rate:
+            n += 1
+        return n
 
     def run_until(self, t: float) -> None:
         """Step until the clock reaches `t` (idle time passes in small ticks)."""

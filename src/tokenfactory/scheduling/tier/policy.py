@@ -13,7 +13,8 @@ A plan is made in parts, each its own module:
 - `running` and `pacing`: which running requests step, in which order, under what token cap;
 - `admission`: which waiting requests start (by value, against a fluid load estimate from
   `load`), and which `service_tier=auto` requests start at once at a slower tier;
-- `shedding`: which sheddable arrivals are refused at once with a Retry-After.
+- `shedding`: which sheddable arrivals are refused at once with a Retry-After;
+- `speculation`: how many draft tokens each carried decode verifies (paying tiers only).
 
 Between plans the policy keeps only what it learns about the engine: the step-time model (what
 a step costs, fitted from the steps it is told about) and the rate queued prompts are computed
@@ -31,6 +32,7 @@ from tokenfactory.scheduling.tier.config import TierPolicyConfig
 from tokenfactory.scheduling.tier.context import PlanContext
 from tokenfactory.scheduling.tier.running import plan_running
 from tokenfactory.scheduling.tier.shedding import shed_behind_queue
+from tokenfactory.scheduling.tier.speculation import plan_drafts
 from tokenfactory.scheduling.view import (
     RequestView,
     SchedulerView,
@@ -71,14 +73,17 @@ class TierPolicy(SchedulingPolicy):
             gone.update(f.request.request_id for f in refusals)
             queued = [r for r in view.waiting if r.request_id not in gone]
             refusals += shed_behind_queue(ctx, queued, admission.running, self.prompt_rate)
+        drafts = plan_drafts(ctx, view, running)
         return StepPlan(
             run=(*running.decodes, *running.prompts),
             admit=tuple(admission.admit),
             preempt_order=SortedOnDemand(view.running, key=lambda r: _value(ctx, r)),
-            token_budget=running.token_cap,
+            # Draft tokens come on top of the step's planned work, not out of its prompts'.
+            token_budget=running.token_cap + sum(drafts.values()),
             refuse=tuple(refusals),
             downgrade=tuple(admission.downgrades),
             judged=tuple(admission.judged),
+            draft_tokens=drafts,
         )
 
     def set_step_prior(self, prior: StepCoefficients) -> None:
