@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -160,6 +160,12 @@ def _verify_step(
     return SchedulerOutput(chunks, [], 0, len(seqs)), rows
 
 
+def _rows(rows: list[EngineSequence | DraftRow]) -> list[EngineSequence]:
+    """The sampler reads only params and tokens, which a DraftRow has too (as in
+    `Engine._sample`; the sampler's annotation names sequences alone)."""
+    return cast(list[EngineSequence], rows)
+
+
 def _time_step(
     engine: Engine,
     seqs: list[EngineSequence],
@@ -179,7 +185,7 @@ def _time_step(
         _sync(engine)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            engine.sampler(logits, rows)  # returns host lists: synchronised
+            engine.sampler(logits, _rows(rows))  # returns host lists: synchronised
         _sync(engine)
         t2 = time.perf_counter()
         if rep >= opts.warmup:
@@ -384,20 +390,19 @@ class TierVerdict:
 
 
 def tier_verdicts(choices: Sequence[DepthChoice], catalog: TierCatalog) -> list[TierVerdict]:
-    plain: dict[int, float] = {
-        c.batch: c.plain_tokens_per_s_per_user
-        for c in choices
-        if c.plain_tokens_per_s_per_user is not None
-    }
+    plain: dict[int, float] = {}
+    for c in choices:
+        if c.plain_tokens_per_s_per_user is not None:
+            plain[c.batch] = c.plain_tokens_per_s_per_user
     rates = sorted({c.acceptance for c in choices})
     out = []
     for tier in catalog.tiers:
-        speeds: list[tuple[float | None, dict[int, float]]] = []
+        speeds: list[tuple[float | None, Mapping[int, float]]] = []
         if plain:
             speeds.append((None, plain))
-        for a in rates:
+        for rate in rates:
             speeds.append(
-                (a, {c.batch: c.tokens_per_s_per_user for c in choices if c.acceptance == a})
+                (rate, {c.batch: c.tokens_per_s_per_user for c in choices if c.acceptance == rate})
             )
         for a, by_batch in speeds:
             ok = sorted(b for b, v in by_batch.items() if v >= tier.tokens_per_s)
@@ -406,22 +411,14 @@ def tier_verdicts(choices: Sequence[DepthChoice], catalog: TierCatalog) -> list[
 
 
 def parse_acceptance(value: str | None) -> list[Acceptance]:
-    """`0.6,0.8`, or a JSON file holding a rate, a list of rates, {label: rate}, or any of
-    those under "acceptance"; None: the representative defaults."""
+    """`0.6,0.8`, or a JSON file: a rate, a list of rates, {label: rate}, any of those under
+    "acceptance", or the speculation bench's result (its "cells", at the top or one level
+    down: one rate per proposer and workload, accepted over drafted tokens summed over the
+    batches). None: the representative defaults."""
     if value is None:
         return [Acceptance(a, f"assumed {a}") for a in DEFAULT_ACCEPTANCE]
     if value.endswith(".json") or Path(value).is_file():
-        doc = json.loads(Path(value).read_text())
-        if isinstance(doc, dict) and "acceptance" in doc:
-            doc = doc["acceptance"]
-        if isinstance(doc, int | float):
-            doc = [doc]
-        if isinstance(doc, dict):
-            items = [(float(v), str(k)) for k, v in doc.items()]
-        elif isinstance(doc, list):
-            items = [(float(v), f"{value}: {v}") for v in doc]
-        else:
-            raise ValueError(f"{value}: expected a rate, a list of rates or {{label: rate}}")
+        items = _acceptance_from_json(json.loads(Path(value).read_text()), value)
     else:
         items = [(float(v), f"given {v}") for v in value.split(",") if v.strip()]
     for rate, label in items:
@@ -430,6 +427,38 @@ def parse_acceptance(value: str | None) -> list[Acceptance]:
     if not items:
         raise ValueError("no acceptance rates given")
     return [Acceptance(rate, label) for rate, label in items]
+
+
+def _acceptance_from_json(doc: Any, source: str) -> list[tuple[float, str]]:
+    cells = _bench_cells(doc)
+    if cells is not None:
+        drafted: dict[str, list[int]] = {}
+        for c in cells:
+            spec = c.get("speculative", {})
+            key = f"{c.get('proposer')} on {c.get('workload')} ({source})"
+            sums = drafted.setdefault(key, [0, 0])
+            sums[0] += int(spec.get("draft_tokens", 0))
+            sums[1] += int(spec.get("accepted_tokens", 0))
+        return [(acc / n, key) for key, (n, acc) in drafted.items() if n > 0]
+    if isinstance(doc, dict) and "acceptance" in doc:
+        doc = doc["acceptance"]
+    if isinstance(doc, int | float):
+        doc = [doc]
+    if isinstance(doc, dict):
+        return [(float(v), str(k)) for k, v in doc.items()]
+    if isinstance(doc, list):
+        return [(float(v), f"{source}: {v}") for v in doc]
+    raise ValueError(f"{source}: expected a rate, a list of rates or {{label: rate}}")
+
+
+def _bench_cells(doc: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(doc, dict):
+        return None
+    for d in (doc, *(v for v in doc.values() if isinstance(v, dict))):
+        cells = d.get("cells")
+        if isinstance(cells, list) and all(isinstance(c, dict) for c in cells):
+            return cells
+    return None
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -685,11 +714,10 @@ def main(argv: list[str] | None = None) -> int:
     catalog = load_tiers(args.tiers, preset)
 
     if old is not None:
-        report = {k: v for k, v in old.items() if k not in ("analysis", "plot")}
-        table = table_from_json(old)
-        report["analysis"] = analyse(table, acceptances, catalog)
-        write_report(report, args.out, not args.no_plot)
-        render(report, Console(width=120))
+        again = {k: v for k, v in old.items() if k not in ("analysis", "plot")}
+        again["analysis"] = analyse(table_from_json(old), acceptances, catalog)
+        write_report(again, args.out, not args.no_plot)
+        render(again, Console(width=120))
         return 0
 
     opts = SweepOptions(
