@@ -12,6 +12,8 @@ from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.model_setup import build_model
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.kernels import q4_linear
+from tokenfactory.kernels.q4_linear import Q4Weight
+from tokenfactory.kernels.q8_linear import Q8Weight
 from tokenfactory.models.loader import LoadedModel, load_model_files
 
 needs_kernel = pytest.mark.skipif(
@@ -29,7 +31,12 @@ def _engine(loaded: LoadedModel, q4: bool) -> Engine:
 
 def test_the_embedded_gguf_has_every_layer_linear_as_q4_1(embedded_model: LoadedModel) -> None:
     layers = embedded_model.config.num_hidden_layers
-    assert len(embedded_model.q4_weights) == 7 * layers  # q, k, v, o, gate, up, down
+    q4 = [w for w in embedded_model.q4_weights.values() if isinstance(w, Q4Weight)]
+    assert len(q4) == 7 * layers  # q, k, v, o, gate, up, down
+    # and the token embedding (the tied lm_head), stored as Q8_0
+    embed = embedded_model.q4_weights["model.embed_tokens.weight"]
+    assert isinstance(embed, Q8Weight)
+    assert torch.equal(embed.dequantize(), embedded_model.state_dict["model.embed_tokens.weight"])
     for name, weight in embedded_model.q4_weights.items():
         dense = embedded_model.state_dict[name]
         assert weight.shape == tuple(dense.shape)

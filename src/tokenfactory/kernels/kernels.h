@@ -15,6 +15,10 @@ int tf_skinny_linear_bf16(const bf16_t *x, int64_t M, int64_t ldx, const bf16_t 
 int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t *codes,
                           const float *dm, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
                           int64_t ldo, int64_t nthreads);
+/* The same with W as Q8_0 codes [N, K] (int8) and scales [N, K/32], M <= 1024, K % 32 == 0. */
+int tf_skinny_linear_q8_0(const bf16_t *x, int64_t M, int64_t ldx, const int8_t *codes,
+                          const float *d, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
+                          int64_t ldo, int64_t nthreads);
 /* 0 once Linux granted this process AMX state; -1 without it or in a build without AMX. */
 int tf_amx_init(void);
 

@@ -82,6 +82,10 @@ def _register_fakes() -> None:
     def _skinny_linear_q4_1(x, codes, dm, bias=None):  # type: ignore[no-untyped-def]
         return x.new_empty((x.shape[0], codes.shape[0]))
 
+    @torch.library.register_fake(lib + "skinny_linear_q8_0")
+    def _skinny_linear_q8_0(x, codes, d, bias=None):  # type: ignore[no-untyped-def]
+        return x.new_empty((x.shape[0], codes.shape[0]))
+
     @torch.library.register_fake(lib + "paged_decode_attention")
     def _paged(q, k_cache, v_cache, block_tables, context_lens, scale):  # type: ignore[no-untyped-def]
         return q.new_empty(q.shape)

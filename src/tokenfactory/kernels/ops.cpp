@@ -95,6 +95,28 @@ Tensor skinny_linear_q4_1(const Tensor &x, const Tensor &codes, const Tensor &dm
   return out;
 }
 
+Tensor skinny_linear_q8_0(const Tensor &x, const Tensor &codes, const Tensor &d,
+                          const std::optional<Tensor> &bias) {
+  const auto [m, k] = check_x(x);
+  TORCH_CHECK(m >= 1 && m <= 1024, "skinny_linear_q8_0 takes 1 to 1024 rows, got ", m);
+  TORCH_CHECK(k > 0 && k % 32 == 0, "K must be a positive multiple of 32, got ", k);
+  TORCH_CHECK(codes.scalar_type() == at::kChar && codes.device().is_cpu() &&
+                  codes.is_contiguous() && codes.dim() == 2 && codes.size(1) == k,
+              "codes must be a contiguous int8 [N, K] CPU tensor");
+  const int64_t n = codes.size(0);
+  TORCH_CHECK(d.scalar_type() == at::kFloat && d.device().is_cpu() && d.is_contiguous() &&
+                  d.dim() == 2 && d.size(0) == n && d.size(1) == k / 32,
+              "d must be a contiguous float32 [N, K/32] CPU tensor");
+  check_bias(bias, n);
+  Tensor out = at::empty({m, n}, x.options());
+  const int rc = tf_skinny_linear_q8_0(
+      bf16_ptr(x), m, x.stride(0), static_cast<const int8_t *>(codes.data_ptr()),
+      static_cast<const float *>(d.data_ptr()), n, k, bias ? bf16_ptr(*bias) : nullptr,
+      bf16_mut(out), n, at::get_num_threads());
+  TORCH_CHECK(rc == 0, "skinny_linear_q8_0: unsupported arguments");
+  return out;
+}
+
 int64_t amx_init() { return tf_amx_init(); }
 
 void check_paged(const Tensor &q, const Tensor &k_cache, const Tensor &v_cache,
@@ -189,6 +211,7 @@ TORCH_LIBRARY(tokenfactory, m) {
   m.def("skinny_linear_out(Tensor x, Tensor w, Tensor? bias, bool use_amx, Tensor(a!) out) "
         "-> ()");
   m.def("skinny_linear_q4_1(Tensor x, Tensor codes, Tensor dm, Tensor? bias=None) -> Tensor");
+  m.def("skinny_linear_q8_0(Tensor x, Tensor codes, Tensor d, Tensor? bias=None) -> Tensor");
   m.def("amx_init() -> int", &amx_init);
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, float scale) -> Tensor");
@@ -202,6 +225,7 @@ TORCH_LIBRARY_IMPL(tokenfactory, CPU, m) {
   m.impl("skinny_linear", &skinny_linear);
   m.impl("skinny_linear_out", &skinny_linear_out);
   m.impl("skinny_linear_q4_1", &skinny_linear_q4_1);
+  m.impl("skinny_linear_q8_0", &skinny_linear_q8_0);
   m.impl("paged_decode_attention", &paged_decode_attention);
   m.impl("paged_decode_attention_out", &paged_decode_attention_out);
   m.impl("add_rms_norm", &add_rms_norm);

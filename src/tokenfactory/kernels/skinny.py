@@ -54,11 +54,12 @@ _BF16 = torch.bfloat16
 _fn: Any = None
 _out_fn: Any = None
 _q4_fn: Any = None
+_q8_fn: Any = None
 _amx_min_m = MAX_M + 1  # MAX_M + 1 disables AMX
 
 
 def _load_locked() -> bool:
-    global _fn, _out_fn, _q4_fn, _amx_min_m
+    global _fn, _out_fn, _q4_fn, _q8_fn, _amx_min_m
     if _build.native_disabled():
         return False
     if not _REQUIRED_CPU <= _build.cpu_flags():
@@ -69,6 +70,7 @@ def _load_locked() -> bool:
     ops = torch.ops.tokenfactory
     _fn, _out_fn = ops.skinny_linear.default, ops.skinny_linear_out.default
     _q4_fn = ops.skinny_linear_q4_1.default
+    _q8_fn = ops.skinny_linear_q8_0.default
     _amx_min_m = _AMX_MIN_M if native.amx() else MAX_M + 1
     return True
 
@@ -78,9 +80,9 @@ _load = _build.Once(_load_locked)
 
 def _reset() -> None:
     """Forget the loaded state (tests flip the env var / availability between cases)."""
-    global _fn, _out_fn, _q4_fn, _amx_min_m
+    global _fn, _out_fn, _q4_fn, _q8_fn, _amx_min_m
     _load.reset()
-    _fn, _out_fn, _q4_fn, _amx_min_m = None, None, None, MAX_M + 1
+    _fn, _out_fn, _q4_fn, _q8_fn, _amx_min_m = None, None, None, None, MAX_M + 1
 
 
 def available() -> bool:
@@ -224,6 +226,45 @@ def skinny_linear_q4_1(
         return _q4_fn(x, codes, dm, bias)
     except RuntimeError as e:  # a case the checks above missed: the caller uses bf16
         log.warning("skinny_linear_q4_1 not taken: %s", e)
+        return None
+
+
+def skinny_linear_q8_0(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    d: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``x @ W.T (+ bias)`` with W as Q8_0 codes and scales (layout: ``kernels.q8_linear``):
+    x [M, K] bf16 with rows contiguous, M <= MAX_M; codes [N, K] int8 and d [N, K/32] float32,
+    contiguous. Each row of the result is bit for bit ``skinny_linear``'s AVX512 path on the
+    dequantized bf16 weight for that row alone, whatever M. None when the native kernel does
+    not take the call."""
+    if _q8_fn is None and not _load():
+        return None
+    n, k = codes.shape
+    if (
+        x.dim() != 2
+        or not 0 < x.shape[0] <= MAX_M
+        or x.shape[1] != k
+        or k % 32
+        or x.dtype is not _BF16
+        or not x.is_cpu
+        or x.stride(1) != 1
+        or codes.dtype is not torch.int8
+        or d.dtype is not torch.float32
+        or d.shape != (n, k // 32)
+        or not (codes.is_contiguous() and d.is_contiguous())
+        or (
+            bias is not None
+            and (bias.dtype is not _BF16 or bias.shape != (n,) or not bias.is_contiguous())
+        )
+    ):
+        return None
+    try:
+        return _q8_fn(x, codes, d, bias)
+    except RuntimeError as e:  # a case the checks above missed: the caller uses bf16
+        log.warning("skinny_linear_q8_0 not taken: %s", e)
         return None
 
 

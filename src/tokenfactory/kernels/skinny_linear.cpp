@@ -178,35 +178,52 @@ AI __m512bh q4_block(const uint8_t *codes, const float *dm) {
     return (__m512bh)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(v, v));
 }
 
-/* `tile` on Q4_1 rows: the same accumulators, dot products and order. */
-AI void tile_q4(const int M, const int R, const bf16_t *x, int64_t ldx, const uint8_t *codes,
-                const float *dm, int64_t K, int64_t n0, int nv, const bf16_t *bias, bf16_t *out,
-                int64_t ldo, int64_t pf) {
+/* The 32 bf16 weights of one Q8_0 block (GGUF: per 32 weights a scale d and 32 int8 codes q,
+ * w = d*q): d*q is exact in fp32 (11 x 8 significant bits), then bf16, round-to-nearest-even,
+ * exactly the loader's float32 dequantization cast to bf16. */
+AI __m512bh q8_block(const int8_t *codes, const float *d) {
+    const __m512 s = _mm512_set1_ps(d[0]);
+    const __m512 lo = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)codes))), s);
+    const __m512 hi = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 16)))),
+        s);
+    return _mm512_cvtne2ps_pbh(hi, lo);
+}
+
+/* `tile` on quantized rows: the same accumulators, dot products and order. Q8 (a compile-time
+ * constant at every call) picks the layout: 0 = Q4_1 (16 code bytes and d, m per block),
+ * 1 = Q8_0 (32 code bytes and d per block). */
+AI void tile_q(const int Q8, const int M, const int R, const bf16_t *x, int64_t ldx,
+               const uint8_t *codes, const float *dm, int64_t K, int64_t n0, int nv,
+               const bf16_t *bias, bf16_t *out, int64_t ldo, int64_t pf) {
     __m512 acc[16];
     for (int s = 0; s < 16; s++) acc[s] = _mm512_setzero_ps();
     const int64_t nb = K / 32;
+    const int64_t cb = Q8 ? 32 : 16, db = Q8 ? 1 : 2; /* code bytes, floats per block */
     const uint8_t *cr[16];
     const float *dr[16];
     for (int r = 0; r < R; r++) {
         const int64_t n = n0 + (r < nv ? r : nv - 1);
-        cr[r] = codes + n * (K / 2);
-        dr[r] = dm + n * nb * 2;
+        cr[r] = codes + n * nb * cb;
+        dr[r] = dm + n * nb * db;
     }
-    /* The tile's codes and scales are two contiguous regions (R rows each), consumed at R * 16
-     * and R * 8 bytes per block step: prefetch both `pf` tiles ahead, at the same rate (rows
-     * are short, so the hardware prefetchers never lock on to them). */
-    const char *pc = (const char *)(codes + n0 * (K / 2)) + pf * (K / 2);
-    const char *pd = (const char *)(dm + n0 * nb * 2) + pf * nb * 8;
+    /* The tile's codes and scales are two contiguous regions (R rows each), consumed at
+     * R * cb and R * db * 4 bytes per block step: prefetch both `pf` tiles ahead, at the same
+     * rate (rows are short, so the hardware prefetchers never lock on to them). */
+    const char *pc = (const char *)(codes + n0 * nb * cb) + pf * nb * cb;
+    const char *pd = (const char *)(dm + n0 * nb * db) + pf * nb * db * 4;
     for (int64_t b = 0; b < nb; b++) {
         if (pf) {
-            for (int64_t off = 0; off < R * 16; off += 64)
-                _mm_prefetch(pc + b * R * 16 + off, PF_HINT);
-            _mm_prefetch(pd + b * R * 8, PF_HINT);
+            for (int64_t off = 0; off < R * cb; off += 64)
+                _mm_prefetch(pc + b * R * cb + off, PF_HINT);
+            _mm_prefetch(pd + b * R * db * 4, PF_HINT);
         }
         __m512bh xv[16];
         for (int m = 0; m < M; m++) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * ldx + 32 * b);
         for (int r = 0; r < R; r++) {
-            const __m512bh wv = q4_block(cr[r] + 16 * b, dr[r] + 2 * b);
+            const __m512bh wv = Q8 ? q8_block((const int8_t *)cr[r] + cb * b, dr[r] + db * b)
+                                   : q4_block(cr[r] + cb * b, dr[r] + db * b);
             for (int m = 0; m < M; m++)
                 acc[m * R + r] = _mm512_dpbf16_ps(acc[m * R + r], wv, xv[m]);
         }
@@ -214,54 +231,47 @@ AI void tile_q4(const int M, const int R, const bf16_t *x, int64_t ldx, const ui
     store_tile(M, R, reduce16(acc), nv, bias, out, ldo, n0);
 }
 
-/* R for Q4_1: 8 rows per tile at M = 1 (16 measured slower: the expansion needs registers
- * too); accumulators of different rows never mix, so R does not change any result. */
+/* R for quantized rows: 8 rows per tile at M = 1 (16 measured slower: the expansion needs
+ * registers too); accumulators of different rows never mix, so R does not change any result. */
 #ifndef PF_ROWS_Q4
 #define PF_ROWS_Q4 64 /* prefetch distance in rows of W (~18-48 KiB of codes here) */
 #endif
-#define DEFINE_RUN_Q4(M_, R_)                                                                   \
-    static void run_q4_m##M_(const bf16_t *x, int64_t ldx, const uint8_t *codes,                \
+#define DEFINE_RUN_Q(NAME, Q8, M_, R_)                                                          \
+    static void NAME##_m##M_(const bf16_t *x, int64_t ldx, const uint8_t *codes,                \
                              const float *dm, int64_t N, int64_t K, const bf16_t *bias,         \
                              bf16_t *out, int64_t ldo, int64_t nb, int64_t ne) {                \
         const int64_t pf = (PF_ROWS_Q4 + (R_) - 1) / (R_) * (R_);                               \
         int64_t n0 = nb;                                                                        \
         /* prefetch while the rows it touches exist */                                          \
         for (; n0 + (R_) <= ne && n0 + pf + (R_) <= N; n0 += (R_))                              \
-            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, pf);                  \
+            tile_q(Q8, M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, pf);               \
         for (; n0 + (R_) <= ne; n0 += (R_))                                                     \
-            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, 0);                   \
+            tile_q(Q8, M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, 0);                \
         if (n0 < ne)                                                                            \
-            tile_q4(M_, R_, x, ldx, codes, dm, K, n0, (int)(ne - n0), bias, out, ldo, 0);       \
+            tile_q(Q8, M_, R_, x, ldx, codes, dm, K, n0, (int)(ne - n0), bias, out, ldo, 0);    \
     }
-DEFINE_RUN_Q4(1, 8)
-DEFINE_RUN_Q4(2, 8)
-DEFINE_RUN_Q4(3, 5)
-DEFINE_RUN_Q4(4, 4)
-DEFINE_RUN_Q4(5, 3)
-DEFINE_RUN_Q4(6, 2)
-DEFINE_RUN_Q4(7, 2)
-DEFINE_RUN_Q4(8, 2)
 /* 9..16 rows: one W row per tile, so each block is expanded once for up to 16 rows of x (two
  * 8-row passes would expand it twice); the x vectors then come from L1 as memory operands. */
-DEFINE_RUN_Q4(9, 1)
-DEFINE_RUN_Q4(10, 1)
-DEFINE_RUN_Q4(11, 1)
-DEFINE_RUN_Q4(12, 1)
-DEFINE_RUN_Q4(13, 1)
-DEFINE_RUN_Q4(14, 1)
-DEFINE_RUN_Q4(15, 1)
-DEFINE_RUN_Q4(16, 1)
+#define DEFINE_RUNS_Q(NAME, Q8)                                                                 \
+    DEFINE_RUN_Q(NAME, Q8, 1, 8) DEFINE_RUN_Q(NAME, Q8, 2, 8) DEFINE_RUN_Q(NAME, Q8, 3, 5)      \
+    DEFINE_RUN_Q(NAME, Q8, 4, 4) DEFINE_RUN_Q(NAME, Q8, 5, 3) DEFINE_RUN_Q(NAME, Q8, 6, 2)      \
+    DEFINE_RUN_Q(NAME, Q8, 7, 2) DEFINE_RUN_Q(NAME, Q8, 8, 2) DEFINE_RUN_Q(NAME, Q8, 9, 1)      \
+    DEFINE_RUN_Q(NAME, Q8, 10, 1) DEFINE_RUN_Q(NAME, Q8, 11, 1) DEFINE_RUN_Q(NAME, Q8, 12, 1)   \
+    DEFINE_RUN_Q(NAME, Q8, 13, 1) DEFINE_RUN_Q(NAME, Q8, 14, 1) DEFINE_RUN_Q(NAME, Q8, 15, 1)   \
+    DEFINE_RUN_Q(NAME, Q8, 16, 1)                                                               \
+    static const run_q_fn NAME##_runs[Q_PASS + 1] = {                                           \
+        0,            NAME##_m1,  NAME##_m2,  NAME##_m3,  NAME##_m4,  NAME##_m5,                \
+        NAME##_m6,    NAME##_m7,  NAME##_m8,  NAME##_m9,  NAME##_m10, NAME##_m11,               \
+        NAME##_m12,   NAME##_m13, NAME##_m14, NAME##_m15, NAME##_m16};
 
-/* Rows of x one pass of the Q4_1 tiles takes; more rows run in passes of this many. */
-#define Q4_PASS 16
-static const int ROWS_Q4[Q4_PASS + 1] = {0, 8, 8, 5, 4, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1};
+/* Rows of x one pass of the quantized tiles takes; more rows run in passes of this many. */
+#define Q_PASS 16
+static const int ROWS_Q[Q_PASS + 1] = {0, 8, 8, 5, 4, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1};
 
-typedef void (*run_q4_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
-                          int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
-static const run_q4_fn RUNS_Q4[Q4_PASS + 1] = {
-    0,          run_q4_m1,  run_q4_m2,  run_q4_m3,  run_q4_m4,  run_q4_m5,
-    run_q4_m6,  run_q4_m7,  run_q4_m8,  run_q4_m9,  run_q4_m10, run_q4_m11,
-    run_q4_m12, run_q4_m13, run_q4_m14, run_q4_m15, run_q4_m16};
+typedef void (*run_q_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
+                         int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
+DEFINE_RUNS_Q(run_q4, 0)
+DEFINE_RUNS_Q(run_q8, 1)
 
 /* ---------------------------------------------------------------------------------------------
  * AMX path. With several activation rows the AVX512 kernel becomes compute bound (M dot
@@ -508,8 +518,9 @@ static void amx_run_big(const bf16_t *xp, int64_t M, const bf16_t *w, int64_t N,
 
 typedef struct {
     const bf16_t *x, *xp, *w, *bias;
-    const uint8_t *codes; /* Q4_1 weights (codes, dm) instead of w when not NULL */
+    const uint8_t *codes; /* quantized weights (codes, dm) instead of w when not NULL */
     const float *dm;
+    int q8;               /* codes are Q8_0, not Q4_1 */
     bf16_t *out;
     int64_t M, ldx, K, N, ldo;
     int64_t n_main;  /* rows done by the main kernel; AVX512 does [n_main, N) as a last unit */
@@ -521,10 +532,10 @@ typedef struct {
 
 /* x rows m0 .. M-1 for W rows [nb, ne) on AVX512, at most 8 rows of x per pass. */
 static void run_avx(const job_t *j, int64_t nb, int64_t ne) {
-    if (j->codes) { /* passes of Q4_PASS rows: each row's sums never depend on the others */
-        for (int64_t m0 = 0; m0 < j->M; m0 += Q4_PASS) {
-            const int64_t mr = j->M - m0 < Q4_PASS ? j->M - m0 : Q4_PASS;
-            RUNS_Q4[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->N, j->K, j->bias,
+    if (j->codes) { /* passes of Q_PASS rows: each row's sums never depend on the others */
+        for (int64_t m0 = 0; m0 < j->M; m0 += Q_PASS) {
+            const int64_t mr = j->M - m0 < Q_PASS ? j->M - m0 : Q_PASS;
+            (j->q8 ? run_q8_runs : run_q4_runs)[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->N, j->K, j->bias,
                         j->out + m0 * j->ldo, j->ldo, nb, ne);
         }
         return;
@@ -608,6 +619,18 @@ int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t
     return run_job(&j, K / 2 + K / 32 * 8, nthreads, 0);
 }
 
+/* The same with W as Q8_0: codes [N, K] int8 (block b of a row at byte 32 b), d [N, K/32] fp32
+ * (each block's scale). Each output is bit for bit tf_skinny_linear_bf16's AVX512 path for
+ * that row alone on the dequantized weight, for any M. */
+int tf_skinny_linear_q8_0(const bf16_t *x, int64_t M, int64_t ldx, const int8_t *codes,
+                          const float *d, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
+                          int64_t ldo, int64_t nthreads) {
+    if (M < 1 || M > MAX_ROWS || N < 1 || K < 32 || K % 32) return -1;
+    job_t j = {.x = x, .bias = bias, .codes = (const uint8_t *)codes, .dm = d, .q8 = 1,
+               .out = out, .M = M, .ldx = ldx, .K = K, .N = N, .ldo = ldo};
+    return run_job(&j, K + K / 32 * 4, nthreads, 0);
+}
+
 /* Splits the job over threads and runs it; row_bytes: weight bytes read per row of W. */
 static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_amx) {
     job_t j = *jp;
@@ -616,7 +639,7 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
     const int64_t bytes = N * row_bytes;
     /* per-thread work grows with the number of 16-row tiles of x once past 8 rows; Q4_1 rows
      * count as the bf16 rows they expand to (the expansion is most of their cost) */
-    const int64_t work_bytes = j.codes  ? N * K * 2 * ((M + Q4_PASS - 1) / Q4_PASS)
+    const int64_t work_bytes = j.codes  ? N * K * 2 * ((M + Q_PASS - 1) / Q_PASS)
                                : M > 8 ? bytes * ((M + 15) / 16)
                                        : bytes;
     int64_t nt = nthreads < 1 ? 1 : nthreads;
@@ -626,7 +649,7 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
 #ifdef TF_WITH_AMX
     bf16_t *xp = NULL; /* x repacked for the B tiles */
     if (j.codes) {
-        /* Q4_1: AVX512 tiles only (use_amx is 0) */
+        /* quantized: AVX512 tiles only (use_amx is 0) */
     } else if (M > 8) {
         if (!use_amx || K % 32) return -1;
         const int64_t mpad = (M + 15) / 16 * 16;
@@ -647,7 +670,7 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
      * the < 16 leftover rows */
     const int64_t step = j.amx == 2 ? 32
                          : j.amx    ? 16
-                         : j.codes  ? ROWS_Q4[M < Q4_PASS ? M : Q4_PASS]
+                         : j.codes  ? ROWS_Q[M < Q_PASS ? M : Q_PASS]
                                     : ROWS[M];
     j.n_main = j.amx ? N / 16 * 16 : N;
     j.chunk = j.n_main;

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tokenfactory.kernels.q4_linear import Q4Weight
+from tokenfactory.kernels.q8_linear import Q8Weight
 from tokenfactory.models.config import ModelConfig, RopeScaling
 from tokenfactory.models.errors import (
     CorruptModelError,
@@ -186,14 +187,25 @@ def _unpermute(f: GGUFFile, name: str, array: np.ndarray, config: ModelConfig) -
         raise CorruptModelError(f"{f.path}: tensor {name!r} does not match the config: {e}") from e
 
 
-def load_gguf_q4_weights(f: GGUFFile, config: ModelConfig) -> dict[str, Q4Weight]:
-    """The 2-D weights stored as Q4_1, under HF names, in the decode kernel's layout (rows in
-    the same order as the dequantized state dict's)."""
+# Weights the logits read (the lm_head, or the token embedding it is tied to).
+_LOGIT_WEIGHTS = ("lm_head.weight", "model.embed_tokens.weight")
+
+
+def load_gguf_q4_weights(f: GGUFFile, config: ModelConfig) -> dict[str, Q4Weight | Q8Weight]:
+    """The 2-D weights stored as Q4_1, and the logits' weight where it is stored as Q8_0, under
+    HF names, in the decode kernels' layouts (rows in the same order as the dequantized state
+    dict's)."""
     permute = f.architecture == "llama"
-    out: dict[str, Q4Weight] = {}
+    out: dict[str, Q4Weight | Q8Weight] = {}
     for tensor in f.tensors:
         name = hf_name(tensor.name)
-        if name is None or tensor.tensor_type != Q.Q4_1 or len(tensor.shape) != 2:
+        if name is None or len(tensor.shape) != 2:
+            continue
+        if tensor.tensor_type == Q.Q8_0 and name in _LOGIT_WEIGHTS:
+            raw = np.asarray(tensor.data, dtype=np.uint8).reshape(int(tensor.shape[1]), -1)
+            out[name] = Q8Weight.from_gguf_blocks(raw)
+            continue
+        if tensor.tensor_type != Q.Q4_1:
             continue
         raw = np.asarray(tensor.data, dtype=np.uint8).reshape(int(tensor.shape[1]), -1)
         if permute:

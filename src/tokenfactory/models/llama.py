@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenfactory.kernels import q4_linear
+from tokenfactory.kernels import q4_linear, q8_linear
 from tokenfactory.kernels.fused_ops import add_rms_norm
 from tokenfactory.kernels.skinny import MAX_M, should_use, skinny_linear
 from tokenfactory.models.config import ModelConfig
@@ -200,6 +200,9 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    # The logits' weight as stored in a GGUF file (Q8_0), which decode steps read instead.
+    lm_head_q8: q8_linear.Q8Weight | None = None
+
     def __init__(self, config: ModelConfig, max_positions: int | None = None):
         super().__init__()
         self.config = config
@@ -241,6 +244,13 @@ class LlamaForCausalLM(nn.Module):
         return ops.add_rms_norm(x, residual, self.norm)[0]
 
     def compute_logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
+        # Decode steps read the Q8_0 form where attached (32 MB instead of 57 MB on the embedded
+        # model): each row's logits those of the bf16 kernel's one-row path.
+        q8 = self.lm_head_q8
+        if decode and q8 is not None and hidden.shape[0] <= q4_linear.decode_max_rows():
+            y = q8_linear.q8_linear(hidden, q8)
+            if y is not None:
+                return y
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return linear(hidden, weight, batched=decode)
 
@@ -252,15 +262,24 @@ class LlamaForCausalLM(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------
 
-    def attach_q4_weights(self, weights: dict[str, q4_linear.Q4Weight]) -> int:
+    def attach_q4_weights(self, weights: dict[str, q4_linear.Q4Weight | q8_linear.Q8Weight]) -> int:
         """Give the layer linears their Q4_1 form (HF names, as `load_hf_state_dict` takes
         the dequantized weights), fusing q/k/v and gate/up alike; a linear whose parts are
-        not all there keeps reading bf16. Only for bf16 weights on a CPU where the kernel
-        runs. Returns how many linears read Q4_1 from now on."""
+        not all there keeps reading bf16. The logits read a Q8_0 lm_head (or tied embedding)
+        if there is one. Only for bf16 weights on a CPU where the kernels run. Returns how
+        many layer linears read Q4_1 from now on."""
         if self.device.type != "cpu" or self.dtype is not torch.bfloat16:
             return 0
         if not weights or not q4_linear.available():
             return 0
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        q8 = weights.get("model.embed_tokens.weight" if self.lm_head is None else "lm_head.weight")
+        if isinstance(q8, q8_linear.Q8Weight):
+            if q8.shape != tuple(head.shape):
+                raise ValueError(
+                    f"Q8_0 logits weight has shape {q8.shape}, expected {tuple(head.shape)}"
+                )
+            self.lm_head_q8 = q8
         attached = 0
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
@@ -271,9 +290,10 @@ class LlamaForCausalLM(nn.Module):
                 (layer.down_proj, ("mlp.down_proj",)),
             ):
                 parts = [weights.get(f"{p}{n}.weight") for n in names]
-                if any(w is None for w in parts):
+                q4_parts = [w for w in parts if isinstance(w, q4_linear.Q4Weight)]
+                if len(q4_parts) != len(parts):
                     continue
-                fused = q4_linear.Q4Weight.cat(parts)  # type: ignore[arg-type]
+                fused = q4_linear.Q4Weight.cat(q4_parts)
                 if fused.shape != tuple(module.weight.shape):
                     raise ValueError(
                         f"Q4_1 weight for layer {i} {names[0]} has shape {fused.shape}, "

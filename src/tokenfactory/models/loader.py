@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from tokenfactory.kernels.q4_linear import Q4Weight
+from tokenfactory.kernels.q8_linear import Q8Weight
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.embedded import embedded_model_path
 from tokenfactory.models.errors import CorruptModelError, ModelNotFoundError
@@ -41,8 +42,9 @@ class LoadedModel:
     tokenizer: Tokenizer
     source: Path
     format: ModelFormat
-    # GGUF weights stored as Q4_1, as stored (HF names), when asked for: CPU decode steps read these
-    q4_weights: dict[str, Q4Weight] = field(default_factory=dict)
+    # GGUF weights stored as Q4_1 (and the logits' weight if Q8_0), as stored (HF names), when
+    # asked for: CPU decode steps read these
+    q4_weights: dict[str, Q4Weight | Q8Weight] = field(default_factory=dict)
 
 
 def load_model_files(
