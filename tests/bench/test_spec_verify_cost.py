@@ -169,6 +169,8 @@ def test_fits_recover_a_linear_step_cost():
         assert fb["decode_step_s"] == pytest.approx(step_s[int(b)][0])
     # Too few points to determine a fit: None, not a made-up number.
     assert svc.fit_costs({1: {0: 0.01, 1: 0.02}})["per_batch"]["1"] is None
+    empty = svc.fit_costs({})  # a run whose budget went before the first batch
+    assert empty == {"scheduler_features": None, "with_verify_step": None, "per_batch": {}}
 
 
 def test_parse_acceptance(tmp_path):

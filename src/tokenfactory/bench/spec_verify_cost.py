@@ -251,7 +251,7 @@ def measure(
             # A larger batch takes at least as long as the last one: skip it rather than
             # run past the budget.
             if opts.budget_s is not None and elapsed + 1.5 * last_batch_s > opts.budget_s:
-                table.skipped[b] = f"time budget ({opts.budget_s:.0f} s) spent"
+                table.skipped[b] = f"time budget ({opts.budget_s:g} s) spent"
                 continue
             t0 = time.monotonic()
             for k in depths:
@@ -276,7 +276,7 @@ def _lstsq(rows: list[list[float]], y: list[float]) -> tuple[np.ndarray, float] 
     every coefficient."""
     x = np.array(rows, dtype=np.float64)
     t = np.array(y, dtype=np.float64)
-    if x.shape[0] < x.shape[1] or np.linalg.matrix_rank(x) < x.shape[1]:
+    if x.ndim != 2 or x.shape[0] < x.shape[1] or np.linalg.matrix_rank(x) < x.shape[1]:
         return None
     coef, *_ = np.linalg.lstsq(x, t, rcond=None)
     rms = float(np.sqrt(np.mean((x @ coef - t) ** 2)))
@@ -505,6 +505,11 @@ def render(report: dict[str, Any], console: Console) -> None:
     m = report["measurement"]
     step_s = {int(b): {int(k): s for k, s in by_k.items()} for b, by_k in m["step_s"].items()}
     depths = sorted({k for by_k in step_s.values() for k in by_k})
+    for b, why in m.get("skipped_batches", {}).items():
+        console.print(f"batch {b} not measured: {why}")
+    if not step_s:
+        console.print("nothing measured")
+        return
     t = Table(title=f"step ms: every sequence verifies k draft tokens (context ~{m['context']})")
     t.add_column("batch", justify="right")
     for k in depths:
@@ -512,8 +517,6 @@ def render(report: dict[str, Any], console: Console) -> None:
     for b in sorted(step_s):
         t.add_row(str(b), *(f"{step_s[b][k] * 1e3:.2f}" if k in step_s[b] else "-" for k in depths))
     console.print(t)
-    for b, why in m.get("skipped_batches", {}).items():
-        console.print(f"batch {b} not measured: {why}")
     a = report["analysis"]
     fits = a["fits"]
     for name in ("scheduler_features", "with_verify_step"):
