@@ -77,6 +77,24 @@ def test_sweep_on_tiny_model_writes_table_fits_and_plan(tmp_path):
     assert redo["analysis"]["tiers"]["preset"] == "cpu"  # from the table's device
 
 
+def test_a_failing_step_is_recorded_and_the_sweep_goes_on(monkeypatch):
+    engine = _tiny_engine()
+    real = svc._time_step
+
+    def flaky(engine, seqs, drafts, depth, opts):
+        if len(seqs) == 2 and depth == 2:
+            raise RuntimeError("no kernel for this shape")
+        return real(engine, seqs, drafts, depth, opts)
+
+    monkeypatch.setattr(svc, "_time_step", flaky)
+    opts = svc.SweepOptions(batches=(1, 2), depths=(0, 2), context=16, warmup=0, reps=1)
+    table = svc.measure(engine, opts)
+    assert [(p.batch, p.depth) for p in table.points] == [(1, 0), (1, 2), (2, 0)]
+    assert "no kernel" in table.errors["2,2"]
+    assert svc.table_from_json(svc.table_json(table)) == table
+    assert engine.block_manager.num_free_blocks == engine.num_kv_blocks
+
+
 def test_timed_verify_step_is_the_engines_verify_path():
     """Row 0 of a verify span is the plain decode's row: greedy, the same token."""
     engine = _tiny_engine(max_seqs=2)

@@ -96,6 +96,7 @@ class StepTable:
     context: int
     points: list[StepPoint] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # batch -> why it was not measured
+    errors: dict[str, str] = field(default_factory=dict)  # "B,k" -> the step's exception
 
     def step_s(self) -> dict[int, dict[int, float]]:
         table: dict[int, dict[int, float]] = {}
@@ -255,7 +256,12 @@ def measure(
                 continue
             t0 = time.monotonic()
             for k in depths:
-                table.points.append(_time_step(engine, seqs[:b], drafts[:b], k, opts))
+                try:
+                    table.points.append(_time_step(engine, seqs[:b], drafts[:b], k, opts))
+                except Exception as e:  # one failing shape must not cost the whole run
+                    table.errors[f"{b},{k}"] = repr(e)
+                    if console:
+                        console.print(f"[red]batch {b}, depth {k} failed:[/red] {e!r}")
             last_batch_s = time.monotonic() - t0
             if console:
                 row = " ".join(f"{p.step_s * 1e3:.2f}" for p in table.points if p.batch == b)
@@ -491,6 +497,7 @@ def table_json(table: StepTable) -> dict[str, Any]:
         },
         "points": [asdict(p) for p in table.points],
         "skipped_batches": {str(b): why for b, why in table.skipped.items()},
+        "errors": dict(table.errors),
     }
 
 
@@ -498,7 +505,8 @@ def table_from_json(doc: dict[str, Any]) -> StepTable:
     m = doc.get("measurement", doc)
     points = [StepPoint(**p) for p in m["points"]]
     skipped = {int(b): why for b, why in m.get("skipped_batches", {}).items()}
-    return StepTable(context=int(m["context"]), points=points, skipped=skipped)
+    errors = {str(k): str(v) for k, v in m.get("errors", {}).items()}
+    return StepTable(int(m["context"]), points, skipped, errors)
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -507,6 +515,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     depths = sorted({k for by_k in step_s.values() for k in by_k})
     for b, why in m.get("skipped_batches", {}).items():
         console.print(f"batch {b} not measured: {why}")
+    for point, why in m.get("errors", {}).items():
+        console.print(f"batch,depth {point} failed: {why}")
     if not step_s:
         console.print("nothing measured")
         return
@@ -759,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(report, args.out, not args.no_plot)
     render(report, Console(width=120))
     console.print(f"done in {time.monotonic() - start:.0f} s: {args.out / JSON_NAME}")
-    return 0 if table.points else 1
+    return 0 if table.points and not table.errors else 1
 
 
 if __name__ == "__main__":
