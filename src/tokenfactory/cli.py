@@ -352,10 +352,17 @@ def bench_engine(
         int | None, typer.Option(help="Prompt length for the prefill test")
     ] = None,
     skip: Annotated[
-        list[str] | None, typer.Option(help="Skip a part: offline, sweep, prefill")
+        list[str] | None,
+        typer.Option(help="Skip a part: offline, sweep, prefill, speculation"),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
     seed: int = 0,
+    spec_batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes of the speculation part (with --speculation)")
+    ] = "1,4,16,64",
+    spec_max_tokens: Annotated[
+        int, typer.Option(min=1, help="Output tokens per request in the speculation part")
+    ] = 128,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     kv_cache_gb: KvOpt = None,
@@ -365,8 +372,10 @@ def bench_engine(
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
 ) -> None:
-    """Offline throughput, a decode sweep over batch sizes, prefill speed, against the roofline."""
+    """Offline throughput, a decode sweep over batch sizes, prefill speed, against the roofline;
+    with --speculation, the chat and agent workloads with speculation off and on."""
     from tokenfactory.bench.engine_bench import BenchOptions, run_engine_bench
+    from tokenfactory.bench.spec_bench import SpecBenchOptions, run_speculation_bench
 
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=512, seed=seed,
@@ -387,10 +396,23 @@ def bench_engine(
         skip=set(skip or []),
         seed=seed,
     )
-    result = run_engine_bench(engine, opts, console=err)
+    spec_batches = _batches(spec_batch_sizes) or ()
+
+    def save(partial: dict) -> None:
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(partial, indent=2))
+
+    result = run_engine_bench(engine, opts, console=err, on_part=save)
+    if config.speculation is not None and "speculation" not in opts.skip:
+        spec_opts = SpecBenchOptions(batch_sizes=list(spec_batches), max_tokens=spec_max_tokens)
+
+        def save_spec(spec: dict) -> None:
+            save(result | {"speculation": spec})
+
+        result["speculation"] = run_speculation_bench(engine, spec_opts, err, save_spec)
+    save(result)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
         err.print(f"wrote {out}")
 
 

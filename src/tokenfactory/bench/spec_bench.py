@@ -1,0 +1,384 @@
+"""The speculation part of `tokenfactory bench engine`: the same greedy requests with
+speculative decoding off and on, on the chat and agent workloads, at several batch sizes.
+
+Both engines share one loaded model (and the proposer the engine was built with); each cell
+runs the baseline first and then every proposer right after it, so a machine whose speed
+drifts (other load, clocks) drifts for both sides of a comparison alike. Every run starts with
+an empty prefix cache and a fresh scheduling policy, as a newly started engine would. Greedy
+speculation must not change a single token: any difference is reported as a mismatch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tokenfactory.bench.spec_workloads import WORKLOADS, load_workload
+from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.speculation.factory import make_proposer
+from tokenfactory.engine.speculation.ngram import NgramProposer, lookup
+from tokenfactory.engine.speculation.proposer import Proposer
+
+
+@dataclass
+class SpecBenchOptions:
+    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    max_tokens: int = 128
+    # Each warm-up run generates this many tokens per workload prompt before timing starts
+    # (kernels, allocators and the draft path's shapes are built outside the timed runs).
+    warmup_tokens: int = 8
+
+
+@dataclass
+class RunStats:
+    """One timed run: a batch of requests from arrival to the last one finishing."""
+
+    elapsed_s: float
+    output_tokens: int
+    steps: int
+    decode_steps: int  # steps that decoded at least one request
+    decode_tokens: int  # decoding requests summed over steps (one token each without drafts)
+    draft_tokens: int  # draft tokens verified
+    accepted_tokens: int  # of them accepted
+    decode_only_s: float  # time in steps with no prompt tokens
+    decode_only_tokens: int  # tokens those steps emitted
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_only_tokens / self.decode_only_s if self.decode_only_s > 0 else 0.0
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens a decoding request gains per step: 1 plus its accepted draft tokens."""
+        if not self.decode_tokens:
+            return 0.0
+        return (self.decode_tokens + self.accepted_tokens) / self.decode_tokens
+
+    @property
+    def drafts_per_decode(self) -> float:
+        """Draft tokens verified per decoding request and step (the depth the policy chose)."""
+        return self.draft_tokens / self.decode_tokens if self.decode_tokens else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "output_tokens_per_s": self.output_tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "acceptance": self.acceptance,
+            "tokens_per_step": self.tokens_per_step,
+            "drafts_per_decode": self.drafts_per_decode,
+        }
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A request whose speculative output differs from the baseline's."""
+
+    prompt: str
+    index: int  # position in the batch
+    first_difference: int  # first output position that differs
+    baseline_tokens: int
+    speculative_tokens: int
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first position where a and b differ (a length difference counts); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare_outputs(
+    names: list[str], baseline: list[list[int]], speculative: list[list[int]]
+) -> list[Mismatch]:
+    out = []
+    for i, (name, a, b) in enumerate(zip(names, baseline, speculative, strict=True)):
+        diff = first_difference(a, b)
+        if diff is not None:
+            out.append(Mismatch(name, i, diff, len(a), len(b)))
+    return out
+
+
+def timed_run(
+    engine: Engine, prompts: list[str], max_tokens: int
+) -> tuple[RunStats, list[list[int]]]:
+    """Run `prompts` greedily to completion together; the run's figures and each output."""
+    engine.use_policy(engine.config.policy)  # empty prefix cache, policy from its prior
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    steps_before = engine.stats.total_steps
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, params)
+    elapsed = time.perf_counter() - start
+    steps = engine.stats.recent(engine.stats.total_steps - steps_before)
+    decoding = [s for s in steps if s.num_decode_tokens]
+    pure = [s for s in decoding if not s.num_prefill_tokens]
+    stats = RunStats(
+        elapsed_s=elapsed,
+        output_tokens=sum(len(o.token_ids) for o in outputs),
+        steps=len(steps),
+        decode_steps=len(decoding),
+        decode_tokens=sum(s.num_decode_tokens for s in decoding),
+        draft_tokens=sum(s.num_draft_tokens for s in steps),
+        accepted_tokens=sum(s.num_accepted_tokens for s in steps),
+        decode_only_s=sum(s.duration_s for s in pure),
+        decode_only_tokens=sum(s.num_decode_tokens + s.num_accepted_tokens for s in pure),
+    )
+    return stats, [o.token_ids for o in outputs]
+
+
+def speculation_engines(engine: Engine) -> tuple[Engine, dict[str, Engine]]:
+    """A baseline engine without speculation and one engine per proposer the configuration
+    names (its `speculation`, and `draft` too when a draft model is given beside ngram), all
+    on `engine`'s loaded model with as many KV blocks."""
+    cfg = replace(engine.config, num_kv_blocks=engine.num_kv_blocks)
+    names = [cfg.speculation] if cfg.speculation else []
+    if cfg.draft_model and "draft" not in names:
+        names.append("draft")
+    if not names:
+        raise ValueError("speculation is off in this engine's configuration")
+
+    def make(name: str | None, proposer: Proposer | None) -> Engine:
+        return Engine(
+            engine.model,
+            engine.tokenizer,
+            replace(cfg, speculation=name),
+            model_name=engine.model_name,
+            proposer=proposer,
+        )
+
+    baseline = make(None, None)
+    engines = {}
+    for name in names:
+        # The engine's own proposer when it matches (a draft model is loaded once).
+        own = (
+            engine.proposer
+            if engine.proposer is not None and engine.proposer.name == name
+            else None
+        )
+        proposer = own or make_proposer(
+            replace(cfg, speculation=name), engine.model, engine.num_kv_blocks
+        )
+        engines[name] = make(name, proposer)
+    return baseline, engines
+
+
+PromptSource = Callable[[str, int], tuple[list[list[int]], list[str]]]
+
+
+def workload_prompts(engine: Engine) -> PromptSource:
+    """(workload, batch) -> `batch` prompts of the workload (its prompts in turn, repeated as
+    needed) as token ids under the model's chat template, and their names."""
+    assert engine.tokenizer is not None
+    tokenizer = engine.tokenizer
+
+    def source(workload: str, batch: int) -> tuple[list[list[int]], list[str]]:
+        items = load_workload(workload)
+        chosen = [items[i % len(items)] for i in range(batch)]
+        ids = [tokenizer.encode(engine.chat_prompt(p.messages)) for p in chosen]
+        return ids, [p.name for p in chosen]
+
+    return source
+
+
+@dataclass(frozen=True)
+class LookupPotential:
+    """What prompt lookup could do on an output if every step drafted `k` tokens: found
+    offline from the baseline's tokens, whatever depth the policy chose in the live run."""
+
+    drafted: int
+    accepted: int
+    steps: int  # decode steps the output would take
+    tokens: int  # tokens those steps emit
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+
+def lookup_potential(prompts: list[list[int]], outputs: list[list[int]], k: int) -> LookupPotential:
+    """Replay each output step by step with an n-gram draft of up to k tokens (the proposer's
+    own lookup), keeping the drafted tokens the output really continues with."""
+    ngram = NgramProposer()
+    drafted = accepted = steps = tokens = 0
+    for prompt, output in zip(prompts, outputs, strict=True):
+        t = 1  # the first output token comes from the prompt's step
+        while t < len(output):
+            context = (prompt + output[:t])[-ngram.max_lookback :]
+            draft = lookup(context, min(k, len(output) - t - 1), ngram.max_n, ngram.min_n)
+            a = 0
+            while a < len(draft) and draft[a] == output[t + a]:
+                a += 1
+            drafted += len(draft)
+            accepted += a
+            steps += 1
+            tokens += a + 1
+            t += a + 1
+    return LookupPotential(drafted, accepted, steps, tokens)
+
+
+def run_speculation_bench(
+    engine: Engine,
+    opts: SpecBenchOptions,
+    console: Console,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
+    prompts: PromptSource | None = None,
+) -> dict[str, Any]:
+    """Every workload x batch size x proposer, baseline first in each cell. `on_cell` gets
+    the result so far after each cell (for partial JSON when a run is cut short); `prompts`
+    replaces the shipped workloads (the default needs the model's tokenizer)."""
+    if prompts is None:
+        if engine.tokenizer is None:
+            raise ValueError("the workloads are chat prompts: the model needs a tokenizer")
+        prompts = workload_prompts(engine)
+    baseline, spec = speculation_engines(engine)
+    result: dict[str, Any] = {
+        "proposers": list(spec),
+        "num_speculative_tokens": engine.config.num_speculative_tokens,
+        "draft_model": engine.config.draft_model,
+        "policy": engine.config.policy,
+        "max_tokens": opts.max_tokens,
+        "order": "per cell: baseline, then each proposer, back to back",
+        "cells": [],
+        "mismatches": 0,
+    }
+    with console.status("speculation: warming up..."):
+        for workload in opts.workloads:
+            warm, _ = prompts(workload, len(load_workload(workload)))
+            for e in (baseline, *spec.values()):
+                timed_run(e, warm, opts.warmup_tokens)
+    runs_per_cell = 1 + len(spec)
+    total = len(opts.workloads) * len(opts.batch_sizes) * runs_per_cell
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("speculation", total=total)
+        for workload in opts.workloads:
+            for batch in opts.batch_sizes:
+                ids, names = prompts(workload, batch)
+                progress.update(task, description=f"{workload} batch {batch}: baseline")
+                base, base_tokens = timed_run(baseline, ids, opts.max_tokens)
+                progress.advance(task)
+                potential = lookup_potential(ids, base_tokens, result["num_speculative_tokens"])
+                for name, e in spec.items():
+                    progress.update(task, description=f"{workload} batch {batch}: {name}")
+                    stats, tokens = timed_run(e, ids, opts.max_tokens)
+                    progress.advance(task)
+                    mismatches = compare_outputs(names, base_tokens, tokens)
+                    if mismatches:
+                        result["mismatches"] += len(mismatches)
+                        m = mismatches[0]
+                        progress.console.print(
+                            f"[bold red]MISMATCH[/bold red] {workload} batch {batch} {name}: "
+                            f"{len(mismatches)}/{batch} outputs differ from the baseline "
+                            f"(first: {m.prompt!r} at token {m.first_difference})"
+                        )
+                    result["cells"].append(
+                        cell_result(workload, batch, name, base, stats, mismatches, potential)
+                    )
+                    if on_cell:
+                        on_cell(result)
+    console.print(speculation_table(result))
+    if result["mismatches"]:
+        console.print(
+            f"[bold red]{result['mismatches']} speculative outputs differ from the baseline: "
+            "greedy speculation should be token for token identical[/bold red]"
+        )
+    else:
+        console.print("greedy outputs identical with speculation on and off in every cell")
+    return result
+
+
+def cell_result(
+    workload: str,
+    batch: int,
+    proposer: str,
+    base: RunStats,
+    spec: RunStats,
+    mismatches: list[Mismatch],
+    potential: LookupPotential,
+) -> dict[str, Any]:
+    return {
+        "workload": workload,
+        "batch": batch,
+        "proposer": proposer,
+        "baseline": base.to_dict(),
+        "speculative": spec.to_dict(),
+        "speedup": spec.output_tokens_per_s / base.output_tokens_per_s
+        if base.output_tokens_per_s
+        else None,
+        "decode_speedup": spec.decode_tokens_per_s / base.decode_tokens_per_s
+        if base.decode_tokens_per_s
+        else None,
+        "identical": not mismatches,
+        "mismatches": [asdict(m) for m in mismatches],
+        "ngram_potential": asdict(potential)
+        | {"acceptance": potential.acceptance, "tokens_per_step": potential.tokens_per_step},
+    }
+
+
+def speculation_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"speculative decoding (greedy, max_tokens {result['max_tokens']}, "
+        f"up to {result['num_speculative_tokens']} draft tokens)"
+    )
+    for col in (
+        "workload",
+        "batch",
+        "proposer",
+        "acceptance",
+        "drafts/decode",
+        "tokens/step",
+        "lookup acc @k",
+        "lookup tok/step @k",
+        "off tok/s",
+        "on tok/s",
+        "speedup",
+        "decode speedup",
+        "identical",
+    ):
+        table.add_column(col, justify="left" if col in ("workload", "proposer") else "right")
+    for c in result["cells"]:
+        s, b, pot = c["speculative"], c["baseline"], c["ngram_potential"]
+        acc = s["acceptance"]
+        table.add_row(
+            c["workload"],
+            str(c["batch"]),
+            c["proposer"],
+            "-" if acc is None else f"{acc:.0%}",
+            f"{s['drafts_per_decode']:.2f}",
+            f"{s['tokens_per_step']:.2f}",
+            "-" if pot["acceptance"] is None else f"{pot['acceptance']:.0%}",
+            f"{pot['tokens_per_step']:.2f}",
+            f"{b['output_tokens_per_s']:.1f}",
+            f"{s['output_tokens_per_s']:.1f}",
+            "-" if c["speedup"] is None else f"{c['speedup']:.2f}x",
+            "-" if c["decode_speedup"] is None else f"{c['decode_speedup']:.2f}x",
+            "yes" if c["identical"] else f"[bold red]NO ({len(c['mismatches'])})[/bold red]",
+        )
+    return table
