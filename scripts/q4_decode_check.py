@@ -2,9 +2,9 @@
 
 1. The model's layer linears as one forward calls them (q/k/v and gate/up fused, 120 calls):
    the bf16 route (`linear(..., batched=True)`: skinny kernel, AMX tiles or oneDNN by shape)
-   vs `q4_linear` on the stored blocks, at each of `--rows` rows, plus the bf16 lm_head, with
-   the bytes each reads and the copy bandwidth measured in the same run (the floor:
-   bytes / bandwidth).
+   vs `q4_linear` on the stored blocks, at each of `--rows` rows, plus the lm_head (bf16 route
+   and `q8_linear` on the stored Q8_0 embedding), with the bytes each reads and the copy
+   bandwidth measured in the same run (the floor: bytes / bandwidth).
 2. Whole decode steps: two engines over the same weights, `q4_decode` off and on, each with B
    sequences decoding (200-token prompts), timed in alternating rounds of 20 steps.
 
@@ -26,6 +26,7 @@ from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.kernels.q4_linear import Q4Weight, q4_linear
+from tokenfactory.kernels.q8_linear import Q8Weight, q8_linear
 from tokenfactory.models.llama import LlamaForCausalLM, linear
 from tokenfactory.models.loader import load_model_files
 
@@ -47,9 +48,9 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() / (ms / 1e3) / 1e9  # read + write
 
 
-def model_linears() -> tuple[list[tuple[torch.Tensor, Q4Weight]], torch.Tensor]:
+def model_linears() -> tuple[list[tuple[torch.Tensor, Q4Weight]], torch.Tensor, Q8Weight | None]:
     """The embedded model's layer linears as a forward calls them (q/k/v and gate/up fused):
-    (bf16 weight, Q4_1 weight) pairs, and the tied lm_head's bf16 weight."""
+    (bf16 weight, Q4_1 weight) pairs, and the tied lm_head's bf16 and Q8_0 weights."""
     loaded = load_model_files(None, q4_weights=True)
     model = LlamaForCausalLM(loaded.config).to(torch.bfloat16)
     model.load_hf_state_dict(loaded.state_dict)
@@ -59,20 +60,23 @@ def model_linears() -> tuple[list[tuple[torch.Tensor, Q4Weight]], torch.Tensor]:
         for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
             assert lin.q4 is not None
             pairs.append((lin.weight.detach(), lin.q4))
-    return pairs, model.embed_tokens.weight.detach()
+    return pairs, model.embed_tokens.weight.detach(), model.lm_head_q8
 
 
 def linears(rows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16), rounds: int = 5) -> None:
     """Per forward: all layer linears on the bf16 route a decode step takes without Q4_1
     (`linear(..., batched=True)`: the skinny kernel, AMX tiles or oneDNN by shape) against
-    `q4_linear`, and the lm_head (bf16), in alternating rounds."""
-    weights, head = model_linears()
+    `q4_linear`, and the lm_head (bf16 route and Q8_0), in alternating rounds."""
+    weights, head, head_q8 = model_linears()
+    assert head_q8 is not None
     bf16_mb = sum(w.numel() * 2 for w, _ in weights) / 1e6
     q4_mb = sum(q.codes.numel() + q.dm.numel() * 4 for _, q in weights) / 1e6
     bw = copy_bandwidth_gbs()
     print(f"{len(weights)} layer linears: bf16 {bf16_mb:.0f} MB, Q4_1 {q4_mb:.0f} MB per step")
     print(f"copy bandwidth {bw:.1f} GB/s: floor {bf16_mb / bw:.1f} / {q4_mb / bw:.1f} ms")
-    print(f"{'rows':>5} {'bf16 ms':>8} {'Q4_1 ms':>8} {'ratio':>6} {'lm_head ms':>10}")
+    print(
+        f"{'rows':>5} {'bf16 ms':>8} {'Q4_1 ms':>8} {'ratio':>6} {'head bf16':>9} {'head Q8_0':>9}"
+    )
     for m in rows:
         xs = {k: torch.randn(m, k).bfloat16() for k in {w.shape[1] for w, _ in weights}}
         xh = torch.randn(m, head.shape[1]).bfloat16()
@@ -88,20 +92,20 @@ def linears(rows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16), rounds: in
         def lm_head(xh: torch.Tensor = xh) -> None:
             linear(xh, head, batched=True)
 
-        times: dict[str, list[float]] = {"bf16": [], "q4": [], "head": []}
+        def lm_head_q8(xh: torch.Tensor = xh) -> None:
+            q8_linear(xh, head_q8)
+
+        fns = {"bf16": dense, "q4": packed, "head": lm_head, "head_q8": lm_head_q8}
+        times: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(rounds):  # alternating: drift and other load hit all alike
-            times["bf16"].append(median_ms(dense, runs=7))
-            times["q4"].append(median_ms(packed, runs=7))
-            times["head"].append(median_ms(lm_head, runs=7))
-        d, q = statistics.median(times["bf16"]), statistics.median(times["q4"])
-        h = statistics.median(times["head"])
-        print(f"{m:>5} {d:>8.2f} {q:>8.2f} {q / d:>6.2f} {h:>10.2f}", flush=True)
+            for name, fn in fns.items():
+                times[name].append(median_ms(fn, runs=7))
+        d, q, h, h8 = (statistics.median(times[name]) for name in fns)
+        print(f"{m:>5} {d:>8.2f} {q:>8.2f} {q / d:>6.2f} {h:>9.2f} {h8:>9.2f}", flush=True)
 
 
 def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
-    engines = {
-        q4: Engine.from_model_path(None, EngineConfig(q4_decode=q4)) for q4 in (False, True)
-    }
+    engines = {q4: Engine.from_model_path(None, EngineConfig(q4_decode=q4)) for q4 in (False, True)}
     params = SamplingParams(max_tokens=4000, ignore_eos=True, temperature=0.0)
     print(f"{'batch':>5} {'bf16 ms':>8} {'Q4_1 ms':>8} {'ratio':>6}")
     for b in batches:
