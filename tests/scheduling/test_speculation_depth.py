@@ -47,12 +47,18 @@ def test_expected_tokens():
 
 
 def test_acceptance_rate_decays_toward_recent_steps():
-    rate = AcceptanceRate(decay=0.5)
+    rate = AcceptanceRate(decay=0.5, prior_weight=0.0)
     assert rate.rate is None
     rate.observe(4, 4)
     for _ in range(10):
         rate.observe(4, 0)
     assert rate.rate is not None and rate.rate < 0.01
+
+
+def test_one_rejected_draft_does_not_stop_speculation():
+    rate = AcceptanceRate()
+    rate.observe(4, 0)
+    assert rate.rate is not None and 0.3 < rate.rate < 0.5
 
 
 def test_drafts_go_deep_where_they_pay_and_stop_where_they_do_not():

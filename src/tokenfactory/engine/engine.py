@@ -376,12 +376,12 @@ class Engine:
             assert decision.reason is not None
             self.scheduler.finish(seq, decision.reason)
             del self._requests[seq.request_id]
-        lps = logprobs[:kept]
+        lps = [lp for lp in logprobs[:kept] if lp is not None]
         return RequestOutput(
             request_id=seq.request_id,
             token_ids=tokens[:kept],
             text=text,
-            logprobs=lps if lps and lps[0] is not None else None,
+            logprobs=lps or None,
             finished=decision.finished,
             finish_reason=decision.reason if decision.finished else None,
             stop_reason=decision.stop_reason if decision.finished else None,

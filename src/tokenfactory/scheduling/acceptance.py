@@ -27,12 +27,18 @@ def request_acceptance(
     return (num_accepted + prior * prior_weight) / (num_draft + prior_weight)
 
 
+DEFAULT_ACCEPTANCE = 0.5  # assumed before any draft token was verified
+
+
 @dataclass
 class AcceptanceRate:
     """The engine-wide share of draft tokens accepted, decayed so it follows the workload:
-    each observation first discounts the past by `decay`."""
+    each observation first discounts the past by `decay`. It is pulled toward
+    DEFAULT_ACCEPTANCE by `prior_weight` pseudo-tokens, so one unlucky draft does not set it
+    to zero (which would stop every request from drafting again)."""
 
     decay: float = 0.98
+    prior_weight: float = 16.0
     drafted: float = 0.0
     accepted: float = 0.0
 
@@ -42,4 +48,8 @@ class AcceptanceRate:
 
     @property
     def rate(self) -> float | None:
-        return self.accepted / self.drafted if self.drafted > 0 else None
+        """None before any draft token was verified."""
+        if self.drafted <= 0:
+            return None
+        w = self.prior_weight
+        return (self.accepted + DEFAULT_ACCEPTANCE * w) / (self.drafted + w)

@@ -34,9 +34,9 @@ def calibrations() -> dict[str, Calibration]:
     out = {}
     for name, entry in tomllib.loads(text).items():
         draft = entry.get("per_draft_token_s")
+        values = {f: float(entry.get(f, 0.0)) for f in _FIELDS}
         cost = StepCoefficients(
-            *(float(entry.get(f, 0.0)) for f in _FIELDS),
-            per_draft_token_s=None if draft is None else float(draft),
+            **values, per_draft_token_s=None if draft is None else float(draft)
         )
         out[name] = Calibration(
             name=name,

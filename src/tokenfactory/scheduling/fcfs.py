@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from tokenfactory.scheduling.ordered import ordered_plan
-from tokenfactory.scheduling.policy import SchedulingPolicy
-from tokenfactory.scheduling.speculation import UniformSpeculation
-from tokenfactory.scheduling.step_model import StepCoefficients
-from tokenfactory.scheduling.view import RequestView, SchedulerView, StepPlan
+from tokenfactory.scheduling.ordered import OrderedPolicy
+from tokenfactory.scheduling.view import RequestView
 
 
-class FcfsPolicy(SchedulingPolicy):
+class FcfsPolicy(OrderedPolicy):
     name = "fcfs"
 
-    def __init__(self) -> None:
-        self.speculation = UniformSpeculation()
-
-    def plan(self, view: SchedulerView) -> StepPlan:
-        return ordered_plan(view, _arrival, self.speculation.plan(view))
-
-    def set_step_prior(self, prior: StepCoefficients) -> None:
-        self.speculation.set_prior(prior)
-
-
-def _arrival(request: RequestView) -> float:
-    return request.arrival_time
+    @staticmethod
+    def key(request: RequestView) -> float:
+        return request.arrival_time

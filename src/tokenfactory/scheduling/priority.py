@@ -7,11 +7,8 @@ step, at the same speed as its batch mates.
 
 from __future__ import annotations
 
-from tokenfactory.scheduling.ordered import ordered_plan
-from tokenfactory.scheduling.policy import SchedulingPolicy
-from tokenfactory.scheduling.speculation import UniformSpeculation
-from tokenfactory.scheduling.step_model import StepCoefficients
-from tokenfactory.scheduling.view import RequestView, SchedulerView, StepPlan
+from tokenfactory.scheduling.ordered import OrderedPolicy
+from tokenfactory.scheduling.view import RequestView
 
 
 def tier_rank(request: RequestView) -> int:
@@ -19,18 +16,9 @@ def tier_rank(request: RequestView) -> int:
     return request.terms.rank if request.terms is not None else 0
 
 
-class PriorityPolicy(SchedulingPolicy):
+class PriorityPolicy(OrderedPolicy):
     name = "priority"
 
-    def __init__(self) -> None:
-        self.speculation = UniformSpeculation()
-
-    def plan(self, view: SchedulerView) -> StepPlan:
-        return ordered_plan(view, _priority_key, self.speculation.plan(view))
-
-    def set_step_prior(self, prior: StepCoefficients) -> None:
-        self.speculation.set_prior(prior)
-
-
-def _priority_key(request: RequestView) -> tuple[int, float]:
-    return (-tier_rank(request), request.arrival_time)
+    @staticmethod
+    def key(request: RequestView) -> tuple[int, float]:
+        return (-tier_rank(request), request.arrival_time)

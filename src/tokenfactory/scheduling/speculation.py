@@ -23,12 +23,10 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenfactory.scheduling.acceptance import request_acceptance
+from tokenfactory.scheduling.acceptance import DEFAULT_ACCEPTANCE, request_acceptance
 from tokenfactory.scheduling.step_model import StepCoefficients, StepTimeModel
 from tokenfactory.scheduling.step_stats import StepStats
 from tokenfactory.scheduling.view import RequestView, SchedulerView
-
-DEFAULT_ACCEPTANCE = 0.5  # assumed before any draft token was verified
 
 
 @dataclass(frozen=True)

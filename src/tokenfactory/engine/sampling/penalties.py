@@ -7,15 +7,16 @@ count tensors.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from tokenfactory.engine.sequence import Sequence
+from tokenfactory.engine.sampling.row import SamplingRow
 
 
 def _apply_penalties(
-    x: torch.Tensor, seqs: list[Sequence], out: torch.Tensor | None = None
+    x: torch.Tensor, seqs: Sequence[SamplingRow], out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Repetition (prompt + output, HF style), presence and frequency (output only).
 

@@ -8,20 +8,22 @@ of vocab.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from tokenfactory.engine.sampling.blocks import _RACE_BLOCK
+from tokenfactory.engine.sampling.row import SamplingRow
 from tokenfactory.engine.sampling.seeds import row_seed
-from tokenfactory.engine.sequence import Sequence
 
 # The generator of the unseeded rows on a device (None: the global torch RNG). Called only
 # when a batch has such rows.
 SharedGenerator = Callable[[torch.device], torch.Generator | None]
 
 
-def _race_blocks(w: torch.Tensor, seqs: list[Sequence], shared: SharedGenerator) -> torch.Tensor:
+def _race_blocks(
+    w: torch.Tensor, seqs: Sequence[SamplingRow], shared: SharedGenerator
+) -> torch.Tensor:
     """Draw a column from each row of weights w >= 0 (not normalised): race the block
     sums, then the columns of the winning block. P(i) = (S_b / S) * (w_i / S_b)."""
     rows, vocab = w.shape
@@ -41,7 +43,7 @@ def _race_blocks(w: torch.Tensor, seqs: list[Sequence], shared: SharedGenerator)
 
 
 def _log_noise(
-    seqs: list[Sequence], width: int, device: torch.device, shared: SharedGenerator
+    seqs: Sequence[SamplingRow], width: int, device: torch.device, shared: SharedGenerator
 ) -> torch.Tensor:
     """log E for [len(seqs), width] draws E ~ Exp(1): the race picks argmax(log w - log E).
 

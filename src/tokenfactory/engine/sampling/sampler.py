@@ -8,7 +8,7 @@ top-k -> top-p -> min-p -> sample.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -19,9 +19,9 @@ from tokenfactory.engine.sampling.candidates import CANDIDATE_TIERS, _candidate_
 from tokenfactory.engine.sampling.logprobs import SamplerOutput, _build_output
 from tokenfactory.engine.sampling.penalties import _apply_penalties
 from tokenfactory.engine.sampling.race import _log_noise, _race_blocks
+from tokenfactory.engine.sampling.row import SamplingRow
 from tokenfactory.engine.sampling.workspace import _index, _Workspace
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.engine.sequence import Sequence
 
 # Temperatures below this are treated as greedy: dividing by them only amplifies rounding noise.
 GREEDY_TEMPERATURE = 1e-5
@@ -68,7 +68,7 @@ class Sampler:
             self._generators[device] = gen
         return gen
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, seqs: Sequence[SamplingRow]) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(
                 f"logits must be [num_seqs={len(seqs)}, vocab], got {tuple(logits.shape)}"
@@ -86,7 +86,7 @@ class Sampler:
                 out.logprobs += part.logprobs
             return out
 
-    def _sample_chunk(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+    def _sample_chunk(self, logits: torch.Tensor, seqs: Sequence[SamplingRow]) -> SamplerOutput:
         params = [s.params for s in seqs]
         # `raw` may alias the caller's tensor: nothing below writes to it.
         raw = logits.float()
@@ -106,7 +106,7 @@ class Sampler:
         out = self._ws.get("rows", len(rows), x.shape[1], x.device)
         return torch.index_select(x, 0, _index(rows, x.device), out=out)
 
-    def _sample(self, x: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _sample(self, x: torch.Tensor, seqs: Sequence[SamplingRow]) -> torch.Tensor:
         vocab = x.shape[1]
         greedy, plain, min_p, cand = [], [], [], []
         for i, s in enumerate(seqs):
@@ -129,7 +129,7 @@ class Sampler:
             _put(ids, cand, self._sample_candidates(self._take(x, cand), sub))
         return ids
 
-    def _sample_full(self, x: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _sample_full(self, x: torch.Tensor, seqs: Sequence[SamplingRow]) -> torch.Tensor:
         """Temperature (and min-p) sampling over the whole vocabulary."""
         filters = _Filters.build([s.params for s in seqs], x.shape[1], x.device)
         # Unnormalised probabilities, 1 for the top token: exp((x - max) / temperature).
@@ -150,7 +150,7 @@ class Sampler:
             F.threshold(w, _float32_below(threshold), 0.0, inplace=True)
         return _race_blocks(w, seqs, self._shared_generator)
 
-    def _sample_candidates(self, x: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _sample_candidates(self, x: torch.Tensor, seqs: Sequence[SamplingRow]) -> torch.Tensor:
         """top-k / top-p (and min-p) sampling over each row's candidate set."""
         filters = _Filters.build([s.params for s in seqs], x.shape[1], x.device)
         ids = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
