@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from tokenfactory.engine.errors import EngineDeadError, EngineStepError
 from tokenfactory.server import errors
+from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, Generation
 from tokenfactory.server.prepare import PreparedRequest, prepare_chat, prepare_completion
@@ -450,6 +451,7 @@ def _tiers_body(factory: Factory) -> dict:
             reason=status.reason,
             max_users_at_promise=status.max_users_at_promise,
             openai_aliases=aliases.get(tier.name, []),
+            speculation=_tier_speculation(factory, status),
         )
         data.append(d)
     return {
@@ -475,7 +477,27 @@ def _tiers_body(factory: Factory) -> dict:
                 }
                 for p in cap.points
             ],
+            "speculation": cap.speculation.to_dict() if cap.speculation else None,
         },
+    }
+
+
+def _tier_speculation(factory: Factory, status: TierStatus) -> dict | None:
+    """How a tier uses speculative decoding here: None when the engine has no proposer."""
+    engine = factory.engine
+    cap = factory.capacity.speculation
+    if engine.proposer is None:
+        return None
+    policy = engine.scheduler.policy.name
+    # Under the tier policy only paying paced tiers draft; fcfs and priority draft for all.
+    drafts = status.tier.output_price > 0 if policy == "tier" else True
+    return {
+        "proposer": engine.proposer.name,
+        "drafts": drafts,
+        "relies_on_speculation": status.relies_on_speculation,
+        "probe_acceptance": cap.acceptance if cap else None,
+        "probe_tokens_per_s_per_user": cap.best_speed if cap else None,
+        "live_acceptance": engine.scheduler.acceptance.rate,
     }
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.scheduling.step_model import StepCoefficients
+from tokenfactory.server.speculative_capacity import SpeculativeCapacity, measure_speculation
 from tokenfactory.tiers import Tier, TierCatalog
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: speculative speed measured beside plain decoding
 # A tier opens when one user gets this much more than its promised speed: the margin leaves
 # room for the small batches and prompt chunks that share steps with it in real traffic.
 SPEED_MARGIN = 1.15
@@ -59,6 +60,7 @@ class Capacity:
     recheck_step_s: float | None = None
     version: int = PROBE_VERSION
     extra: dict = field(default_factory=dict)
+    speculation: SpeculativeCapacity | None = None  # None: no proposer configured
 
     @property
     def best_speed(self) -> float:
@@ -109,6 +111,8 @@ class Capacity:
     def from_dict(cls, d: dict) -> Capacity:
         d = dict(d)
         d["points"] = [CapacityPoint(**p) for p in d["points"]]
+        if d.get("speculation") is not None:
+            d["speculation"] = SpeculativeCapacity.from_dict(d["speculation"])
         return cls(**d)
 
 
@@ -118,28 +122,40 @@ class TierStatus:
     available: bool
     reason: str | None
     max_users_at_promise: int
+    # Open only because speculative decoding reaches its speed (on the probe's workload).
+    relies_on_speculation: bool = False
 
 
 def tier_statuses(catalog: TierCatalog, capacity: Capacity) -> dict[str, TierStatus]:
     out = {}
+    spec = capacity.speculation
     for tier in catalog.tiers:
         need = tier.tokens_per_s * SPEED_MARGIN
         reason = None
-        if capacity.best_speed < need:
+        relies = False
+        if capacity.best_speed < need and spec is not None and spec.best_speed >= need:
+            relies = True
+        elif capacity.best_speed < need:
             reason = (
                 f"one user gets at most {capacity.best_speed:.1f} tokens/s on this hardware "
                 f"(measured {capacity.measured_at[:10]}); the tier promises "
                 f"{tier.tokens_per_s:g} tokens/s."
             )
+            if spec is not None:
+                reason += (
+                    f" Speculative decoding ({spec.proposer}) reached "
+                    f"{spec.best_speed:.1f} tokens/s on the {spec.workload} workload."
+                )
         elif capacity.ttft_s > tier.ttft_s:
             reason = (
                 f"a {capacity.ttft_prompt_tokens}-token prompt takes {capacity.ttft_s:.2f} s to "
                 f"its first token on this hardware even when idle; the tier promises "
                 f"{tier.ttft_s:g} s."
             )
-        out[tier.name] = TierStatus(
-            tier, reason is None, reason, capacity.max_batch_at(need) if reason is None else 0
-        )
+        users = 0
+        if reason is None:
+            users = spec.max_batch_at(need) if relies and spec else capacity.max_batch_at(need)
+        out[tier.name] = TierStatus(tier, reason is None, reason, users, relies)
     return out
 
 
@@ -155,6 +171,9 @@ def probe_key(engine: Engine, model_identity: str, batches: tuple[int, ...] | No
         _processor(engine),
         str(_threads()),
         str(engine.config.max_num_seqs),
+        str(engine.config.speculation),
+        str(engine.config.num_speculative_tokens),
+        str(engine.config.draft_model),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -229,6 +248,7 @@ def measure(
         points.append(CapacityPoint(b, step, 1.0 / step, b / step))
     ttft_len = min(ttft_prompt_tokens, engine.max_model_len - 2)
     ttft = _idle_ttft(engine, ttft_len, vocab)
+    speculation = measure_speculation(engine)
     return Capacity(
         model=engine.model_name,
         device=str(engine.device),
@@ -237,6 +257,7 @@ def measure(
         points=points,
         ttft_prompt_tokens=ttft_len,
         ttft_s=ttft,
+        speculation=speculation,
     )
 
 
@@ -262,7 +283,7 @@ def _decode_steps(engine: Engine, batch: int, prompt_len: int, steps: int, vocab
     decode = [
         s.duration_s
         for s in engine.stats.recent()
-        if s.num_prefill_tokens == 0 and s.num_decode_tokens == batch
+        if s.num_prefill_tokens == 0 and s.num_decode_tokens == batch and not s.num_draft_tokens
     ]
     engine.stats.clear()
     return decode[1:] or decode  # the first full decode step warms caches

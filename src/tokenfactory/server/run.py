@@ -120,6 +120,12 @@ def _print_tiers(console: Console, factory: Factory) -> None:
         f"capacity ({src}, {cap.machine}): one user {cap.best_speed:.1f} tokens/s, "
         f"idle TTFT {cap.ttft_s:.2f} s for {cap.ttft_prompt_tokens} tokens"
     )
+    spec = cap.speculation
+    if spec is not None:
+        console.print(
+            f"speculative decoding ({spec.proposer}, {spec.workload} workload): one user "
+            f"{spec.best_speed:.1f} tokens/s, {spec.acceptance:.0%} of draft tokens accepted"
+        )
     for status in factory.statuses.values():
         t = status.tier
         mark = (
@@ -127,6 +133,8 @@ def _print_tiers(console: Console, factory: Factory) -> None:
             if status.available
             else f"[yellow]closed[/yellow] {status.reason}"
         )
+        if status.relies_on_speculation:
+            mark += " (relies on speculative decoding)"
         console.print(f"  {t.name:<9} {t.tokens_per_s:g} tok/s, TTFT {t.ttft_s:g} s: {mark}")
 
 
