@@ -1,10 +1,10 @@
 """The speculation part of `tokenfactory bench engine`: the same greedy requests with
 speculative decoding off and on, on the chat and agent workloads, at several batch sizes.
 
-Both engines share one loaded model (and the proposer the engine was built with); each cell
-runs the baseline first and then every proposer right after it, so a machine whose speed
-drifts (other load, clocks) drifts for both sides of a comparison alike. Every run starts with
-an empty prefix cache and a fresh scheduling policy, as a newly started engine would. Greedy
+The engines share one loaded model (and the proposer the engine was built with); in each cell
+they run the same requests in lockstep, one step of each in turn, so load from elsewhere on
+the machine (or clocks that drift) falls on both sides of a comparison alike. Every run starts
+with an empty prefix cache and a fresh scheduling policy, as a newly started engine would. Greedy
 speculation must not change a single token: any difference is reported as a mismatch.
 """
 
@@ -25,6 +25,7 @@ from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.speculation.factory import make_proposer
 from tokenfactory.engine.speculation.ngram import NgramProposer, lookup
 from tokenfactory.engine.speculation.proposer import Proposer
+from tokenfactory.scheduling.step_stats import StepStats
 
 
 @dataclass
@@ -115,22 +116,45 @@ def compare_outputs(
     return out
 
 
-def timed_run(
-    engine: Engine, prompts: list[str], max_tokens: int
-) -> tuple[RunStats, list[list[int]]]:
-    """Run `prompts` greedily to completion together; the run's figures and each output."""
-    engine.use_policy(engine.config.policy)  # empty prefix cache, policy from its prior
+def lockstep_run(
+    engines: list[Engine], prompts: list[list[int]], max_tokens: int
+) -> list[tuple[RunStats, list[list[int]]]]:
+    """Run `prompts` greedily on every engine at once, one step of each in turn, so load from
+    elsewhere on the machine falls on all of them alike. Each engine's time is the time of
+    its own steps (from arrival to its last request finishing, less the other engines' steps);
+    its figures and each output, per engine."""
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    steps_before = engine.stats.total_steps
-    start = time.perf_counter()
-    outputs = engine.generate(prompts, params)
-    elapsed = time.perf_counter() - start
-    steps = engine.stats.recent(engine.stats.total_steps - steps_before)
+    ids: list[list[str]] = []
+    before: list[int] = []
+    for e in engines:
+        e.use_policy(e.config.policy)  # empty prefix cache, policy from its prior
+        before.append(e.stats.total_steps)
+        ids.append([e.add_request(p, params) for p in prompts])
+    tokens: list[dict[str, list[int]]] = [{r: [] for r in rids} for rids in ids]
+    busy = [0.0] * len(engines)
+    while any(e.has_unfinished() for e in engines):
+        for i, e in enumerate(engines):
+            if not e.has_unfinished():
+                continue
+            t0 = time.perf_counter()
+            outs = e.step()
+            busy[i] += time.perf_counter() - t0
+            for out in outs:
+                tokens[i][out.request_id] += out.token_ids
+    results = []
+    for i, e in enumerate(engines):
+        steps = e.stats.recent(e.stats.total_steps - before[i])
+        outputs = [tokens[i][r] for r in ids[i]]
+        results.append((run_stats(steps, busy[i], outputs), outputs))
+    return results
+
+
+def run_stats(steps: list[StepStats], elapsed_s: float, outputs: list[list[int]]) -> RunStats:
     decoding = [s for s in steps if s.num_decode_tokens]
     pure = [s for s in decoding if not s.num_prefill_tokens]
-    stats = RunStats(
-        elapsed_s=elapsed,
-        output_tokens=sum(len(o.token_ids) for o in outputs),
+    return RunStats(
+        elapsed_s=elapsed_s,
+        output_tokens=sum(len(o) for o in outputs),
         steps=len(steps),
         decode_steps=len(decoding),
         decode_tokens=sum(s.num_decode_tokens for s in decoding),
@@ -139,7 +163,6 @@ def timed_run(
         decode_only_s=sum(s.duration_s for s in pure),
         decode_only_tokens=sum(s.num_decode_tokens + s.num_accepted_tokens for s in pure),
     )
-    return stats, [o.token_ids for o in outputs]
 
 
 def speculation_engines(engine: Engine) -> tuple[Engine, dict[str, Engine]]:
@@ -257,21 +280,19 @@ def run_speculation_bench(
         "draft_model": engine.config.draft_model,
         "policy": engine.config.policy,
         "max_tokens": opts.max_tokens,
-        "order": "per cell: baseline, then each proposer, back to back",
+        "order": "per cell: baseline and every proposer in lockstep, one step of each in turn",
         "cells": [],
         "mismatches": 0,
     }
     with console.status("speculation: warming up..."):
         for workload in opts.workloads:
             warm, _ = prompts(workload, len(load_workload(workload)))
-            for e in (baseline, *spec.values()):
-                timed_run(e, warm, opts.warmup_tokens)
-    runs_per_cell = 1 + len(spec)
-    total = len(opts.workloads) * len(opts.batch_sizes) * runs_per_cell
+            lockstep_run([baseline, *spec.values()], warm, opts.warmup_tokens)
+    total = len(opts.workloads) * len(opts.batch_sizes)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} runs"),
+        TextColumn("{task.completed}/{task.total} cells"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
@@ -281,14 +302,12 @@ def run_speculation_bench(
         for workload in opts.workloads:
             for batch in opts.batch_sizes:
                 ids, names = prompts(workload, batch)
-                progress.update(task, description=f"{workload} batch {batch}: baseline")
-                base, base_tokens = timed_run(baseline, ids, opts.max_tokens)
+                progress.update(task, description=f"{workload} batch {batch}")
+                runs = lockstep_run([baseline, *spec.values()], ids, opts.max_tokens)
                 progress.advance(task)
+                base, base_tokens = runs[0]
                 potential = lookup_potential(ids, base_tokens, result["num_speculative_tokens"])
-                for name, e in spec.items():
-                    progress.update(task, description=f"{workload} batch {batch}: {name}")
-                    stats, tokens = timed_run(e, ids, opts.max_tokens)
-                    progress.advance(task)
+                for name, (stats, tokens) in zip(spec, runs[1:], strict=True):
                     mismatches = compare_outputs(names, base_tokens, tokens)
                     if mismatches:
                         result["mismatches"] += len(mismatches)
@@ -301,8 +320,8 @@ def run_speculation_bench(
                     result["cells"].append(
                         cell_result(workload, batch, name, base, stats, mismatches, potential)
                     )
-                    if on_cell:
-                        on_cell(result)
+                if on_cell:
+                    on_cell(result)
     console.print(speculation_table(result))
     if result["mismatches"]:
         console.print(
