@@ -12,7 +12,17 @@ from tokenfactory.bench.serve.report import SCHEMA, VERSION, load_report
 from tokenfactory.bench.serve.selfbench import run_selfbench
 from tokenfactory.cli import app
 
-TOP = {"schema", "version", "tool", "machine", "endpoint", "config", "tiers", "runs"}
+TOP = {
+    "schema",
+    "version",
+    "tool",
+    "machine",
+    "endpoint",
+    "config",
+    "tiers",
+    "runs",
+    "tier_speculation",
+}
 RUN = {
     "label",
     "request_rate",
@@ -105,6 +115,7 @@ def test_json_report_schema_is_stable(reports):
     doc = load_report(d / "a.json")
     assert (doc["schema"], doc["version"]) == (SCHEMA, VERSION) == ("tokenfactory.bench.serve", 1)
     assert set(doc) == TOP
+    assert doc["tier_speculation"] is None  # the fake endpoint does not report speculation
     assert [r["max_concurrency"] for r in doc["runs"]] == [2, 4]
     run = doc["runs"][0]
     assert set(run) == RUN and run["request_rate"] is None

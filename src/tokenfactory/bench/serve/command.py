@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 
 from tokenfactory.bench.serve.arrivals import parse_rates
+from tokenfactory.bench.serve.console import print_tier_speculation
 from tokenfactory.bench.serve.metrics import Slo
 from tokenfactory.bench.serve.runner import (
     EndpointError,
@@ -26,6 +28,7 @@ from tokenfactory.bench.serve.tiers_info import (
     KeyRing,
     apply_overrides,
     fetch_catalog,
+    fetch_tier_speculation,
     is_loopback,
     parse_mix,
 )
@@ -264,7 +267,15 @@ def serve_command(
     }
     endpoint_doc = {"base_url": base_url, "api_url": api, "model": model, "keys": keys.source}
     doc = build_report(config, endpoint_doc, catalog, results, slo, save_itl)
+    # Per-request acceptance is not in the OpenAI response: report the endpoint's own
+    # per-tier figures as they stand at the end of the run.
+    with httpx.Client(timeout=10.0) as client:
+        speculation = fetch_tier_speculation(client, base_url)
+    doc["tier_speculation"] = (
+        None if speculation is None else {k: v and asdict(v) for k, v in speculation.items()}
+    )
     print_summary(doc, _stdout())
+    print_tier_speculation(speculation, err)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = out or Path("bench-results") / f"serve-{workload}-{stamp}.json"
     write_json(doc, path)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from tokenfactory.bench.serve.tiers_info import TierSpeculation
+
 
 def _f(x: float | None, fmt: str = "{:,.1f}") -> str:
     return "-" if x is None else fmt.format(x)
@@ -157,3 +159,26 @@ def print_compare(rows: list[CompareRow], names: tuple[str, str], console: Conso
             )
             last = r.group
         console.print(t)
+
+
+def print_tier_speculation(
+    speculation: dict[str, TierSpeculation | None] | None, console: Console
+) -> None:
+    """The endpoint's speculative decoding per tier at the end of the run (from /v1/tiers)."""
+    if speculation is None:
+        console.print("speculation: not reported by the endpoint")
+        return
+    t = Table(title="speculation per tier (the endpoint's /v1/tiers at the end of the run)")
+    for col in ("tier", "proposer", "acceptance", "relies on it"):
+        t.add_column(col, justify="left" if col in ("tier", "proposer") else "right")
+    for tier, spec in speculation.items():
+        if spec is None:
+            t.add_row(tier, "off", "-", "-")
+        else:
+            t.add_row(
+                tier,
+                spec.proposer,
+                _pct(spec.acceptance),
+                "yes" if spec.relies_on_speculation else "no",
+            )
+    console.print(t)

@@ -167,3 +167,49 @@ class KeyRing:
         if not isinstance(keys, dict):
             raise ValueError(f"tier keys {path}: expected a JSON object {{tier: key}}")
         return cls(api_key, {str(k): str(v) for k, v in keys.items()}, str(path))
+
+
+@dataclass(frozen=True)
+class TierSpeculation:
+    """What the endpoint says about speculative decoding on one tier (`speculation` in its
+    `GET /v1/tiers` entry): the proposer, the draft acceptance it measures, and whether the
+    tier's promise holds only with speculation."""
+
+    proposer: str
+    acceptance: float | None
+    relies_on_speculation: bool
+
+
+def parse_tier_speculation(doc: dict) -> dict[str, TierSpeculation | None] | None:
+    """{tier: its speculation, or None where it has none} from a `GET /v1/tiers` body; None
+    when no tier carries the field at all (an endpoint that does not report speculation)."""
+    items = doc.get("data") or []
+    if not any(isinstance(t, dict) and "speculation" in t for t in items):
+        return None
+    out: dict[str, TierSpeculation | None] = {}
+    for t in items:
+        spec = t.get("speculation")
+        if not isinstance(spec, dict):
+            out[str(t.get("name"))] = None
+            continue
+        acc = spec.get("acceptance")
+        out[str(t.get("name"))] = TierSpeculation(
+            proposer=str(spec.get("proposer", "?")),
+            acceptance=None if acc is None else float(acc),
+            relies_on_speculation=bool(spec.get("relies_on_speculation", False)),
+        )
+    return out
+
+
+def fetch_tier_speculation(
+    client: httpx.Client, base_url: str
+) -> dict[str, TierSpeculation | None] | None:
+    """The endpoint's per-tier speculation now (see `parse_tier_speculation`); None when it
+    has no `/v1/tiers` or does not report speculation there."""
+    try:
+        resp = client.get(base_url.rstrip("/") + "/v1/tiers")
+        if resp.status_code != 200:
+            return None
+        return parse_tier_speculation(resp.json())
+    except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+        return None
