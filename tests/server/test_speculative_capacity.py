@@ -4,7 +4,13 @@ decoding cannot serve, and kept in the probe cache."""
 from __future__ import annotations
 
 from tests.engine.engine_fixtures import tiny_engine
-from tokenfactory.server.capacity import Capacity, CapacityPoint, load_or_measure, tier_statuses
+from tokenfactory.server.capacity import (
+    Capacity,
+    CapacityPoint,
+    load_or_measure,
+    probe_policy,
+    tier_statuses,
+)
 from tokenfactory.server.speculative_capacity import (
     SpeculativeCapacity,
     SpeculativePoint,
@@ -39,7 +45,8 @@ def test_measure_speculation_on_an_engine_and_back_to_its_policy(tmp_path):
     engine = tiny_engine(max_num_seqs=8, speculation="ngram", policy="tier")
     engine = type(engine)(engine.model, None, engine.config)  # the proposer from the config
     assert engine.proposer is not None
-    spec = measure_speculation(engine, batches=(1, 2))
+    with probe_policy(engine, drafts=True):
+        spec = measure_speculation(engine, batches=(1, 2))
     assert spec is not None and spec.proposer == "ngram" and spec.workload == "repeating-tokens"
     assert [p.batch for p in spec.points] == [1, 2]
     for p in spec.points:

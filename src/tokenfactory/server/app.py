@@ -491,13 +491,16 @@ def _tier_speculation(factory: Factory, status: TierStatus) -> dict | None:
     policy = engine.scheduler.policy.name
     # Under the tier policy only paying paced tiers draft; fcfs and priority draft for all.
     drafts = status.tier.output_price > 0 if policy == "tier" else True
+    live = engine.scheduler.acceptance.rate
+    probe = cap.acceptance if cap else None
     return {
         "proposer": engine.proposer.name,
         "drafts": drafts,
+        "acceptance": live if live is not None else probe,  # lately, else the probe's
         "relies_on_speculation": status.relies_on_speculation,
-        "probe_acceptance": cap.acceptance if cap else None,
+        "probe_acceptance": probe,
         "probe_tokens_per_s_per_user": cap.best_speed if cap else None,
-        "live_acceptance": engine.scheduler.acceptance.rate,
+        "live_acceptance": live,
     }
 
 

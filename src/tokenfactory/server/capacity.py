@@ -14,6 +14,8 @@ import logging
 import platform
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,7 +197,8 @@ def load_or_measure(
         if cap is not None:
             batch = cap.smallest_batch.batch
             vocab = engine.model_config.vocab_size
-            steps = _decode_steps(engine, batch, PROBE_PROMPT_TOKENS, RECHECK_STEPS, vocab)
+            with probe_policy(engine, drafts=False):
+                steps = _decode_steps(engine, batch, PROBE_PROMPT_TOKENS, RECHECK_STEPS, vocab)
             now = statistics.median(steps)
             if cap.agrees_with(now, recheck_factor):
                 cap.cached, cap.recheck_step_s = True, now
@@ -242,13 +245,17 @@ def measure(
         batches = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= engine.config.max_num_seqs)
     vocab = engine.model_config.vocab_size
     points = []
-    for b in batches:
-        step_times = _decode_steps(engine, b, prompt_tokens, decode_steps, vocab)
-        step = statistics.median(step_times)
-        points.append(CapacityPoint(b, step, 1.0 / step, b / step))
-    ttft_len = min(ttft_prompt_tokens, engine.max_model_len - 2)
-    ttft = _idle_ttft(engine, ttft_len, vocab)
-    speculation = measure_speculation(engine)
+    with probe_policy(engine, drafts=False):
+        for b in batches:
+            step_times = _decode_steps(engine, b, prompt_tokens, decode_steps, vocab)
+            if not step_times:
+                raise RuntimeError(f"the capacity probe saw no decode step of {b} sequences")
+            step = statistics.median(step_times)
+            points.append(CapacityPoint(b, step, 1.0 / step, b / step))
+        ttft_len = min(ttft_prompt_tokens, engine.max_model_len - 2)
+        ttft = _idle_ttft(engine, ttft_len, vocab)
+    with probe_policy(engine, drafts=True):
+        speculation = measure_speculation(engine)
     return Capacity(
         model=engine.model_name,
         device=str(engine.device),
@@ -259,6 +266,22 @@ def measure(
         ttft_s=ttft,
         speculation=speculation,
     )
+
+
+@contextmanager
+def probe_policy(engine: Engine, drafts: bool) -> Iterator[None]:
+    """Probe under fcfs, whatever the engine serves with: the probe measures the hardware, so
+    every probe request steps every step (a pacing policy on a slow machine would carry fewer).
+    `drafts`: speculate where it pays (the speculative probe), or not at all. The engine's own
+    policy is back afterwards, with an empty prefix cache."""
+    policy = engine.config.policy
+    engine.use_policy("fcfs")
+    if not drafts:
+        engine.scheduler.max_draft_tokens = 0
+    try:
+        yield
+    finally:
+        engine.use_policy(policy)
 
 
 def _prompt(i: int, n: int, vocab: int) -> list[int]:

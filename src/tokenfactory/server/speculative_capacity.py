@@ -57,24 +57,18 @@ def measure_speculation(
     engine: Engine, batches: tuple[int, ...] = SPECULATIVE_BATCHES
 ) -> SpeculativeCapacity | None:
     """Speculative decode speed on the calibration workload; None without a proposer. The
-    engine must be idle; it is left under its own policy, with an empty prefix cache."""
+    engine must be idle, under a policy that drafts for requests without a tier (fcfs: the
+    capacity probe's `probe_policy`)."""
     if engine.proposer is None:
         return None
     if engine.has_unfinished():
         raise RuntimeError("the capacity probe needs an idle engine")
     workload, prompts = calibration_prompts(engine)
-    policy = engine.config.policy
-    # fcfs grants drafts wherever they pay for themselves: the probe's requests have no
-    # tier, and the tier policy never drafts for best effort.
-    engine.use_policy("fcfs")
-    try:
-        points = [
-            _run(engine, [prompts[(b * 7 + i) % len(prompts)] for i in range(b)], b)
-            for b in batches
-            if b <= engine.config.max_num_seqs
-        ]
-    finally:
-        engine.use_policy(policy)
+    points = [
+        _run(engine, [prompts[(b * 7 + i) % len(prompts)] for i in range(b)], b)
+        for b in batches
+        if b <= engine.config.max_num_seqs
+    ]
     return SpeculativeCapacity(engine.proposer.name, workload, points)
 
 
