@@ -5,8 +5,9 @@
    vs `q4_linear` on the stored blocks, at each of `--rows` rows, plus the lm_head (bf16 route
    and `q8_linear` on the stored Q8_0 embedding), with the bytes each reads and the copy
    bandwidth measured in the same run (the floor: bytes / bandwidth).
-2. Whole decode steps: two engines over the same weights, `q4_decode` off and on, each with B
-   sequences decoding (200-token prompts), timed in alternating rounds of 20 steps.
+2. Whole decode steps with B sequences decoding (200-token prompts): bf16 weights only, the
+   earlier rule (Q4_1 for 1-2 rows, bf16 lm_head) and the current one (Q4_1 up to
+   `decode_max_rows()` rows, Q8_0 lm_head), timed in alternating rounds of 20 steps.
 
 Medians in milliseconds. This VM drifts by +-30% within minutes: compare within one run.
 
@@ -25,6 +26,7 @@ import torch
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.kernels import q4_linear as q4_linear_mod
 from tokenfactory.kernels.q4_linear import Q4Weight, q4_linear
 from tokenfactory.kernels.q8_linear import Q8Weight, q8_linear
 from tokenfactory.models.llama import LlamaForCausalLM, linear
@@ -105,11 +107,18 @@ def linears(rows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16), rounds: in
 
 
 def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
+    """Whole decode steps of B sequences, three ways in alternating rounds of 20 steps: bf16
+    weights only (`q4_decode` off); Q4_1 layer weights for 1-2 rows and the bf16 lm_head (the
+    earlier rule, `--old-limit`); and the current rule (`decode_max_rows()` rows, Q8_0 head)."""
     engines = {q4: Engine.from_model_path(None, EngineConfig(q4_decode=q4)) for q4 in (False, True)}
+    model = engines[True].model
+    head_q8 = model.lm_head_q8
+    limit = q4_linear_mod.decode_max_rows()
     params = SamplingParams(max_tokens=4000, ignore_eos=True, temperature=0.0)
-    print(f"{'batch':>5} {'bf16 ms':>8} {'Q4_1 ms':>8} {'ratio':>6}")
+    print(
+        f"{'batch':>5} {'bf16 ms':>8} {'Q4 <=2 ms':>9} {f'now (<={limit}) ms':>15} {'now/<=2':>7}"
+    )
     for b in batches:
-        times: dict[bool, list[float]] = {False: [], True: []}
         for engine in engines.values():
             for rid in engine.unfinished_request_ids():
                 engine.abort(rid)
@@ -117,24 +126,32 @@ def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
                 engine.add_request(list(range(100, 300)), params)
             for _ in range(5):  # prompts and warm-up
                 engine.step()
+        times: dict[str, list[float]] = {"bf16": [], "old": [], "now": []}
         for _ in range(rounds):
-            for q4, engine in engines.items():
+            for name in times:
+                engine = engines[name != "bf16"]
+                # the earlier rule: Q4_1 for 1-2 rows, bf16 lm_head
+                q4_linear_mod._max_rows = 2 if name == "old" else limit
+                model.lm_head_q8 = None if name == "old" else head_q8
                 start = time.perf_counter()
                 for _ in range(20):
                     engine.step()
-                times[q4].append((time.perf_counter() - start) / 20 * 1e3)
-        dense, packed = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{b:>5} {dense:>8.1f} {packed:>8.1f} {packed / dense:>6.2f}")
+                times[name].append((time.perf_counter() - start) / 20 * 1e3)
+        q4_linear_mod._max_rows, model.lm_head_q8 = limit, head_q8
+        dense, old, now = (statistics.median(times[k]) for k in ("bf16", "old", "now"))
+        print(f"{b:>5} {dense:>8.1f} {old:>9.1f} {now:>15.1f} {now / old:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", default="1,2,3,4,5,6,8,9,12,16", help="row counts, part 1")
-    ap.add_argument("--batches", default="1,2,3,4,8", help="sequences per step, part 2")
+    ap.add_argument("--batches", default="1,2,4,8,16,32", help="sequences per step, part 2")
+    ap.add_argument("--no-linears", action="store_true", help="part 2 only")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-steps", action="store_true", help="part 1 only")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    linears(tuple(int(v) for v in args.rows.split(",")), args.rounds)
+    if not args.no_linears:
+        linears(tuple(int(v) for v in args.rows.split(",")), args.rounds)
     if not args.no_steps:
         steps(tuple(int(v) for v in args.batches.split(",")))
