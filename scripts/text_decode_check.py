@@ -37,12 +37,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ngram", type=int, default=0, help="also with n-gram drafts of N tokens")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    configs = {"off": EngineConfig()}
+    configs = {"off": EngineConfig(num_threads=args.threads)}
     if args.ngram:
         configs[f"ngram{args.ngram}"] = EngineConfig(
-            speculation="ngram", num_speculative_tokens=args.ngram
+            num_threads=args.threads, speculation="ngram", num_speculative_tokens=args.ngram
         )
     engines = {name: Engine.from_model_path(None, cfg) for name, cfg in configs.items()}
     any_engine = next(iter(engines.values()))
