@@ -227,3 +227,32 @@ def test_unseeded_sampling_follows_the_target_distribution():
     assert sum(counts.values()) == n and set(counts) <= set(expected)
     # 35 degrees of freedom: the 99.9th percentile of chi-square is 66.6.
     assert chi2 < 66.6, (chi2, counts)
+
+
+def test_a_verified_draft_runs_as_one_decode_row_per_position():
+    from tokenfactory.engine.scheduler import ScheduledChunk, SchedulerOutput
+    from tokenfactory.engine.sequence import Sequence
+    from tokenfactory.engine.step_inputs import build_step_inputs
+
+    params = SamplingParams()
+    spec = Sequence("s", list(range(1, 21)), params)  # 20 tokens, the last not computed
+    spec.block_table = [7, 8]
+    plain = Sequence("d", list(range(1, 10)), params)
+    plain.block_table = [3]
+    prompt = Sequence("p", list(range(1, 40)), params)
+    prompt.block_table = [4, 5, 6]
+    chunks = [
+        ScheduledChunk(plain, 8, 1),
+        ScheduledChunk(prompt, 0, 39),
+        ScheduledChunk(spec, 19, 1, draft_slots=3),
+    ]
+    out = SchedulerOutput(chunks, [], 39, 2)
+    out.attach_drafts({"s": [91, 92, 93, 94]})  # one more than reserved: cut
+    assert [c.seq.request_id for c in out.chunks] == ["d", "s", "p"]
+    inputs = build_step_inputs(out, block_size=16)
+    assert inputs.num_decodes == 5  # the plain decode and 4 verify rows, ahead of the prompt
+    assert inputs.token_ids[:5].tolist() == [9, 20, 91, 92, 93]
+    assert inputs.positions[:5].tolist() == [8, 19, 20, 21, 22]
+    assert inputs.context_len[:5].tolist() == [9, 20, 21, 22, 23]
+    assert inputs.block_tables[1].tolist()[:2] == [7, 8]
+    assert inputs.sample_rows.tolist() == [0, 1, 2, 3, 4, 5 + 38]

@@ -101,12 +101,14 @@ class SchedulerOutput:
 
     def attach_drafts(self, drafts: Mapping[str, list[int]]) -> None:
         """Put each speculating decode's draft (by request id; at most its reserved slots,
-        absent: none) after its token, then order the step as the runner expects: plain
-        decodes first."""
+        absent: none) after its token, then order the step as the runner expects: decodes
+        and drafts first."""
         for chunk in self.speculating:
             chunk.draft = list(drafts.get(chunk.seq.request_id, ()))[: chunk.draft_slots]
             chunk.num_tokens = 1 + len(chunk.draft)
-        self.chunks.sort(key=lambda c: not c.is_decode)
+        # Verified drafts run as decodes, one row per position (`step_inputs`): they go with
+        # the decodes, ahead of the prompt chunks.
+        self.chunks.sort(key=lambda c: not (c.is_decode or c.draft))
 
 
 class Scheduler:

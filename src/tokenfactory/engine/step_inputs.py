@@ -1,10 +1,12 @@
 """One step's model inputs, built on the host with array ops and shipped in one copy.
 
-A step is a list of query spans, one per scheduled chunk, laid end to end in a flat token
-batch: span i owns rows [q_start, q_start + q_len) and attends over the first context_len
-positions of its sequence (its own tokens included), whose K/V live in the blocks of its
-block table. A decode is a span with q_len == 1; a prompt chunk, a chunk after a prefix-cache
-hit, or a draft of k tokens to verify are spans with more rows and context before them.
+A step is a list of query spans laid end to end in a flat token batch: span i owns rows
+[q_start, q_start + q_len) and attends over the first context_len positions of its sequence
+(its own tokens included), whose K/V live in the blocks of its block table. A decode is a
+span with q_len == 1; a prompt chunk (or one after a prefix-cache hit) is a span with more
+rows and context before it. A decode verifying k draft tokens is k + 1 single-token spans
+over the same blocks, one per position: each row then runs exactly as the plain decode at its
+position would (the same kernels, the same roundings).
 Nothing below depends on which: the loop runs once per span (slices of the token lists),
 and positions, slots and padded tables come from whole-array numpy ops.
 
@@ -88,12 +90,28 @@ def build_step_inputs(step: SchedulerOutput, block_size: int) -> StepInputs:
     num_decodes = 0
     for chunk in step.chunks:  # scalars per span; nothing here runs per token
         seq, start, n = chunk.seq, chunk.start, chunk.num_tokens
+        if chunk.draft:
+            # A decode and the draft tokens it verifies: one single-token span per row, each
+            # attending to the positions before it, so every row runs exactly as the plain
+            # decode of that position would (the same decode kernel, the same roundings):
+            # greedy output is the same with and without speculation.
+            for i, token in enumerate([seq.token_at(start), *chunk.draft]):
+                pos = start + i
+                blocks = pos // bs + 1
+                if pos > 0 and num_decodes == len(starts):
+                    num_decodes += 1
+                q_start.append(len(ids))
+                sample_rows.append(len(ids))
+                ids.append(token)
+                tables += seq.block_table[:blocks]
+                starts.append(pos)
+                q_len.append(1)
+                context_len.append(pos + 1)
+                num_blocks.append(blocks)
+            continue
         end = start + n
         q_start.append(len(ids))
-        if chunk.draft:  # a decode and the draft tokens it verifies
-            ids.append(seq.token_at(start))
-            ids += chunk.draft
-        elif n == 1:
+        if n == 1:
             ids.append(seq.token_at(start))
             # Decodes lead the batch: a single token after a prompt chunk is not one.
             if start > 0 and num_decodes == len(starts):
@@ -106,9 +124,8 @@ def build_step_inputs(step: SchedulerOutput, block_size: int) -> StepInputs:
         q_len.append(n)
         context_len.append(end)
         num_blocks.append(blocks)
-        rows = chunk.num_sample_rows  # the last token's, then one per draft token
-        if rows:
-            sample_rows += range(len(ids) - rows, len(ids))
+        if chunk.samples:
+            sample_rows.append(len(ids) - 1)
 
     # Whole-step arrays: the padded block tables, then every token's position and slot.
     width = max(num_blocks, default=1)
