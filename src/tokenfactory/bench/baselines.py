@@ -120,6 +120,9 @@ def bench_llama_cpp_text(
         n_threads_batch=threads,
         n_batch=512,
         draft_model=draft,
+        # verifying drafts reads the logits of every drafted position (without it the
+        # scores buffer holds n_batch rows and overflows once the context passes them)
+        logits_all=draft is not None,
         verbose=False,
     )
     eos = llm.token_eos()
