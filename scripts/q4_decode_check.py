@@ -7,7 +7,8 @@
    bandwidth measured in the same run (the floor: bytes / bandwidth).
 2. Whole decode steps with B sequences decoding (200-token prompts): bf16 weights only, the
    earlier rule (Q4_1 for 1-2 rows, bf16 lm_head) and the current one (Q4_1 up to
-   `decode_max_rows()` rows, Q8_0 lm_head), timed in alternating rounds of 20 steps.
+   `decode_max_rows()` rows as `reads_q4` says, Q8_0 lm_head), timed in alternating rounds of
+   20 steps.
 
 Medians in milliseconds. This VM drifts by +-30% within minutes: compare within one run.
 
@@ -109,11 +110,12 @@ def linears(rows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16), rounds: in
 def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
     """Whole decode steps of B sequences, three ways in alternating rounds of 20 steps: bf16
     weights only (`q4_decode` off); Q4_1 layer weights for 1-2 rows and the bf16 lm_head (the
-    earlier rule, `--old-limit`); and the current rule (`decode_max_rows()` rows, Q8_0 head)."""
+    earlier rule); and the current rule (the rows `reads_q4` names, Q8_0 head)."""
     engines = {q4: Engine.from_model_path(None, EngineConfig(q4_decode=q4)) for q4 in (False, True)}
     model = engines[True].model
     head_q8 = model.lm_head_q8
     limit = q4_linear_mod.decode_max_rows()
+    rows = q4_linear_mod._rows
     params = SamplingParams(max_tokens=4000, ignore_eos=True, temperature=0.0)
     print(
         f"{'batch':>5} {'bf16 ms':>8} {'Q4 <=2 ms':>9} {f'now (<={limit}) ms':>15} {'now/<=2':>7}"
@@ -131,13 +133,13 @@ def steps(batches: tuple[int, ...] = (1, 2, 3, 4, 8), rounds: int = 6) -> None:
             for name in times:
                 engine = engines[name != "bf16"]
                 # the earlier rule: Q4_1 for 1-2 rows, bf16 lm_head
-                q4_linear_mod._max_rows = 2 if name == "old" else limit
+                q4_linear_mod._rows = frozenset({1, 2}) if name == "old" else rows
                 model.lm_head_q8 = None if name == "old" else head_q8
                 start = time.perf_counter()
                 for _ in range(20):
                     engine.step()
                 times[name].append((time.perf_counter() - start) / 20 * 1e3)
-        q4_linear_mod._max_rows, model.lm_head_q8 = limit, head_q8
+        q4_linear_mod._rows, model.lm_head_q8 = rows, head_q8
         dense, old, now = (statistics.median(times[k]) for k in ("bf16", "old", "now"))
         print(f"{b:>5} {dense:>8.1f} {old:>9.1f} {now:>15.1f} {now / old:>7.2f}", flush=True)
 

@@ -136,9 +136,16 @@ def test_the_q4_row_limit_follows_the_cpu_kind(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setattr(skinny, "uses_amx", lambda amx=amx: amx)
         q4_linear._reset()
         assert q4_linear.decode_max_rows() == rows
+    # on one thread without AMX, 5-8 rows read bf16 (the same results: the AVX512 tiles)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    q4_linear._reset()
+    assert [m for m in range(1, 34) if q4_linear.reads_q4(m)] == [1, 2, 3, 4, *range(9, 33)]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    q4_linear._reset()
+    assert [m for m in range(1, 34) if q4_linear.reads_q4(m)] == list(range(1, 33))
     monkeypatch.setattr(skinny, "available", lambda: False)
     q4_linear._reset()
-    assert q4_linear.decode_max_rows() == 0
+    assert q4_linear.decode_max_rows() == 0 and not q4_linear.reads_q4(1)
 
 
 @needs_native
@@ -157,5 +164,8 @@ def test_a_decode_linear_reads_q4_up_to_the_limit_with_rows_independent() -> Non
     with torch.inference_mode():
         y = lin(x, True)
         assert torch.equal(y, q4_linear.q4_linear(x, q))
+        if not skinny.uses_amx():  # rows 5-8 may read bf16 (one thread): still the same values
+            for m in range(1, 9):
+                assert torch.equal(lin(x[:m], True), y[:m]), f"{m} rows"
         for i in range(limit):
             assert torch.equal(y[i : i + 1], lin(x[i : i + 1], True)), f"row {i}"

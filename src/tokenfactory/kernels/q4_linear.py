@@ -39,21 +39,43 @@ BLOCK_BYTES = 20  # per 32 weights: fp16 d, fp16 m, 16 bytes of codes
 #   ~0.5-0.7x at 9-16, 0.98x at 32, 1.1x at 48), see docs/performance.md.
 DECODE_MAX_ROWS_AMX = 2
 DECODE_MAX_ROWS_AVX512 = 32
+# Except, on one thread without AMX, 5-8 rows: there the Q4_1 path is bound by the dot products
+# and the bf16 AVX512 kernel (the same results, bit for bit) by the memory reads, and bf16 was
+# faster (1.05-1.4x the Q4_1 time on one thread; 0.83-0.92x on two).
+BF16_ROWS_ONE_THREAD = range(5, 9)
 
 
 def decode_max_rows() -> int:
     """Up to how many rows (decode sequences, or verified draft tokens) a decode-step linear
-    reads Q4_1 on this CPU; 0 where the kernel does not run. Decided once per process."""
-    global _max_rows
+    may read Q4_1 on this CPU (`reads_q4` says which row counts do); 0 where the kernel does
+    not run. Decided once per process, at the first call."""
     if _max_rows < 0:
-        if not skinny.available():
-            _max_rows = 0
-        else:
-            _max_rows = DECODE_MAX_ROWS_AMX if skinny.uses_amx() else DECODE_MAX_ROWS_AVX512
+        _decide()
     return _max_rows
 
 
+def reads_q4(m: int) -> bool:
+    """Whether a decode-step linear of m rows reads Q4_1 here (the hot path: a set lookup)."""
+    if _max_rows < 0:
+        _decide()
+    return m in _rows
+
+
+def _decide() -> None:
+    global _max_rows, _rows
+    if not skinny.available():
+        _max_rows, _rows = 0, frozenset()
+        return
+    amx = skinny.uses_amx()
+    _max_rows = DECODE_MAX_ROWS_AMX if amx else DECODE_MAX_ROWS_AVX512
+    rows = set(range(1, _max_rows + 1))
+    if not amx and torch.get_num_threads() < 2:
+        rows -= set(BF16_ROWS_ONE_THREAD)
+    _rows = frozenset(rows)
+
+
 _max_rows = -1  # not decided yet
+_rows: frozenset[int] = frozenset()
 
 
 def _reset() -> None:

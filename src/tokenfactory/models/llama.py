@@ -49,13 +49,13 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 class Linear(nn.Linear):
     """nn.Linear, plus optionally the same weight as stored in a GGUF file (Q4_1), which
-    decode steps of up to `q4_linear.decode_max_rows()` rows read instead: ~2.7x fewer bytes,
+    decode steps of the row counts `q4_linear.reads_q4` names read instead: ~2.7x fewer bytes,
     and each row's result that of the bf16 kernel's one-row path."""
 
     q4: q4_linear.Q4Weight | None = None
 
     def forward(self, x: torch.Tensor, batched: bool = False) -> torch.Tensor:
-        if batched and self.q4 is not None and x.shape[0] <= q4_linear.decode_max_rows():
+        if batched and self.q4 is not None and q4_linear.reads_q4(x.shape[0]):
             y = q4_linear.q4_linear(x, self.q4, self.bias)
             if y is not None:
                 return y
@@ -247,7 +247,7 @@ class LlamaForCausalLM(nn.Module):
         # Decode steps read the Q8_0 form where attached (32 MB instead of 57 MB on the embedded
         # model): each row's logits those of the bf16 kernel's one-row path.
         q8 = self.lm_head_q8
-        if decode and q8 is not None and hidden.shape[0] <= q4_linear.decode_max_rows():
+        if decode and q8 is not None and q4_linear.reads_q4(hidden.shape[0]):
             y = q8_linear.q8_linear(hidden, q8)
             if y is not None:
                 return y
