@@ -24,8 +24,8 @@ class EngineConfig:
     dtype: str = "auto"  # "auto" | "bfloat16" | "float32" | "float16"
     num_threads: int | None = None  # None: every core
     seed: int = 0  # for random weights and unseeded sampling
-    # CPU decode steps of up to kernels.q4_linear.DECODE_MAX_ROWS sequences read a GGUF's Q4_1
-    # layer weights as stored (~2.7x fewer bytes than bf16, same roundings), where the CPU allows.
+    # CPU decode steps read a GGUF's Q4_1 layer weights as stored (~2.7x fewer bytes than bf16,
+    # same roundings) for as many rows as pays on this CPU (kernels.q4_linear.reads_q4).
     q4_decode: bool = True
     # GPU fast path (docs/engine.md). "auto": Triton kernels on CUDA when Triton imports,
     # else the portable torch ops; "triton" on CPU needs TRITON_INTERPRET=1 (tests only).
