@@ -322,7 +322,14 @@ def run_speculation_bench(
                     )
                 if on_cell:
                     on_cell(result)
-    console.print(speculation_table(result))
+    # Wide enough for every column even when stderr is a file (rich would fold to 80).
+    wide = Console(
+        file=console.file,
+        width=max(console.width, 180),
+        no_color=console.no_color,
+        quiet=console.quiet,
+    )
+    wide.print(speculation_table(result))
     if result["mismatches"]:
         console.print(
             f"[bold red]{result['mismatches']} speculative outputs differ from the baseline: "
