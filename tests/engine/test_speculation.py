@@ -256,3 +256,27 @@ def test_a_verified_draft_runs_as_one_decode_row_per_position():
     assert inputs.context_len[:5].tolist() == [9, 20, 21, 22, 23]
     assert inputs.block_tables[1].tolist()[:2] == [7, 8]
     assert inputs.sample_rows.tolist() == [0, 1, 2, 3, 4, 5 + 38]
+
+
+def test_drafts_stay_within_the_rows_a_step_computes_exactly():
+    batch = prompts(3, seed=41)
+    params = SamplingParams(temperature=0.0, max_tokens=30)
+    _, ref = _reference(params, batch)
+    answers = {tuple(p): r.token_ids for p, r in zip(batch, ref, strict=True)}
+    engine = speculate(tiny_engine(), 4)
+    engine.proposer = ScriptedProposer(answers, wrong_every=0)
+    engine.max_exact_rows = 5  # as if the CPU's decode kernels were row-exact to 5 rows
+    _check_same(ref, engine.generate(batch, params))
+    for s in engine.stats.recent():
+        if s.num_prefill_tokens == 0:
+            assert s.num_decode_tokens + s.num_draft_tokens <= 5
+    assert max(s.num_draft_tokens for s in engine.stats.recent()) > 0
+    assert_no_leaks(engine)
+
+
+def test_an_acceptance_that_stopped_drafting_recovers():
+    engine = speculate(tiny_engine(), 4)
+    engine.scheduler.acceptance.observe(400, 0)
+    low = engine.scheduler.acceptance.rate
+    engine.generate(prompts(1, seed=5), SamplingParams(temperature=0.0, max_tokens=60))
+    assert engine.scheduler.acceptance.rate > low

@@ -82,6 +82,9 @@ class Engine:
             num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
         self.proposer = proposer or make_proposer(self.config, model, num_blocks)
+        # Decode rows a step computes each exactly as alone (None: not known to hold at any
+        # count); speculative drafts stay within it.
+        self.max_exact_rows = model.row_exact_decode_rows()
         self.scheduler = self._make_scheduler(make_policy(self.config.policy))
         self.runner = ModelRunner(model, cache, self.config)
         self.sampler = Sampler(seed=self.config.seed)
@@ -250,8 +253,7 @@ class Engine:
         if plan.is_empty:
             return outputs
         if self.proposer is not None and plan.speculating:
-            requests = [DraftRequest(c.seq, c.draft_slots) for c in plan.speculating]
-            plan.attach_drafts(self.proposer.propose(requests))
+            plan.attach_drafts(self.proposer.propose(self._draft_requests(plan)))
         logits = self.runner.execute(plan)
         emitted = self._sample(plan, logits)
         self.scheduler.on_step_done(plan)
@@ -306,6 +308,23 @@ class Engine:
             first_scheduled_time=seq.first_scheduled_time,
             retry_after_s=retry_after_s,
         )
+
+    def _draft_requests(self, plan: SchedulerOutput) -> list[DraftRequest]:
+        """What to ask the proposer for: each speculating decode's reserved slots, in the
+        plan's order, within the decode rows this device computes row for row exactly (so
+        drafts never change a token a plain decode of this step would give)."""
+        room = None
+        if self.max_exact_rows is not None:
+            room = self.max_exact_rows - sum(1 for c in plan.chunks if c.is_decode)
+        requests = []
+        for c in plan.speculating:
+            k = c.draft_slots if room is None else min(c.draft_slots, room)
+            if k <= 0:
+                break
+            requests.append(DraftRequest(c.seq, k))
+            if room is not None:
+                room -= k
+        return requests
 
     def _sample(
         self, plan: SchedulerOutput, logits: torch.Tensor

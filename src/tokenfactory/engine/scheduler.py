@@ -243,8 +243,10 @@ class Scheduler:
             if chunk.draft_slots:
                 self.block_manager.trim(seq)
             self.block_manager.commit(seq, seq.num_computed_tokens)
-        drafted = [c for c in output.chunks if c.draft]
-        if drafted:
+        if self.max_draft_tokens:
+            # Every step, drafts or not: a rate that stopped all drafting decays back toward
+            # its prior, so drafting is tried again (the workload may have changed).
+            drafted = [c for c in output.chunks if c.draft]
             self.acceptance.observe(
                 sum(len(c.draft) for c in drafted), sum(c.num_accepted for c in drafted)
             )

@@ -262,6 +262,13 @@ class LlamaForCausalLM(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------
 
+    def row_exact_decode_rows(self) -> int | None:
+        """Up to how many rows a decode step computes each row exactly as a one-row step would
+        (the stored Q4_1/Q8_0 weights' kernels on CPU); None where that is not known."""
+        if not any(isinstance(m, Linear) and m.q4 is not None for m in self.modules()):
+            return None
+        return q4_linear.decode_max_rows() or None
+
     def attach_q4_weights(self, weights: dict[str, q4_linear.Q4Weight | q8_linear.Q8Weight]) -> int:
         """Give the layer linears their Q4_1 form (HF names, as `load_hf_state_dict` takes
         the dequantized weights), fusing q/k/v and gate/up alike; a linear whose parts are

@@ -28,6 +28,11 @@ from tokenfactory.scheduling.step_model import StepCoefficients, StepTimeModel
 from tokenfactory.scheduling.step_stats import StepStats
 from tokenfactory.scheduling.view import RequestView, SchedulerView
 
+# An increment "pays for itself" only with this margin over the step's average rate: the
+# acceptance and the draft cost are estimates, and a draft that only breaks even is not worth
+# the chance of making a request slower.
+PAYS_MARGIN = 1.25
+
 
 @dataclass(frozen=True)
 class DraftCandidate:
@@ -69,7 +74,7 @@ def plan_draft_tokens(
     step_s, tokens = step.step_s, step.tokens
     while heap:
         _, i, gain = heapq.heappop(heap)
-        pays = gain / cost >= tokens / step_s
+        pays = gain / cost >= PAYS_MARGIN * tokens / step_s
         affordable = (
             candidates[i].buys_speed and (tokens + gain) / (step_s + cost) >= floor
         )
