@@ -1,7 +1,7 @@
 """A batch of 64 requests with a tier mix (free 50%, standard 30%, super 20%) on the embedded
 model, under the tier policy, without and with speculative decoding, runs alternated.
 
-    python scripts/speculation_tier_mix.py --super-speed 60 --reps 2 --out mix.json
+    python scripts/speculation_tier_mix.py --super-speed 40 --no-shed --reps 2 --out mix.json
 
 All requests arrive at once and decode greedily to `--tokens` tokens (EOS ignored) on the
 agent workload's prompts. Reports, per run: output tokens per second in total (first step to
@@ -28,11 +28,13 @@ from tokenfactory.tiers import ServiceTerms, load_tiers
 MIX = (("free", 0.5), ("standard", 0.3), ("super", 0.2))
 
 
-def mix_terms(n: int, super_speed: float | None) -> list[ServiceTerms]:
+def mix_terms(n: int, super_speed: float | None, shed: bool = True) -> list[ServiceTerms]:
     catalog = load_tiers(preset="cpu")
     out: list[ServiceTerms] = []
     for name, share in MIX:
         terms = catalog.service_terms(catalog[name])
+        if not shed:
+            terms = replace(terms, sheddable=False)
         if name == "super" and super_speed is not None:
             terms = replace(terms, promise=replace(terms.promise, tokens_per_s=super_speed))
         out += [terms] * round(n * share)
@@ -43,7 +45,8 @@ def run(engine: Engine, prompts: list[list[int]], terms: list[ServiceTerms], tok
     params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
     engine.stats.clear()
     now = time.monotonic()
-    tier_of = {}
+    tier_of: dict[str, str] = {}
+    shed: dict[str, int] = {}
     for i, t in enumerate(terms):
         prompt = prompts[i % len(prompts)]
         rid = engine.add_request(prompt, params, terms=replace(t, received_at=now))
@@ -54,7 +57,9 @@ def run(engine: Engine, prompts: list[list[int]], terms: list[ServiceTerms], tok
     while engine.has_unfinished():
         for out in engine.step():
             total += len(out.token_ids)
-            if out.finished and out.first_token_time and out.finished_time:
+            if out.finished and out.retry_after_s is not None:
+                shed[tier_of[out.request_id]] = shed.get(tier_of[out.request_id], 0) + 1
+            elif out.finished and out.first_token_time and out.finished_time:
                 span = out.finished_time - out.first_token_time
                 speeds.setdefault(tier_of[out.request_id], []).append(
                     (out.completion_tokens - 1) / span if span > 0 else 0.0
@@ -68,6 +73,7 @@ def run(engine: Engine, prompts: list[list[int]], terms: list[ServiceTerms], tok
         "wall_s": wall,
         "steps": len(steps),
         "per_tier_tokens_per_s": {k: statistics.fmean(v) for k, v in speeds.items()},
+        "shed": shed,
         "draft_tokens": drafted,
         "acceptance": accepted / drafted if drafted else None,
     }
@@ -80,6 +86,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--super-speed", type=float, default=None)
     ap.add_argument("--workload", default="agent")
+    ap.add_argument(
+        "--no-shed", action="store_true",
+        help="free requests wait instead of being refused: the whole batch runs",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -91,7 +101,7 @@ def main() -> None:
     tok = plain.tokenizer
     assert tok is not None
     prompts = [tok.encode(plain.chat_prompt(p.messages)) for p in load_workload(args.workload)]
-    terms = mix_terms(args.batch, args.super_speed)
+    terms = mix_terms(args.batch, args.super_speed, shed=not args.no_shed)
     results: dict[str, list[dict]] = {"plain": [], "speculation": []}
     for rep in range(args.reps):
         for name, engine in (("plain", plain), ("speculation", spec)):
@@ -99,13 +109,16 @@ def main() -> None:
             results[name].append(r)
             tiers = ", ".join(f"{k} {v:.1f}" for k, v in r["per_tier_tokens_per_s"].items())
             print(f"rep {rep} {name:<11} {r['tokens_per_s']:6.1f} tok/s total; per request: "
-                  f"{tiers}; acceptance {r['acceptance']}")
+                  f"{tiers}; shed {r['shed']}; acceptance {r['acceptance']}")
     summary = {
         name: {
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+            # A tier may be missing from a run: its sheddable requests all refused.
             "per_tier_tokens_per_s": {
-                t: statistics.median(r["per_tier_tokens_per_s"][t] for r in runs)
-                for t in runs[0]["per_tier_tokens_per_s"]
+                t: statistics.median(
+                    r["per_tier_tokens_per_s"][t] for r in runs if t in r["per_tier_tokens_per_s"]
+                )
+                for t in {t for r in runs for t in r["per_tier_tokens_per_s"]}
             },
         }
         for name, runs in results.items()

@@ -312,7 +312,9 @@ class Engine:
     def _draft_requests(self, plan: SchedulerOutput) -> list[DraftRequest]:
         """What to ask the proposer for: each speculating decode's reserved slots, in the
         plan's order, within the decode rows this device computes row for row exactly (so
-        drafts never change a token a plain decode of this step would give)."""
+        drafts never change a token a plain decode of this step would give). On CPU that is
+        also where a row is cheap: past it the linears leave the Q4_1 kernel, and a draft
+        row costs about what a decode does."""
         room = None
         if self.max_exact_rows is not None:
             room = self.max_exact_rows - sum(1 for c in plan.chunks if c.is_decode)
