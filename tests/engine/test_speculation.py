@@ -280,3 +280,22 @@ def test_an_acceptance_that_stopped_drafting_recovers():
     low = engine.scheduler.acceptance.rate
     engine.generate(prompts(1, seed=5), SamplingParams(temperature=0.0, max_tokens=60))
     assert engine.scheduler.acceptance.rate > low
+
+
+def test_no_drafts_beside_prompt_chunks_where_rows_are_exact():
+    batch = prompts(6, seed=47, lo=30, hi=60)
+    params = SamplingParams(temperature=0.0, max_tokens=20)
+    _, ref = _reference(params, batch, max_num_batched_tokens=64)
+    answers = {tuple(p): r.token_ids for p, r in zip(batch, ref, strict=True)}
+    engine = speculate(tiny_engine(max_num_batched_tokens=64), 4)
+    engine.proposer = ScriptedProposer(answers, wrong_every=0)
+    engine.max_exact_rows = 32
+    _check_same(ref, engine.generate(batch, params))
+    steps = engine.stats.recent()
+    assert all(s.num_draft_tokens == 0 for s in steps if s.num_prefill_tokens)
+    assert any(s.num_draft_tokens for s in steps)
+    # Drafts come on top of the token budget: prompts are chunked as without them.
+    assert [s.num_prefill_tokens for s in steps if s.num_prefill_tokens] == [
+        s.num_prefill_tokens for s in _reference(params, batch, max_num_batched_tokens=64)[0]
+        .stats.recent() if s.num_prefill_tokens
+    ]

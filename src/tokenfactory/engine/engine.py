@@ -317,6 +317,11 @@ class Engine:
         row costs about what a decode does."""
         room = None
         if self.max_exact_rows is not None:
+            if plan.num_prefill_tokens:
+                # A step with prompt tokens runs every row through the prompt path, where a
+                # row's result depends on how many rows there are: drafts would change how
+                # the prompt's K/V round.
+                return []
             room = self.max_exact_rows - sum(1 for c in plan.chunks if c.is_decode)
         requests = []
         for c in plan.speculating:

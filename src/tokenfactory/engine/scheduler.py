@@ -322,7 +322,7 @@ class Scheduler:
                 n = min(n, caps.get(seq.request_id, n))
             if n == 0:
                 continue
-            drafts = self._draft_slots(plan, seq, budget) if seq.num_uncomputed_tokens == 1 else 0
+            drafts = self._draft_slots(plan, seq) if seq.num_uncomputed_tokens == 1 else 0
             while not self.block_manager.append_slots(seq, n + drafts):
                 if drafts:  # short of blocks: verify nothing rather than preempt anyone
                     drafts = 0
@@ -336,17 +336,20 @@ class Scheduler:
                 chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n, draft_slots=drafts))
                 seq.last_scheduled_step = self._step_index
                 scheduled.add(seq)
-                budget -= n + drafts
+                # Drafts come on top of the budget: they never change how prompts are
+                # chunked, so a prompt's K/V is computed in the same chunks with or without
+                # speculation (and greedy output stays the same).
+                budget -= n
         return budget
 
-    def _draft_slots(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
+    def _draft_slots(self, plan: StepPlan, seq: Sequence) -> int:
         """Draft tokens a decoding `seq` may verify this step: what the plan grants, within
-        the budget left, the tokens it may still generate and the context window."""
+        the tokens it may still generate and the context window."""
         k = plan.draft_tokens.get(seq.request_id, 0) if plan.draft_tokens else 0
         if k <= 0 or self.max_draft_tokens <= 0:
             return 0
         # A step emits at most drafts + 1 tokens: never more than the request may still get.
-        left = budget - 1
+        left = k
         if seq.max_tokens is not None:
             left = min(left, seq.max_tokens - seq.num_output_tokens - 1)
         if self.max_model_len is not None:

@@ -124,6 +124,7 @@ class StepPlan:
     query_caps: Mapping[str, int] = field(default_factory=dict)
     # Draft tokens each decoding request may verify this step, by request id (absent: 0, a
     # plain decode). Capped by the view's max_draft_tokens; the proposer may find fewer.
+    # They come on top of the token budget (prompts are chunked the same with or without).
     draft_tokens: Mapping[str, int] = field(default_factory=dict)
 
 

@@ -78,8 +78,7 @@ class TierPolicy(SchedulingPolicy):
             run=(*running.decodes, *running.prompts),
             admit=tuple(admission.admit),
             preempt_order=SortedOnDemand(view.running, key=lambda r: _value(ctx, r)),
-            # Draft tokens come on top of the step's planned work, not out of its prompts'.
-            token_budget=running.token_cap + sum(drafts.values()),
+            token_budget=running.token_cap,  # draft tokens come on top of it
             refuse=tuple(refusals),
             downgrade=tuple(admission.downgrades),
             judged=tuple(admission.judged),
