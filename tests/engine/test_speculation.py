@@ -299,3 +299,27 @@ def test_no_drafts_beside_prompt_chunks_where_rows_are_exact():
         s.num_prefill_tokens for s in _reference(params, batch, max_num_batched_tokens=64)[0]
         .stats.recent() if s.num_prefill_tokens
     ]
+
+
+def test_verify_rows_run_through_the_static_decode_buffers():
+    """Decodes and verified drafts only: a decode-only step, which the CUDA-graph runner (here
+    its static buffers without capture) takes, with every row sampled."""
+    batch = prompts(3, seed=51)
+    params = SamplingParams(temperature=0.0, max_tokens=24)
+    _, ref = _reference(params, batch)
+    answers = {tuple(p): r.token_ids for p, r in zip(batch, ref, strict=True)}
+    engine = speculate(tiny_engine(static_decode=True, attention_backend="torch"), 3)
+    engine.proposer = ScriptedProposer(answers)
+    graphs = engine.runner.graphs
+    assert graphs is not None
+    seen: list[int] = []
+    run = graphs.run
+
+    def counting(inputs):
+        seen.append(inputs.num_decodes)
+        return run(inputs)
+
+    graphs.run = counting
+    _check_same(ref, engine.generate(batch, params))
+    assert max(seen) > len(batch)  # steps with verify rows went through it
+    assert_no_leaks(engine)
