@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tokenfactory.engine.sampling_params import SamplingParams
+from tokenfactory.engine.sequence import Sequence
 from tokenfactory.engine.speculation.draft_model import DraftModelProposer
 from tokenfactory.engine.speculation.ngram import NgramProposer, lookup
+from tokenfactory.engine.speculation.proposer import DraftRequest
 from tokenfactory.engine.speculation.verify import accepted_length
 
 from .engine_fixtures import TINY, assert_no_leaks, prompts, tiny_engine
@@ -21,6 +23,21 @@ def test_lookup_finds_latest_longest_match():
     assert lookup([4, 5, 6], 3, max_n=3, min_n=1) == []
     assert lookup([1, 2, 1], 2, max_n=2, min_n=2) == []  # "2 1" never occurred before
     assert lookup([1, 2, 1], 2, max_n=2, min_n=1) == [2, 1]
+
+
+def test_the_proposers_index_answers_as_the_stateless_lookup():
+    import random
+
+    rng = random.Random(3)
+    tokens = [rng.randrange(1, 12) for _ in range(300)]
+    proposer = NgramProposer(max_n=4, min_n=2)
+    seq = Sequence("r", tokens[:20], SamplingParams())
+    for end in range(20, 300, 7):  # the request grows by a few tokens per step
+        seq.output_token_ids = tokens[20:end]
+        got = proposer.propose([DraftRequest(seq, 5)]).get("r", [])
+        assert got == lookup(tokens[:end], 5, 4, 2), end
+    proposer.retain([])
+    assert not proposer._indexes
 
 
 def test_accepted_length():

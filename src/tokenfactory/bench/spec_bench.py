@@ -246,7 +246,7 @@ def lookup_potential(prompts: list[list[int]], outputs: list[list[int]], k: int)
     for prompt, output in zip(prompts, outputs, strict=True):
         t = 1  # the first output token comes from the prompt's step
         while t < len(output):
-            context = (prompt + output[:t])[-ngram.max_lookback :]
+            context = prompt + output[:t]
             draft = lookup(context, min(k, len(output) - t - 1), ngram.max_n, ngram.min_n)
             a = 0
             while a < len(draft) and draft[a] == output[t + a]:

@@ -94,7 +94,10 @@ class UniformSpeculation:
     increment only where it pays for itself. Learns step costs only while speculation is on."""
 
     def __init__(self, prior: StepCoefficients | None = None):
-        self.model = StepTimeModel(prior) if prior else StepTimeModel()
+        # Refit every 16 steps: speculation's depth needs the costs' level, not each step's.
+        self.model = StepTimeModel(prior, refit_every=16) if prior else StepTimeModel(
+            refit_every=16
+        )
 
     def set_prior(self, prior: StepCoefficients) -> None:
         self.model.set_prior(prior)
