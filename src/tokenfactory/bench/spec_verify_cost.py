@@ -289,38 +289,34 @@ def _lstsq(rows: list[list[float]], y: list[float]) -> tuple[np.ndarray, float] 
     return coef, rms
 
 
+def _named_fit(
+    rows: list[list[float]], targets: list[float], names: list[str]
+) -> dict[str, Any] | None:
+    """Least squares of `targets` on `rows`, its coefficients by name (None: no fit)."""
+    fit = _lstsq(rows, targets)
+    if fit is None:
+        return None
+    coef, rms = fit
+    return {**{n: float(c) for n, c in zip(names, coef, strict=True)}, "rms_s": rms,
+            "points": len(targets)}
+
+
 def fit_costs(step_s: Mapping[int, Mapping[int, float]]) -> dict[str, Any]:
     """per_draft_token_s and its neighbours, by least squares over the table (seconds)."""
     pts = [(b, k, s) for b, by_k in step_s.items() for k, s in by_k.items()]
     out: dict[str, Any] = {}
+    names = ["base_s", "per_decode_s", "per_draft_token_s"]
     # The scheduler's step model as it applies here (no prompt tokens; KV tokens read grow
     # with the batch at a fixed context, so per_decode_s carries them).
-    fit = _lstsq([[1.0, b, b * k] for b, k, _ in pts], [s for *_, s in pts])
-    out["scheduler_features"] = (
-        None
-        if fit is None
-        else {
-            "base_s": float(fit[0][0]),
-            "per_decode_s": float(fit[0][1]),
-            "per_draft_token_s": float(fit[0][2]),
-            "rms_s": fit[1],
-            "points": len(pts),
-        }
+    out["scheduler_features"] = _named_fit(
+        [[1.0, b, b * k] for b, k, _ in pts], [s for *_, s in pts], names
     )
-    # With a fixed cost for any verify step: a step with drafts leaves the decode-only path
-    # (CUDA graphs where captured), which the scheduler's features would charge per token.
-    fit = _lstsq([[1.0, b, b * k, 1.0 if k > 0 else 0.0] for b, k, _ in pts], [s for *_, s in pts])
-    out["with_verify_step"] = (
-        None
-        if fit is None
-        else {
-            "base_s": float(fit[0][0]),
-            "per_decode_s": float(fit[0][1]),
-            "per_draft_token_s": float(fit[0][2]),
-            "verify_step_s": float(fit[0][3]),
-            "rms_s": fit[1],
-            "points": len(pts),
-        }
+    # With a fixed cost for any step that verifies drafts: none is expected (such a step is
+    # decode-only and replays the decode graphs), this shows whether there is one.
+    out["with_verify_step"] = _named_fit(
+        [[1.0, b, b * k, 1.0 if k > 0 else 0.0] for b, k, _ in pts],
+        [s for *_, s in pts],
+        [*names, "verify_step_s"],
     )
     per_batch: dict[str, Any] = {}
     for b, by_k in sorted(step_s.items()):

@@ -188,6 +188,26 @@ def skinny_linear(
         return _fallback(x, w, bias, out)
 
 
+def _quantized_call_ok(
+    x: torch.Tensor, n: int, k: int, bias: torch.Tensor | None
+) -> bool:
+    """What the Q4_1 and Q8_0 kernels ask of the activations and bias, for an [N, K] weight
+    stored in blocks of 32: x [M, K] bf16 on the CPU, rows contiguous, 0 < M <= MAX_M."""
+    return not (
+        x.dim() != 2
+        or not 0 < x.shape[0] <= MAX_M
+        or x.shape[1] != k
+        or k % 32
+        or x.dtype is not _BF16
+        or not x.is_cpu
+        or x.stride(1) != 1
+        or (
+            bias is not None
+            and (bias.dtype is not _BF16 or bias.shape != (n,) or not bias.is_contiguous())
+        )
+    )
+
+
 def skinny_linear_q4_1(
     x: torch.Tensor,
     codes: torch.Tensor,
@@ -205,21 +225,11 @@ def skinny_linear_q4_1(
     n, half = codes.shape
     k = 2 * half
     if (
-        x.dim() != 2
-        or not 0 < x.shape[0] <= MAX_M
-        or x.shape[1] != k
-        or k % 32
-        or x.dtype is not _BF16
-        or not x.is_cpu
-        or x.stride(1) != 1
+        not _quantized_call_ok(x, n, k, bias)
         or codes.dtype is not torch.uint8
         or dm.dtype is not torch.float32
         or dm.shape != (n, k // 32, 2)
         or not (codes.is_contiguous() and dm.is_contiguous())
-        or (
-            bias is not None
-            and (bias.dtype is not _BF16 or bias.shape != (n,) or not bias.is_contiguous())
-        )
     ):
         return None
     try:
@@ -244,21 +254,11 @@ def skinny_linear_q8_0(
         return None
     n, k = codes.shape
     if (
-        x.dim() != 2
-        or not 0 < x.shape[0] <= MAX_M
-        or x.shape[1] != k
-        or k % 32
-        or x.dtype is not _BF16
-        or not x.is_cpu
-        or x.stride(1) != 1
+        not _quantized_call_ok(x, n, k, bias)
         or codes.dtype is not torch.int8
         or d.dtype is not torch.float32
         or d.shape != (n, k // 32)
         or not (codes.is_contiguous() and d.is_contiguous())
-        or (
-            bias is not None
-            and (bias.dtype is not _BF16 or bias.shape != (n,) or not bias.is_contiguous())
-        )
     ):
         return None
     try:
