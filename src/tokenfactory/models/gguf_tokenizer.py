@@ -95,7 +95,14 @@ def _byte_level_bpe(meta: dict[str, Any], tokens: list[str]) -> Backend:
     merges = _parse_merges(meta.get("tokenizer.ggml.merges") or [], vocab)
     pre = str(meta.get("tokenizer.ggml.pre", "default"))
     backend = Backend(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre in _IGNORE_MERGES))
-    splits = _PRE_SPLITS.get(pre, _PRE_SPLITS["default"])
+    splits = _PRE_SPLITS.get(pre)
+    if splits is None:
+        # Guessing GPT-2's regex would load fine and then split text differently from the
+        # model's training: wrong tokens with no error. Refuse and name the value instead.
+        raise UnsupportedArchitectureError(
+            f"GGUF pre-tokenizer tokenizer.ggml.pre={pre!r} is not supported; supported: "
+            + ", ".join(sorted(_PRE_SPLITS))
+        )
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(s), behavior="isolated") for s in splits]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
