@@ -55,8 +55,8 @@ def _error(r: httpx.Response, status: int, code=None, param=None, type_=None) ->
          "stream_options"),
         ({"model": MODEL, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "messages[0].content[0]"),
-        ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_object"}},
-         "response_format"),
+        ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_schema",
+          "json_schema": {"name": "x", "schema": {"not": {}}}}}, "response_format"),
         ({"model": MODEL, "messages": MSG, "seed": 2**70}, "seed"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
@@ -16,7 +17,9 @@ class SamplingParams:
     temperature 0 means greedy. top_k <= 0 and top_p == 1 and min_p == 0 disable those
     filters. `max_tokens=None` means "until the context window is full".
     `logprobs=None` returns none; `logprobs=k` returns the sampled token's logprob and the
-    top k alternatives (k may be 0).
+    top k alternatives (k may be 0). `grammar` holds the output to a grammar (constrained
+    decoding): only tokens that keep the text a prefix of the grammar's language are sampled,
+    and the request stops ("stop") once the grammar can take no more.
     """
 
     temperature: float = 1.0
@@ -32,6 +35,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -82,3 +86,5 @@ class SamplingParams:
             raise bad("logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
+        if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
+            raise bad("grammar", "must be a GrammarSpec")

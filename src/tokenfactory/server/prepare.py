@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.errors import InvalidRequestError
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.models.tokenizer import Tokenizer
 from tokenfactory.server.errors import context_length_exceeded, invalid_request
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from tokenfactory.server.structured_output import response_format_grammar
 
 
 @dataclass
@@ -33,11 +35,7 @@ def prepare_chat(
 ) -> PreparedRequest:
     if tokenizer is None:
         raise invalid_request("this model has no tokenizer or chat template", "messages")
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise invalid_request(
-            "response_format other than 'text' is not supported by this server",
-            "response_format",
-        )
+    grammar = response_format_grammar(req.response_format)
     messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=req.tools)
@@ -51,7 +49,9 @@ def prepare_chat(
         raise invalid_request("top_logprobs needs logprobs set to true", "top_logprobs")
     max_tokens = req.max_completion_tokens or req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-    return _finish(req, "chat", ids, max_tokens, param, logprobs, max_model_len, "messages")
+    return _finish(
+        req, "chat", ids, max_tokens, param, logprobs, max_model_len, "messages", grammar
+    )
 
 
 def prepare_completion(
@@ -92,6 +92,7 @@ def _finish(
     logprobs: int | None,
     max_model_len: int,
     prompt_param: str,
+    grammar: GrammarSpec | None = None,
 ) -> PreparedRequest:
     if req.n not in (None, 1):
         raise invalid_request("only n=1 is supported", "n")
@@ -126,6 +127,7 @@ def _finish(
             stop=_stops(req.stop),
             ignore_eos=bool(req.ignore_eos),
             logprobs=logprobs,
+            grammar=grammar,
         )
     except InvalidRequestError as exc:
         raise invalid_request(str(exc), exc.param) from None
