@@ -569,6 +569,11 @@ def bench_policies(
 bench_app.command("serve")(serve_command)
 bench_app.command("compare")(compare_command)
 
+# The agent runner: talks HTTP only; its options live with it in agent/command.py.
+from tokenfactory.agent.command import agent_app  # noqa: E402
+
+app.add_typer(agent_app, name="agent")
+
 
 def _seed_list(text: str) -> tuple[int, ...]:
     try:
