@@ -79,3 +79,56 @@ def test_postgres_ledger_end_to_end(pg_url: str, catalog, data_dir):
     assert b.reconcile_open_reservations() == 0
     assert b.bootstrap_local_keys() is None
     b.close()
+
+
+def test_postgres_task_budget_under_concurrency_and_restart(pg_url: str, catalog, data_dir):
+    b = Billing.open(catalog, pg_url, data_dir, progress_interval_s=0)
+    key, _ = b.create_key("agent", "ultra", task_budget_micro_usd=40_000)
+    tier = catalog["ultra"]
+
+    def one(i: int) -> int:
+        try:
+            res = b.admit(key, request_id=f"t{i}", model="m", tier=tier, prompt_tokens=100,
+                          max_completion_tokens=300, task_id="edge")
+        except InsufficientQuotaError as exc:
+            assert exc.task_id == "edge"
+            return 0
+        settle_simple(b, res, tier, prompt=100, completion=150)
+        return 1
+
+    with ThreadPoolExecutor(20) as pool:
+        admitted = sum(pool.map(one, range(60)))
+    state = b.task_budget_state(key, "edge")
+    assert 0 < admitted < 60 and state.reserved_micro_usd == 0
+    assert state.spent_micro_usd <= 40_000
+    [row] = b.usage(key_id=key.key_id, by="task")
+    assert (row.task_id, row.requests, row.amount_micro_usd) == (
+        "edge", admitted, state.spent_micro_usd)
+    b.close()
+    b = Billing.open(catalog, pg_url, data_dir, progress_interval_s=0)
+    assert b.task_budget_state(b.find_key(key.key_id), "edge").spent_micro_usd == (
+        state.spent_micro_usd)
+    b.close()
+
+
+def test_postgres_upgrade_from_0001_keeps_rows(pg_url: str, catalog, data_dir):
+    from alembic import command
+    from alembic.config import Config
+
+    from tokenfactory.billing.db import migrate, migrations_dir
+
+    engine = make_engine(pg_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text(
+            "insert into api_keys (key_id, prefix, key_hash, name, account, tier, created_at) "
+            "values ('key_1', 'tf-abc', 'h1', 'old', 'acme', 'high', now())"
+        ))
+    assert migrate(engine) == "0002"
+    with engine.connect() as conn:
+        assert conn.execute(text("select task_budget_micro_usd from api_keys")).one() == (None,)
+    engine.dispose()

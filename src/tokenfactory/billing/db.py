@@ -54,6 +54,8 @@ class KeyRow(Base):
     budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # the most one task id may spend with this key (requests without a task id: unlimited)
+    task_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ReservationRow(Base):
@@ -77,6 +79,7 @@ class ReservationRow(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    task_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class LedgerRow(Base):
@@ -106,10 +109,12 @@ class LedgerRow(Base):
     client_disconnected: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16))  # "settled" | "reconciled"
+    task_id: Mapped[str | None] = mapped_column(String(128))  # the caller's task, if it sent one
 
     __table_args__ = (
         Index("ix_ledger_account_finished", "account", "finished_at"),
         Index("ix_ledger_key_finished", "key_id", "finished_at"),
+        Index("ix_ledger_key_task", "key_id", "task_id"),
     )
 
 

@@ -84,14 +84,24 @@ class InsufficientQuotaError(BillingError):
     type = "insufficient_quota"
     code = "insufficient_quota"
 
-    def __init__(self, *, budget_micro_usd: int, committed_micro_usd: int, needed_micro_usd: int):
+    def __init__(
+        self,
+        *,
+        budget_micro_usd: int,
+        committed_micro_usd: int,
+        needed_micro_usd: int,
+        task_id: str | None = None,
+    ):
         self.budget_micro_usd = budget_micro_usd
         self.committed_micro_usd = committed_micro_usd
         self.needed_micro_usd = needed_micro_usd
+        self.task_id = task_id  # set when the key's budget per task refused it
         from tokenfactory.billing.money import usd
 
+        budget = f"this key's ${usd(budget_micro_usd)} budget"
+        if task_id is not None:
+            budget = f"this key's ${usd(budget_micro_usd)} budget per task for task {task_id!r}"
         super().__init__(
             f"You exceeded your current quota: this request may cost up to ${usd(needed_micro_usd)}"
-            f" and ${usd(committed_micro_usd)} of this key's ${usd(budget_micro_usd)} budget is "
-            "already spent or reserved."
+            f" and ${usd(committed_micro_usd)} of {budget} is already spent or reserved."
         )

@@ -27,6 +27,7 @@ class ApiKey:
     budget_micro_usd: int | None
     revoked: bool
     created_at: datetime | None = None
+    task_budget_micro_usd: int | None = None  # the most one task id may spend with this key
 
     @property
     def limited(self) -> bool:
@@ -66,4 +67,5 @@ def key_from_row(row: KeyRow) -> ApiKey:
         budget_micro_usd=row.budget_micro_usd,
         revoked=row.revoked_at is not None,
         created_at=as_utc(row.created_at),
+        task_budget_micro_usd=row.task_budget_micro_usd,
     )

@@ -42,6 +42,13 @@ LOCAL_KEYS_FILE = "local-keys.json"
 _BOOTSTRAP_MARK = "local_keys_bootstrapped_at"
 
 
+class Unchanged:
+    """The default of `update_key`'s fields: leave this one as it is."""
+
+
+UNCHANGED = Unchanged()
+
+
 class KeyMethods:
     catalog: TierCatalog
     engine: Engine
@@ -97,8 +104,11 @@ class KeyMethods:
         budget_micro_usd: int | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        task_budget_micro_usd: int | None = None,
     ) -> tuple[ApiKey, str]:
-        """A new key; the raw key is returned here once and never stored."""
+        """A new key; the raw key is returned here once and never stored.
+
+        `task_budget_micro_usd`: the most requests carrying one task id may spend with it."""
         name = (name or "").strip()
         if not name or len(name) > 128:
             raise BillingInputError("a key needs a name of 1 to 128 characters")
@@ -109,13 +119,13 @@ class KeyMethods:
         account = (account or name).strip()
         if not account or len(account) > 128:
             raise BillingInputError("an account name has 1 to 128 characters")
-        if budget_micro_usd is not None and budget_micro_usd < 0:
-            raise BillingInputError("a budget must be >= 0")
+        _check_budgets(budget_micro_usd, task_budget_micro_usd)
         for what, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 1:
                 raise BillingInputError(f"{what} must be >= 1 (leave it out for no limit)")
         raw = keymod.new_raw_key()
         values = self._key_values(raw, name, account, tier, budget_micro_usd, rpm, tpm)
+        values["task_budget_micro_usd"] = task_budget_micro_usd
         with self._write() as conn:
             conn.execute(KeyRow.__table__.insert().values(**values))
         key = ApiKey(
@@ -129,6 +139,7 @@ class KeyMethods:
             budget_micro_usd=budget_micro_usd,
             revoked=False,
             created_at=as_utc(values["created_at"]),
+            task_budget_micro_usd=task_budget_micro_usd,
         )
         log.info("created API key %s (%s…) for account %s", key.key_id, key.prefix, account)
         return key, raw
@@ -174,6 +185,37 @@ class KeyMethods:
             raise KeyNotFoundError(f"{len(rows)} keys start with {ident!r}; use the key id")
         return keymod.key_from_row(rows[0])
 
+    def update_key(
+        self,
+        key_id_or_prefix: str,
+        *,
+        budget_micro_usd: int | None | Unchanged = UNCHANGED,
+        task_budget_micro_usd: int | None | Unchanged = UNCHANGED,
+    ) -> ApiKey:
+        """Change a key's budget or budget per task (None: no limit); a running server sees
+        the change within its key cache's few seconds."""
+        key = self.find_key(key_id_or_prefix)
+        values = {
+            name: value
+            for name, value in (
+                ("budget_micro_usd", budget_micro_usd),
+                ("task_budget_micro_usd", task_budget_micro_usd),
+            )
+            if not isinstance(value, Unchanged)
+        }
+        _check_budgets(values.get("budget_micro_usd"), values.get("task_budget_micro_usd"))
+        if values:
+            with self._write() as conn:
+                conn.execute(update(KeyRow).where(KeyRow.key_id == key.key_id).values(**values))
+            log.info("updated API key %s (%s…): %s", key.key_id, key.prefix, values)
+        self._forget_cached(key.key_id)
+        return self.find_key(key.key_id)
+
+    def _forget_cached(self, key_id: str) -> None:
+        with self._lock:
+            for digest in [h for h, (k, _) in self._auth.items() if k.key_id == key_id]:
+                del self._auth[digest]
+
     def revoke_key(self, key_id_or_prefix: str) -> ApiKey:
         key = self.find_key(key_id_or_prefix)
         if not key.revoked:
@@ -182,9 +224,7 @@ class KeyMethods:
                     update(KeyRow).where(KeyRow.key_id == key.key_id).values(revoked_at=utcnow())
                 )
             log.info("revoked API key %s (%s…)", key.key_id, key.prefix)
-        with self._lock:
-            for digest in [h for h, (k, _) in self._auth.items() if k.key_id == key.key_id]:
-                del self._auth[digest]
+        self._forget_cached(key.key_id)
         return self.find_key(key.key_id)
 
     def authenticate(self, raw_key: str | None) -> ApiKey:
@@ -227,6 +267,13 @@ class KeyMethods:
         allowed = self.allowed_tiers(key)
         if tier not in allowed:
             raise TierNotAllowedError(tier, allowed, key.tier)
+
+
+def _check_budgets(budget: int | None, task_budget: int | None) -> None:
+    if budget is not None and budget < 0:
+        raise BillingInputError("a budget must be >= 0")
+    if task_budget is not None and task_budget < 0:
+        raise BillingInputError("a budget per task must be >= 0")
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -33,6 +33,7 @@ class Reservation:
     cached_tokens: int = 0
     completion_tokens: int = 0
     tier_so_far: str = ""
+    task_id: str | None = None  # the caller's task, billed against the key's task budget
     recovered: bool = field(default=False, repr=False)  # loaded from the DB at open
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ def reservation_row(res: Reservation, tier: Tier) -> ReservationRow:
         completion_tokens=0,
         created_at=now,
         updated_at=now,
+        task_id=res.task_id,
     )
 
 
@@ -91,6 +93,7 @@ class LedgerEntry:
     client_disconnected: bool
     error: str | None
     status: str  # "settled" | "reconciled"
+    task_id: str | None = None
 
     @property
     def amount_usd(self) -> str:

@@ -1,4 +1,5 @@
-"""Reading the ledger back: usage grouped by tier, day or key, and monthly invoices."""
+"""Reading the ledger back: usage grouped by tier, day, key or task, and monthly invoices
+(a line per tier delivered, or per task id and tier)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tokenfactory.billing.db import LedgerRow, to_storage
 from tokenfactory.billing.errors import BillingInputError
 from tokenfactory.billing.money import usd
 
-GROUPINGS = ("tier", "day", "key", "day_tier")
+GROUPINGS = ("tier", "day", "key", "day_tier", "task")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class UsageRow:
     cached_tokens: int
     completion_tokens: int
     amount_micro_usd: int
+    task_id: str | None = None  # when grouped by task (None: requests sent without one)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "amount_usd": usd(self.amount_micro_usd)}
@@ -67,6 +69,7 @@ def usage(
         "day": [_day(conn).label("day")] if by in ("day", "day_tier") else [],
         "tier": [LedgerRow.tier_delivered.label("tier")] if by in ("tier", "day_tier") else [],
         "key_id": [LedgerRow.key_id.label("key_id")] if by == "key" else [],
+        "task_id": [LedgerRow.task_id.label("task_id")] if by == "task" else [],
     }
     cols = [c for part in groups.values() for c in part]
     query = select(
@@ -98,6 +101,7 @@ def usage(
                 day=named.get("day"),
                 tier=named.get("tier"),
                 key_id=named.get("key_id"),
+                task_id=named.get("task_id"),
                 requests=counts[0],
                 prompt_tokens=counts[1],
                 cached_tokens=counts[2],
@@ -119,6 +123,7 @@ class InvoiceLine:
     cached_input_tokens: int
     output_tokens: int
     amount_micro_usd: int  # the sum of the requests' amounts (each rounded up to 1 micro-USD)
+    task_id: str | None = None  # on an invoice by task (None: requests sent without one)
 
     def as_dict(self) -> dict:
         return {
@@ -135,6 +140,7 @@ CSV_FIELDS = [
     "output_tokens", "input_usd_per_mtok", "cached_input_usd_per_mtok", "output_usd_per_mtok",
     "amount_usd", "amount_micro_usd",
 ]
+CSV_FIELDS_BY_TASK = [*CSV_FIELDS[:2], "task_id", *CSV_FIELDS[2:]]
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class Invoice:
     lines: tuple[InvoiceLine, ...]
     total_micro_usd: int
     currency: str = "USD"
+    by_task: bool = False  # lines per task id and tier, not per tier alone
 
     @property
     def total_usd(self) -> str:
@@ -156,6 +163,7 @@ class Invoice:
             "account": self.account,
             "month": self.month,
             "currency": self.currency,
+            "by": "task" if self.by_task else "tier",
             "period_start": self.period_start.isoformat(),
             "period_end": self.period_end.isoformat(),
             "lines": [line.as_dict() for line in self.lines],
@@ -168,13 +176,14 @@ class Invoice:
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        fields = CSV_FIELDS_BY_TASK if self.by_task else CSV_FIELDS
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for line in self.lines:
             d = line.as_dict()
             writer.writerow(
                 {"account": self.account, "month": self.month}
-                | {k: d[k] for k in CSV_FIELDS if k in d}
+                | {k: d[k] for k in fields if k in d}
             )
         writer.writerow(
             {
@@ -200,7 +209,11 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 def invoice(
-    conn: Connection, account: str, month: str, tier_rank: Callable[[str], int] | None = None
+    conn: Connection,
+    account: str,
+    month: str,
+    tier_rank: Callable[[str], int] | None = None,
+    by_task: bool = False,
 ) -> Invoice:
     start, end = month_bounds(month)
     price_cols = (
@@ -209,9 +222,10 @@ def invoice(
         LedgerRow.cached_input_price,
         LedgerRow.output_price,
     )
+    group_cols = (*price_cols, LedgerRow.task_id) if by_task else price_cols
     query = (
         select(
-            *price_cols,
+            *group_cols,
             func.count(LedgerRow.id),
             func.sum(LedgerRow.prompt_tokens - LedgerRow.cached_tokens),
             func.sum(LedgerRow.cached_tokens),
@@ -221,14 +235,24 @@ def invoice(
         .where(LedgerRow.account == account)
         .where(LedgerRow.finished_at >= to_storage(start))
         .where(LedgerRow.finished_at < to_storage(end))
-        .group_by(*price_cols)
+        .group_by(*group_cols)
     )
+    n = len(group_cols)
     lines = [
-        InvoiceLine(str(r[0]), *(int(v or 0) for v in r[1:]))  # type: ignore[arg-type]
+        InvoiceLine(
+            str(r[0]),
+            *(int(v or 0) for v in (*r[1:4], *r[n:])),  # type: ignore[arg-type]
+            task_id=r[4] if by_task else None,
+        )
         for r in conn.execute(query)
     ]
     rank = tier_rank or (lambda _name: 0)
-    lines.sort(key=lambda ln: (rank(ln.tier), ln.tier, ln.output_price, ln.input_price))
+    lines.sort(
+        key=lambda ln: (
+            (ln.task_id is None, ln.task_id or "") if by_task else (False, ""),
+            rank(ln.tier), ln.tier, ln.output_price, ln.input_price,
+        )
+    )
     return Invoice(
         account=account,
         month=f"{start.year:04d}-{start.month:02d}",
@@ -236,4 +260,5 @@ def invoice(
         period_end=end,
         lines=tuple(lines),
         total_micro_usd=sum(line.amount_micro_usd for line in lines),
+        by_task=by_task,
     )

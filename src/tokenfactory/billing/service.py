@@ -54,6 +54,7 @@ from tokenfactory.billing.ledger import (
     reservation_row,
 )
 from tokenfactory.billing.limits import KeyLimits, retry_after_headers
+from tokenfactory.billing.tasks import TaskMoney, check_task_id
 from tokenfactory.tiers import Tier, TierCatalog
 
 log = logging.getLogger("tokenfactory.billing")
@@ -113,6 +114,7 @@ class Billing(KeyMethods):
         self._settling: set[str] = set()
         self._dirty: set[str] = set()
         self._closed = False
+        self._tasks = TaskMoney(self._settled_cv, self._task_spent_in_ledger)
         self._load_state()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -193,10 +195,22 @@ class Billing(KeyMethods):
                 cached_tokens=row.cached_tokens,
                 completion_tokens=row.completion_tokens,
                 tier_so_far=row.tier_so_far,
+                task_id=row.task_id,
                 recovered=True,
             )
             self._open[row.request_id] = res
             self._held[row.key_id] = self._held.get(row.key_id, 0) + row.reserved_micro_usd
+            if row.task_id is not None:
+                self._tasks.hold(row.key_id, row.task_id, row.reserved_micro_usd)
+
+    def _task_spent_in_ledger(self, key_id: str, task_id: str) -> int:
+        with self.engine.connect() as conn:
+            spent = conn.execute(
+                select(func.coalesce(func.sum(LedgerRow.amount_micro_usd), 0))
+                .where(LedgerRow.key_id == key_id)
+                .where(LedgerRow.task_id == task_id)
+            ).scalar()
+        return int(spent or 0)
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Connection]:
@@ -219,10 +233,14 @@ class Billing(KeyMethods):
         tier: Tier,
         prompt_tokens: int,
         max_completion_tokens: int,
+        task_id: str | None = None,
     ) -> Reservation:
-        """Take the rate limits and reserve the request's maximum cost against the budget."""
+        """Take the rate limits and reserve the request's maximum cost against the key's
+        budget and, for a request with a task id, against the key's budget per task."""
         if not request_id or len(request_id) > 128:
             raise BillingInputError("a request id has 1 to 128 characters")
+        if task_id is not None:
+            check_task_id(task_id)
         if prompt_tokens < 0 or max_completion_tokens < 0:
             raise BillingInputError("token counts must be >= 0")
         self.check_tier(key, tier.name)
@@ -242,11 +260,22 @@ class Billing(KeyMethods):
                         committed_micro_usd=committed,
                         needed_micro_usd=cost,
                     )
+            if task_id is not None and key.task_budget_micro_usd is not None:
+                committed = self._tasks.committed(key.key_id, task_id)
+                if committed + cost > key.task_budget_micro_usd:
+                    raise InsufficientQuotaError(
+                        budget_micro_usd=key.task_budget_micro_usd,
+                        committed_micro_usd=committed,
+                        needed_micro_usd=cost,
+                        task_id=task_id,
+                    )
             if limits.requests is not None:
                 limits.requests.take(1)
             if limits.tokens is not None:
                 limits.tokens.take(tokens)
             self._held[key.key_id] = self._held.get(key.key_id, 0) + cost
+            if task_id is not None:
+                self._tasks.hold(key.key_id, task_id, cost)
             res = Reservation(
                 request_id=request_id,
                 key=key,
@@ -258,6 +287,7 @@ class Billing(KeyMethods):
                 created_at=now_utc(),
                 admitted_prompt_tokens=prompt_tokens,
                 max_completion_tokens=max_completion_tokens,
+                task_id=task_id,
             )
             self._open[request_id] = res
         try:
@@ -320,6 +350,8 @@ class Billing(KeyMethods):
         self._dirty.discard(res.request_id)
         key_id = res.key.key_id
         self._held[key_id] = self._held.get(key_id, 0) - res.reserved_micro_usd
+        if res.task_id is not None:
+            self._tasks.release(key_id, res.task_id, res.reserved_micro_usd)
         limits = self._limits.get(key_id)
         if limits is not None and refund_tokens > 0 and limits.tokens is not None:
             limits.tokens.give_back(refund_tokens)
@@ -336,6 +368,16 @@ class Billing(KeyMethods):
                 key.budget_micro_usd,
                 self._spent.get(key.key_id, 0),
                 self._held.get(key.key_id, 0),
+            )
+
+    def task_budget_state(self, key: ApiKey, task_id: str) -> BudgetState:
+        """What one task id has spent and holds with this key, against its budget per task."""
+        check_task_id(task_id)
+        with self._lock:
+            return BudgetState(
+                key.task_budget_micro_usd,
+                self._tasks.spent(key.key_id, task_id),
+                self._tasks.held(key.key_id, task_id),
             )
 
     def open_reservations(self) -> list[Reservation]:
@@ -434,6 +476,9 @@ class Billing(KeyMethods):
                 self._settled_cv.wait()
             held = rid in self._open
             self._settling.add(rid)
+            if reservation.task_id is not None:
+                self._tasks.begin_settle(reservation.key.key_id, reservation.task_id)
+        newly_billed = 0  # what this call added to the ledger
         try:
             if not held and (existing := self.get_entry(rid)) is not None:
                 return existing
@@ -463,18 +508,24 @@ class Billing(KeyMethods):
                 client_disconnected=bool(client_disconnected),
                 error=error[:1024] if error else None,
                 status=SETTLED,
+                task_id=reservation.task_id,
             )
             billed = self._write_entry(entry)
             with self._lock:
                 if billed is entry:
                     key_id = entry.key_id
                     self._spent[key_id] = self._spent.get(key_id, 0) + entry.amount_micro_usd
+                    newly_billed = entry.amount_micro_usd
                 used = prompt_tokens + completion_tokens
                 self._release(reservation, refund_tokens=reservation.reserved_tokens - used)
             return billed
         finally:
             with self._lock:
                 self._settling.discard(rid)
+                if reservation.task_id is not None:
+                    self._tasks.end_settle(
+                        reservation.key.key_id, reservation.task_id, newly_billed
+                    )
                 self._settled_cv.notify_all()
 
     def _write_entry(self, entry: LedgerEntry) -> LedgerEntry:
@@ -559,8 +610,19 @@ class Billing(KeyMethods):
                 error="the server stopped before this request was settled; billed at its last "
                 "recorded progress",
                 status=RECONCILED,
+                task_id=row.task_id,
             )
-            billed = self._write_entry(entry)
+            with self._lock:
+                if row.task_id is not None:
+                    self._tasks.begin_settle(row.key_id, row.task_id)
+            billed: LedgerEntry | None = None
+            try:
+                billed = self._write_entry(entry)
+            finally:
+                with self._lock:
+                    if row.task_id is not None:
+                        billed_now = entry.amount_micro_usd if billed is entry else 0
+                        self._tasks.end_settle(row.key_id, row.task_id, billed_now)
             with self._lock:
                 if billed is entry:
                     added += 1
@@ -587,12 +649,14 @@ class Billing(KeyMethods):
         with self._session() as conn:
             return reports.usage(conn, key_id=key_id, account=account, since=since, by=by)
 
-    def invoice(self, account: str, month: str) -> reports.Invoice:
+    def invoice(self, account: str, month: str, *, by_task: bool = False) -> reports.Invoice:
+        """An account's month: a line per tier delivered (and per task id with `by_task`)."""
+
         def rank(name: str) -> int:
             return self.catalog[name].rank if name in self.catalog else len(self.catalog.tiers)
 
         with self._session() as conn:
-            return reports.invoice(conn, account, month, tier_rank=rank)
+            return reports.invoice(conn, account, month, tier_rank=rank, by_task=by_task)
 
     def entries(
         self, *, account: str | None = None, key_id: str | None = None, limit: int | None = None
