@@ -71,6 +71,7 @@ class AgentLoop:
         ]
         totals = Totals()
         tier: str | None = None
+        self._last_size: tuple[int, int] = (0, 0)  # (tokens, chars) of the last request
 
         def end(outcome: Outcome, reason: StopReason | None, detail: str) -> RunSummary:
             return RunSummary(
@@ -117,6 +118,8 @@ class AgentLoop:
             totals.cached_tokens += turn.usage.cached_tokens
             totals.completion_tokens += turn.usage.completion_tokens
             totals.cost_micro_usd += cost
+            self._last_size = (turn.usage.prompt_tokens + turn.usage.completion_tokens,
+                               self._chars())
             self.observer.turn(totals.steps, turn, cost, totals)
             self.messages.append(turn.assistant_message())
             if not turn.tool_calls:
@@ -135,10 +138,17 @@ class AgentLoop:
                     {"role": "tool", "tool_call_id": call.call_id, "content": outcome.text}
                 )
 
+    def _chars(self) -> int:
+        return len(json.dumps(self.messages)) + len(json.dumps(TOOL_SCHEMAS))
+
     def _worst_next_cost(self) -> int:
         """An upper estimate of the next request's price, so the run stops before a request
-        that could overrun the budget rather than after it."""
-        chars = len(json.dumps(self.messages)) + len(json.dumps(TOOL_SCHEMAS))
-        return self.pricing.worst_case_micro_usd(
-            chars // CHARS_PER_TOKEN_FLOOR, self.limits.max_tokens
+        that could overrun the budget rather than after it: the last request's real tokens
+        plus what was appended since, or the whole conversation's size, whichever is more."""
+        last_tokens, last_chars = self._last_size
+        chars = self._chars()
+        prompt = max(
+            chars // CHARS_PER_TOKEN_FLOOR,
+            last_tokens + (chars - last_chars) // CHARS_PER_TOKEN_FLOOR,
         )
+        return self.pricing.worst_case_micro_usd(prompt, self.limits.max_tokens)

@@ -1,0 +1,94 @@
+"""An OpenAI-compatible factory that replays scripted chat-completions responses in process
+(httpx MockTransport) and records every request it receives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+# $1 / $0.10 / $2 per million tokens at standard, ten times that at super: easy sums.
+TIERS_BODY = {
+    "object": "list",
+    "default_tier": "standard",
+    "data": [
+        {"name": "standard", "rank": 1, "tokens_per_s": 4, "ttft_s": 6,
+         "price_micro_usd_per_mtok": {"input": 1_000_000, "cached_input": 100_000,
+                                      "output": 2_000_000}},
+        {"name": "super", "rank": 4, "tokens_per_s": 25, "ttft_s": 1,
+         "price_micro_usd_per_mtok": {"input": 10_000_000, "cached_input": 1_000_000,
+                                      "output": 20_000_000}},
+    ],
+}
+
+
+def call(name: str, call_id: str = "", **arguments) -> dict:
+    return {"id": call_id or f"call_{name}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def reply(
+    *calls: dict,
+    text: str = "",
+    prompt: int = 100,
+    cached: int = 0,
+    completion: int = 10,
+    tier: str = "standard",
+    finish_reason: str | None = None,
+) -> dict:
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "model": "scripted",
+        "service_tier": tier,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text or None,
+                        **({"tool_calls": list(calls)} if calls else {})},
+            "finish_reason": finish_reason or ("tool_calls" if calls else "stop"),
+        }],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion,
+                  "prompt_tokens_details": {"cached_tokens": cached}},
+    }
+
+
+def error(status: int, message: str, param: str | None = None) -> tuple[int, dict]:
+    return status, {"error": {"message": message, "type": "invalid_request_error",
+                              "param": param, "code": None}}
+
+
+@dataclass
+class ScriptedFactory:
+    script: list  # reply dicts or (status, body) errors, served in order; the last repeats
+    publish_tiers: bool = True
+    on_chat: Callable[[], None] = lambda: None  # e.g. advance a fake clock
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    @property
+    def chat_bodies(self) -> list[dict]:
+        chats = [r for r in self.requests if r.url.path.endswith("/chat/completions")]
+        return [json.loads(r.content) for r in chats]
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path == "/v1/tiers":
+            if not self.publish_tiers:
+                return httpx.Response(404, json={"detail": "Not Found"})
+            return httpx.Response(200, json=TIERS_BODY)
+        if path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "scripted"}]})
+        if path == "/v1/chat/completions":
+            self.on_chat()
+            n = len(self.chat_bodies) - 1
+            item = self.script[min(n, len(self.script) - 1)]
+            if isinstance(item, tuple):
+                return httpx.Response(item[0], json=item[1])
+            return httpx.Response(200, json=item)
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
