@@ -17,6 +17,10 @@ import torch
 from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.constraints.masks import MaskBuilder, PendingMasks
+from tokenfactory.engine.constraints.matcher import GrammarMatcher
+from tokenfactory.engine.constraints.spec import GrammarSpec
+from tokenfactory.engine.constraints.vocab import grammar_tokenizer
 from tokenfactory.engine.errors import ContextLengthExceededError, InvalidRequestError
 from tokenfactory.engine.hardware import resolve_device
 from tokenfactory.engine.model_setup import build_model, kv_cache_blocks
@@ -31,7 +35,7 @@ from tokenfactory.engine.speculation.factory import make_proposer
 from tokenfactory.engine.speculation.proposer import DraftRequest, Proposer
 from tokenfactory.engine.speculation.verify import DraftRow, accepted_length, sample_rows
 from tokenfactory.engine.stats import StatsLog
-from tokenfactory.engine.stop_checker import CONTINUE, StopChecker
+from tokenfactory.engine.stop_checker import CONTINUE, StopChecker, StopDecision
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.llama import LlamaForCausalLM
 from tokenfactory.scheduling.policy import SchedulingPolicy, make_policy
@@ -48,6 +52,13 @@ class _RequestState:
     seq: Sequence
     stop: StopChecker
     detokenizer: object | None  # IncrementalDetokenizer, absent for tokenizer-less models
+    # Constrained decoding: where the output stands in its grammar (it has consumed exactly
+    # seq.output_token_ids, so preemption and recompute need no replay).
+    matcher: GrammarMatcher | None = None
+
+
+# A grammar that can take no more text ends its request as EOS would.
+_GRAMMAR_COMPLETE = StopDecision(finished=True, reason=FinishReason.STOP, stop_reason=None)
 
 
 class Engine:
@@ -94,6 +105,7 @@ class Engine:
         )
         self._requests: dict[str, _RequestState] = {}
         self._ids = itertools.count()
+        self._grammar_masks: MaskBuilder | None = None  # made by the first constrained request
         self.step_prior: StepCoefficients | None = None  # see set_step_prior
 
     # -- construction ----------------------------------------------------------------------
@@ -197,9 +209,26 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise InvalidRequestError("stop strings need a model with a tokenizer", "stop")
         detok = self.tokenizer.detokenizer(prompt_ids) if self.tokenizer else None
-        self._requests[request_id] = _RequestState(seq, stop, detok)
+        matcher = self._compile_grammar(params.grammar) if params.grammar else None
+        self._requests[request_id] = _RequestState(seq, stop, detok, matcher)
         self.scheduler.add(seq)
         return request_id
+
+    def _compile_grammar(self, spec: GrammarSpec) -> GrammarMatcher:
+        if self.tokenizer is None:
+            raise InvalidRequestError(
+                "constrained decoding needs a model with a tokenizer", "grammar"
+            )
+        vocab = self.model_config.vocab_size
+        return GrammarMatcher.compile(spec, grammar_tokenizer(self.tokenizer, vocab))
+
+    @property
+    def grammar_masks(self) -> MaskBuilder:
+        """Fills constrained rows' masks; `grammar_masks.overlap` says whether during the
+        forward pass (on a worker thread) or after it."""
+        if self._grammar_masks is None:
+            self._grammar_masks = MaskBuilder(self.model_config.vocab_size)
+        return self._grammar_masks
 
     def _tokenize(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -247,15 +276,19 @@ class Engine:
         plan = self.scheduler.schedule(started)
         planned = time.monotonic()
         outputs = [self._finished_by_scheduler(seq, started) for seq in plan.finished]
-        outputs += [
-            self._finished_by_scheduler(s.seq, started, s.retry_after_s) for s in plan.shed
-        ]
+        outputs += [self._finished_by_scheduler(s.seq, started, s.retry_after_s) for s in plan.shed]
         if plan.is_empty:
             return outputs
         if self.proposer is not None and plan.speculating:
             plan.attach_drafts(self.proposer.propose(self._draft_requests(plan)))
-        logits = self.runner.execute(plan)
-        emitted = self._sample(plan, logits)
+        masks = self._start_grammar_masks(plan)
+        try:
+            logits = self.runner.execute(plan)
+        except BaseException:
+            if masks is not None:
+                masks.result()  # the worker must be done with the matchers before they move on
+            raise
+        emitted = self._sample(plan, logits, masks)
         self.scheduler.on_step_done(plan)
         now = time.monotonic()
         for seq, tokens, logprobs in emitted:
@@ -333,18 +366,33 @@ class Engine:
                 room -= k
         return requests
 
+    def _start_grammar_masks(self, plan: SchedulerOutput) -> PendingMasks | None:
+        """Begin the masks of the step's constrained rows (None: there are none). Their rows
+        follow `_sample`'s order; a constrained request verifies no draft (one row each)."""
+        rows: list[tuple[int, GrammarMatcher]] = []
+        row = 0
+        for c in plan.chunks:
+            if not c.samples:
+                continue
+            state = self._requests.get(c.seq.request_id)
+            if state is not None and state.matcher is not None:
+                rows.append((row, state.matcher))
+            row += 1 + len(c.draft)
+        return self.grammar_masks.start(rows) if rows else None
+
     def _sample(
-        self, plan: SchedulerOutput, logits: torch.Tensor
+        self, plan: SchedulerOutput, logits: torch.Tensor, masks: PendingMasks | None = None
     ) -> list[tuple[Sequence, list[int], list[TokenLogprob | None]]]:
         """Sample the step's rows and append each request's new tokens: one for a decode or
-        a prompt's last chunk; for a verified draft, its accepted tokens and the next one."""
+        a prompt's last chunk; for a verified draft, its accepted tokens and the next one.
+        Constrained rows sample within their grammar's mask, and their matchers advance."""
         chunks = [c for c in plan.chunks if c.samples]
         if not chunks:
             return []
         rows: list[Sequence | DraftRow] = []
         for c in chunks:
             rows += sample_rows(c.seq, c.draft) if c.draft else [c.seq]
-        sampled = self.sampler(logits, rows)
+        sampled = self.sampler(logits, rows, masks.result() if masks is not None else None)
         now = time.monotonic()
         emitted = []
         i = 0
@@ -357,6 +405,11 @@ class Engine:
                 seq.num_draft_tokens += len(c.draft)
                 seq.num_accepted_draft_tokens += c.num_accepted
             seq.output_token_ids += tokens
+            matcher = self._requests[seq.request_id].matcher
+            if matcher is not None:
+                # A masked sample is always allowed; should one not be, the matcher stops in
+                # error and `_postprocess` ends the request.
+                matcher.accept_all(tokens)
             if seq.first_token_time is None:
                 seq.first_token_time = now
             emitted.append((seq, tokens, sampled.logprobs[i : i + len(tokens)]))
@@ -391,6 +444,8 @@ class Engine:
                     decision = text_decision
             if decision.finished:
                 break
+        if not decision.finished and state.matcher is not None and state.matcher.is_finished:
+            decision = _GRAMMAR_COMPLETE
         if kept < len(tokens):
             del seq.output_token_ids[base + kept :]  # generated past the end: not delivered
         if decision.finished:

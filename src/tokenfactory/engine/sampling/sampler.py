@@ -1,8 +1,8 @@
 """The `Sampler`: one token per row of a step's logits, vectorised over the batch.
 
 It splits the batch by kind (greedy, plain temperature, min-p, top-k / top-p) so each group
-runs only the passes it needs, in the order penalties -> (greedy: argmax) -> temperature ->
-top-k -> top-p -> min-p -> sample.
+runs only the passes it needs, in the order grammar mask -> penalties -> (greedy: argmax) ->
+temperature -> top-k -> top-p -> min-p -> sample.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from tokenfactory.engine.sampling.blocks import _argmax
 from tokenfactory.engine.sampling.candidates import CANDIDATE_TIERS, _candidate_groups, _Filters
+from tokenfactory.engine.sampling.grammar_mask import GrammarMasks, apply_grammar_masks
 from tokenfactory.engine.sampling.logprobs import SamplerOutput, _build_output
 from tokenfactory.engine.sampling.penalties import _apply_penalties
 from tokenfactory.engine.sampling.race import _log_noise, _race_blocks
@@ -68,12 +69,21 @@ class Sampler:
             self._generators[device] = gen
         return gen
 
-    def __call__(self, logits: torch.Tensor, seqs: Sequence[SamplingRow]) -> SamplerOutput:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        seqs: Sequence[SamplingRow],
+        grammar_masks: GrammarMasks | None = None,
+    ) -> SamplerOutput:
+        """`grammar_masks`: constrained rows' masks, applied to `logits` in place first (so
+        logprobs describe the model's distribution over the tokens the grammar allows)."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(
                 f"logits must be [num_seqs={len(seqs)}, vocab], got {tuple(logits.shape)}"
             )
         with self._lock, _intra_op_threads(self._num_threads):
+            if grammar_masks is not None:
+                apply_grammar_masks(logits, grammar_masks)
             if len(seqs) <= CHUNK_ROWS:
                 return self._sample_chunk(logits, seqs)
             # Row chunks keep each pass's working set in cache: one pass over 256 x 49152
