@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,7 +25,7 @@ from tokenfactory.engine.errors import EngineDeadError, EngineStepError
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.errors import APIError
-from tokenfactory.server.factory import Factory, Generation
+from tokenfactory.server.factory import Factory, Generation, remember_task_id_header
 from tokenfactory.server.prepare import PreparedRequest, prepare_chat, prepare_completion
 from tokenfactory.server.responses import DONE, ResponseShaper
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
@@ -40,6 +40,8 @@ def create_app(factory: Factory) -> FastAPI:
         description="An OpenAI-compatible token factory with priced speed tiers.",
         version="0.1.0",
         lifespan=_lifespan(factory),
+        # every API's route hands X-Task-Id to Factory.start this way
+        dependencies=[Depends(remember_task_id_header)],
     )
     app.state.factory = factory
     _install_error_handlers(app)
@@ -77,7 +79,7 @@ def create_app(factory: Factory) -> FastAPI:
         return body
 
     @app.get("/v1/usage")
-    async def usage(request: Request, since: str | None = None) -> dict:
+    async def usage(request: Request, since: str | None = None, by: str = "day_tier") -> dict:
         key = factory.authenticate(request.headers.get("authorization"))
         since_dt = None
         if since is not None:
@@ -85,8 +87,10 @@ def create_app(factory: Factory) -> FastAPI:
                 since_dt = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=UTC)
             except ValueError:
                 raise errors.invalid_request("since must be a date YYYY-MM-DD", "since") from None
+        if by not in ("day_tier", "task"):
+            raise errors.invalid_request("by must be day_tier or task", "by")
         rows = await asyncio.to_thread(
-            factory.billing.usage, key_id=key.key_id, since=since_dt, by="day_tier"
+            factory.billing.usage, key_id=key.key_id, since=since_dt, by=by
         )
         data = [_usage_row(r) for r in rows]
         return {

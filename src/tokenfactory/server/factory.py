@@ -14,18 +14,23 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from starlette.requests import Request
 
 from tokenfactory.billing import (
     ApiKey,
     Billing,
+    BillingInputError,
     InsufficientQuotaError,
     InvalidApiKeyError,
     RateLimitExceededError,
     Reservation,
     TierNotAllowedError,
 )
+from tokenfactory.billing.tasks import check_task_id
 from tokenfactory.engine.async_engine import AsyncEngine
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.errors import (
@@ -51,6 +56,34 @@ from tokenfactory.tiers import (
 )
 
 log = logging.getLogger(__name__)
+
+TASK_ID_HEADER = "X-Task-Id"
+TASK_ID_FIELD = "metadata.task_id"
+# The X-Task-Id header of the request being handled, set by `remember_task_id_header` (an
+# app-wide dependency) so `Factory.start` reads it whichever API's route admitted the request.
+_task_id_header: ContextVar[str | None] = ContextVar("task_id_header", default=None)
+
+
+async def remember_task_id_header(request: Request) -> None:
+    _task_id_header.set(request.headers.get(TASK_ID_HEADER))
+
+
+def request_task_id(header: str | None, body: str | None) -> str | None:
+    """The request's task id, from the X-Task-Id header or the body's metadata.task_id (they
+    must agree when both are sent); a 400 naming the parameter when it is unusable."""
+    for value, param in ((header, TASK_ID_HEADER), (body, TASK_ID_FIELD)):
+        if value is not None:
+            try:
+                check_task_id(value, param)
+            except BillingInputError as exc:
+                raise errors.invalid_request(f"Invalid '{param}': {exc}.", param) from None
+    if header is not None and body is not None and header != body:
+        raise errors.invalid_request(
+            f"The {TASK_ID_HEADER} header ({header!r}) and {TASK_ID_FIELD} ({body!r}) disagree:"
+            " send the task id once, or the same in both.",
+            TASK_ID_FIELD,
+        )
+    return header if header is not None else body
 
 
 @dataclass
@@ -143,7 +176,10 @@ class Factory:
     ) -> Generation:
         """Reserve the request's cost, queue it in the engine, and hand back its Generation.
         A request that asked for `service_tier=auto` (or none) may be started at a slower tier
-        when its own is full (it is then billed at the tier delivered)."""
+        when its own is full (it is then billed at the tier delivered). The request's task id
+        (X-Task-Id or metadata.task_id) is stored with it and held to the key's budget per task.
+        """
+        task_id = request_task_id(_task_id_header.get(), prepared.task_id)
         health = self.async_engine.health
         if health.is_dead:  # refused before anything is reserved
             self.metrics.requests.labels(self.model_label, tier.name, "engine_unavailable").inc()
@@ -166,6 +202,7 @@ class Factory:
                 tier=tier,
                 prompt_tokens=len(prepared.prompt_ids),
                 max_completion_tokens=prepared.max_completion_tokens,
+                task_id=task_id,
             )
         except RateLimitExceededError as exc:
             self.metrics.requests.labels(self.model_label, tier.name, "rate_limited").inc()

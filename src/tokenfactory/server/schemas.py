@@ -59,6 +59,11 @@ class SamplingFields(BaseModel):
     user: str | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
+    # OpenAI's: <= 16 string pairs; "task_id" in it names the caller's task (as X-Task-Id)
+    metadata: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+        Field(max_length=16),
+    ] | None = None
     # vLLM's extras
     top_k: Annotated[int, Field(ge=-1, le=INT64)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -84,6 +89,7 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
 
