@@ -147,7 +147,7 @@ def eval_command(
     allow: AllowOpt = None,
     command_timeout: CmdTimeoutOpt = 20.0,
     command_output: CmdOutputOpt = 8000,
-    temperature: TemperatureOpt = None,
+    temperature: TemperatureOpt = 0.0,
     json_out: Annotated[Path | None, Opt("--json", help="Write results as JSON here")] = None,
 ) -> None:
     """Run the shipped file tasks at each tier: share solved, steps, tokens and cost."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from tokenfactory.agent.client import ChatClient, FactoryError, ModelTurn, ToolCallRequest
@@ -56,8 +56,10 @@ class AgentLoop:
     limits: Limits = Limits()
     tool_choice: str = "required"
     temperature: float | None = None
-    observer: Observer = SilentObserver()
+    observer: Observer = field(default_factory=SilentObserver)
     clock: Callable[[], float] = time.monotonic
+    messages: list[dict] = field(default_factory=list, init=False)
+    _last_size: tuple[int, int] = field(default=(0, 0), init=False)  # (tokens, chars) sent
 
     def run(self, task: str, workspace_listing: str = "") -> RunSummary:
         start = self.clock()
@@ -65,13 +67,13 @@ class AgentLoop:
         user = task if not workspace_listing else (
             f"{task}\n\nFiles in the workspace:\n{workspace_listing}"
         )
-        self.messages: list[dict] = [
+        self.messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user},
         ]
         totals = Totals()
         tier: str | None = None
-        self._last_size: tuple[int, int] = (0, 0)  # (tokens, chars) of the last request
+        self._last_size = (0, 0)
 
         def end(outcome: Outcome, reason: StopReason | None, detail: str) -> RunSummary:
             return RunSummary(
