@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.server.conftest import start_server, tokenfactory_cmd
+from tests.server.conftest import ledger_rows, start_server, tokenfactory_cmd
 from tokenfactory.agent.taskset import load_tasks
 
 pytestmark = pytest.mark.slow
@@ -49,3 +49,7 @@ def test_agent_runs_a_file_task_against_the_real_factory(factory, tmp_path):
     exact = uncached * 0.75 + totals["cached_tokens"] * 0.075 + totals["completion_tokens"] * 3
     assert exact <= totals["cost_micro_usd"] <= exact + totals["steps"]
     assert "step 1" in done.stderr and "task-e2e-1" in done.stderr
+    # The factory billed every request of the run to the task, for what the runner counted.
+    rows = [r for r in ledger_rows(factory.data_dir).values() if r["task_id"] == "task-e2e-1"]
+    assert len(rows) == totals["steps"]
+    assert sum(r["amount_micro_usd"] for r in rows) == totals["cost_micro_usd"]

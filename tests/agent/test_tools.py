@@ -86,7 +86,7 @@ def test_search_results_are_bounded(box, monkeypatch):
 
 def test_finish_ends(box):
     out = call(box, "finish", summary="all done")
-    assert out.finished and out.text == "finished: all done"
+    assert out.finished and out.text == "all done"
 
 
 @needs_isolation

@@ -71,58 +71,33 @@ class AgentLoop:
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user},
         ]
+        self._last_size = (0, 0)
         totals = Totals()
         tier: str | None = None
-        self._last_size = (0, 0)
 
         def end(outcome: Outcome, reason: StopReason | None, detail: str) -> RunSummary:
             return RunSummary(
-                task_id=self.client.task_id,
-                model=self.model,
-                tier=tier,
-                outcome=outcome,
-                stop_reason=reason,
-                detail=detail,
-                totals=totals,
-                wall_s=self.clock() - start,
-                limits=asdict(self.limits),
+                task_id=self.client.task_id, model=self.model, tier=tier, outcome=outcome,
+                stop_reason=reason, detail=detail, totals=totals,
+                wall_s=self.clock() - start, limits=asdict(self.limits),
             )
 
         while True:
             left = self.limits.max_wall_s - (self.clock() - start)
-            if left <= 0:
-                return end(Outcome.STOPPED, StopReason.WALL_TIME,
-                           f"{self.limits.max_wall_s:g} s of wall time used")
-            if totals.steps >= self.limits.max_steps:
-                return end(Outcome.STOPPED, StopReason.STEPS,
-                           f"{self.limits.max_steps} model requests made")
-            worst = self._worst_next_cost()
-            if totals.cost_micro_usd + worst > self.limits.budget_micro_usd:
-                return end(
-                    Outcome.STOPPED,
-                    StopReason.BUDGET,
-                    f"spent ${totals.cost_usd:.6f} of ${self.limits.budget_micro_usd / 1e6:.6f}; "
-                    f"the next request could cost up to ${worst / 1e6:.6f}",
-                )
+            limit = self._limit_reached(totals, left)
+            if limit is not None:
+                return end(Outcome.STOPPED, *limit)
             try:
                 turn = self.client.complete(
                     self.model, self.messages, list(TOOL_SCHEMAS), self.tool_choice,
                     self.limits.max_tokens, left, self.temperature,
                 )
             except FactoryError as exc:
-                if self.clock() - start >= self.limits.max_wall_s:
-                    return end(Outcome.STOPPED, StopReason.WALL_TIME, str(exc))
-                return end(Outcome.STOPPED, StopReason.ERROR, str(exc))
-            totals.steps += 1
+                out_of_time = self.clock() - start >= self.limits.max_wall_s
+                return end(Outcome.STOPPED,
+                           StopReason.WALL_TIME if out_of_time else StopReason.ERROR, str(exc))
             tier = turn.service_tier or tier
-            cost = self.pricing.cost_micro_usd(turn.usage, turn.service_tier)
-            totals.prompt_tokens += turn.usage.prompt_tokens
-            totals.cached_tokens += turn.usage.cached_tokens
-            totals.completion_tokens += turn.usage.completion_tokens
-            totals.cost_micro_usd += cost
-            self._last_size = (turn.usage.prompt_tokens + turn.usage.completion_tokens,
-                               self._chars())
-            self.observer.turn(totals.steps, turn, cost, totals)
+            self._count(turn, totals)
             self.messages.append(turn.assistant_message())
             if not turn.tool_calls:
                 if turn.finish_reason == "length":
@@ -134,11 +109,35 @@ class AgentLoop:
                 totals.tool_errors += 0 if outcome.ok else 1
                 self.observer.tool(totals.steps, call, outcome)
                 if outcome.finished:
-                    summary = json.loads(call.arguments).get("summary", "")
-                    return end(Outcome.FINISHED, None, str(summary))
+                    return end(Outcome.FINISHED, None, outcome.text)
                 self.messages.append(
                     {"role": "tool", "tool_call_id": call.call_id, "content": outcome.text}
                 )
+
+    def _limit_reached(self, totals: Totals, wall_left_s: float) -> tuple[StopReason, str] | None:
+        """The limit that forbids another request, with what it says, or None."""
+        if wall_left_s <= 0:
+            return StopReason.WALL_TIME, f"{self.limits.max_wall_s:g} s of wall time used"
+        if totals.steps >= self.limits.max_steps:
+            return StopReason.STEPS, f"{self.limits.max_steps} model requests made"
+        worst = self._worst_next_cost()
+        if totals.cost_micro_usd + worst > self.limits.budget_micro_usd:
+            return StopReason.BUDGET, (
+                f"spent ${totals.cost_usd:.6f} of ${self.limits.budget_micro_usd / 1e6:.6f}; "
+                f"the next request could cost up to ${worst / 1e6:.6f}"
+            )
+        return None
+
+    def _count(self, turn: ModelTurn, totals: Totals) -> None:
+        """Add one response's tokens and cost to the totals, and show the step."""
+        cost = self.pricing.cost_micro_usd(turn.usage, turn.service_tier)
+        totals.steps += 1
+        totals.prompt_tokens += turn.usage.prompt_tokens
+        totals.cached_tokens += turn.usage.cached_tokens
+        totals.completion_tokens += turn.usage.completion_tokens
+        totals.cost_micro_usd += cost
+        self._last_size = (turn.usage.prompt_tokens + turn.usage.completion_tokens, self._chars())
+        self.observer.turn(totals.steps, turn, cost, totals)
 
     def _chars(self) -> int:
         return len(json.dumps(self.messages)) + len(json.dumps(TOOL_SCHEMAS))

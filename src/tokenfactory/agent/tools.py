@@ -71,7 +71,7 @@ TOOL_NAMES = tuple(t["function"]["name"] for t in TOOL_SCHEMAS)
 
 @dataclass(frozen=True)
 class ToolOutcome:
-    text: str  # what the model reads back
+    text: str  # what the model reads back (for `finish`: its summary)
     ok: bool  # False: the call was refused or failed (the text says why)
     finished: bool = False  # the model called `finish`
 
@@ -170,4 +170,4 @@ class ToolBox:
         return ToolOutcome(text, result.exit_code == 0)
 
     def _finish(self, summary: str) -> ToolOutcome:
-        return ToolOutcome(f"finished: {summary}", True, finished=True)
+        return ToolOutcome(str(summary), True, finished=True)
