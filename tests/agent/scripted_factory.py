@@ -58,9 +58,12 @@ def reply(
     }
 
 
-def error(status: int, message: str, param: str | None = None) -> tuple[int, dict]:
+def error(
+    status: int, message: str, param: str | None = None, retry_after: str | None = None
+) -> tuple[int, dict, dict]:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
     return status, {"error": {"message": message, "type": "invalid_request_error",
-                              "param": param, "code": None}}
+                              "param": param, "code": None}}, headers
 
 
 @dataclass
@@ -89,7 +92,7 @@ class ScriptedFactory:
             n = len(self.chat_bodies) - 1
             item = self.script[min(n, len(self.script) - 1)]
             if isinstance(item, tuple):
-                return httpx.Response(item[0], json=item[1])
+                return httpx.Response(item[0], json=item[1], headers=item[2])
             return httpx.Response(200, json=item)
         return httpx.Response(404, json={"detail": "Not Found"})
 
@@ -110,6 +113,9 @@ def serving(factory: ScriptedFactory) -> Iterator[str]:
             )
             response = factory.handle(request)
             self.send_response(response.status_code)
+            for name in ("Retry-After",):
+                if name in response.headers:
+                    self.send_header(name, response.headers[name])
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(response.content)))
             self.end_headers()

@@ -25,7 +25,7 @@ class FakeClock:
         return self.now
 
 
-def make_loop(factory, tmp_path, limits=Limits(), tier=None, clock=None, **conn):
+def make_loop(factory, tmp_path, limits=Limits(), tier=None, clock=None, sleep=None, **conn):
     session = open_session(
         Connection(BASE, api_key=conn.pop("api_key", "sk-test"), tier=tier, **conn),
         TASK_ID, factory.transport(),
@@ -33,6 +33,8 @@ def make_loop(factory, tmp_path, limits=Limits(), tier=None, clock=None, **conn)
     ws = Workspace(tmp_path)
     commands = CommandRunner(ws, isolation=NetworkIsolation.unavailable("not in this test"))
     kw = {"clock": clock} if clock else {}
+    if sleep is not None:
+        kw["sleep"] = sleep
     loop = AgentLoop(session.client, ToolBox(ws, commands), session.pricing, session.model,
                      limits, **kw)
     return loop, ws
@@ -207,3 +209,31 @@ def test_local_keys_file_gives_the_key_of_the_tier(tmp_path, monkeypatch):
     loop.run("x")
     chat = [r for r in factory.requests if r.url.path == "/v1/chat/completions"][0]
     assert chat.headers["Authorization"] == "Bearer sk-super"
+
+
+def test_a_busy_factory_is_asked_again_after_its_retry_after(tmp_path):
+    waits: list[float] = []
+    factory = ScriptedFactory([
+        error(503, "overloaded, shed", retry_after="2"),
+        error(429, "rate limited", retry_after="1"),
+        reply(call("finish", summary="done")),
+    ])
+    loop, _ = make_loop(factory, tmp_path, sleep=waits.append)
+    s = loop.run("x")
+    assert s.outcome is Outcome.FINISHED and waits == [2.0, 1.0]
+    assert s.totals.steps == 1 and len(factory.chat_bodies) == 3
+
+
+def test_no_retry_without_retry_after_or_past_the_wall_time(tmp_path):
+    waits: list[float] = []
+    factory = ScriptedFactory([error(429, "budget spent")])
+    loop, _ = make_loop(factory, tmp_path, sleep=waits.append)
+    assert loop.run("x").stop_reason is StopReason.ERROR and waits == []
+    factory = ScriptedFactory([error(503, "busy", retry_after="900")])
+    loop, _ = make_loop(factory, tmp_path, Limits(max_wall_s=60), sleep=waits.append)
+    s = loop.run("x")
+    assert s.stop_reason is StopReason.ERROR and "busy" in s.detail and waits == []
+    factory = ScriptedFactory([error(503, "busy", retry_after="0")])
+    loop, _ = make_loop(factory, tmp_path, sleep=waits.append)
+    assert loop.run("x").stop_reason is StopReason.ERROR
+    assert waits == [0.0, 0.0, 0.0] and len(factory.chat_bodies) == 4

@@ -62,9 +62,12 @@ class ModelTurn:
 class FactoryError(Exception):
     """The endpoint refused or failed a request (its error message kept), or did not answer."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s  # the endpoint asked to come back after this long
 
 
 class ChatClient:
@@ -153,10 +156,21 @@ class ChatClient:
             doc = None
         if resp.status_code != 200:
             raise FactoryError(f"{resp.status_code} from {url}: {_error_text(doc, resp)}",
-                               resp.status_code)
+                               resp.status_code, _retry_after(resp))
         if not isinstance(doc, dict):
             raise FactoryError(f"{url} answered with something that is not a JSON object")
         return doc
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds from a 429/503's Retry-After header (the factory sends it when a rate limit or
+    an overload will pass); None when absent or not a number of seconds."""
+    if resp.status_code not in (429, 503):
+        return None
+    try:
+        return max(float(resp.headers["retry-after"]), 0.0)
+    except (KeyError, ValueError):
+        return None
 
 
 def _error_text(doc: object, resp: httpx.Response) -> str:

@@ -21,6 +21,7 @@ SYSTEM_PROMPT = (
     "finish with a one-line summary."
 )
 CHARS_PER_TOKEN_FLOOR = 2  # few tokenizers pack fewer characters in a token: a safe estimate
+MAX_RETRIES = 3  # per request, only when the endpoint says when to come back (Retry-After)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class AgentLoop:
     temperature: float | None = None
     observer: Observer = field(default_factory=SilentObserver)
     clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
     messages: list[dict] = field(default_factory=list, init=False)
     _last_size: tuple[int, int] = field(default=(0, 0), init=False)  # (tokens, chars) sent
 
@@ -88,10 +90,7 @@ class AgentLoop:
             if limit is not None:
                 return end(Outcome.STOPPED, *limit)
             try:
-                turn = self.client.complete(
-                    self.model, self.messages, list(TOOL_SCHEMAS), self.tool_choice,
-                    self.limits.max_tokens, left, self.temperature,
-                )
+                turn = self._request(start)
             except FactoryError as exc:
                 out_of_time = self.clock() - start >= self.limits.max_wall_s
                 return end(Outcome.STOPPED,
@@ -113,6 +112,24 @@ class AgentLoop:
                 self.messages.append(
                     {"role": "tool", "tool_call_id": call.call_id, "content": outcome.text}
                 )
+
+    def _request(self, start: float) -> ModelTurn:
+        """One model request; a 429 or 503 with Retry-After is retried after that wait, a few
+        times, while the wall-time limit allows."""
+        retries = 0
+        while True:
+            left = self.limits.max_wall_s - (self.clock() - start)
+            try:
+                return self.client.complete(
+                    self.model, self.messages, list(TOOL_SCHEMAS), self.tool_choice,
+                    self.limits.max_tokens, left, self.temperature,
+                )
+            except FactoryError as exc:
+                wait = exc.retry_after_s
+                if wait is None or retries == MAX_RETRIES or wait >= left:
+                    raise
+            retries += 1
+            self.sleep(wait)
 
     def _limit_reached(self, totals: Totals, wall_left_s: float) -> tuple[StopReason, str] | None:
         """The limit that forbids another request, with what it says, or None."""
