@@ -45,6 +45,7 @@ class RequestRecord:
     error_message: str | None = None
     retry_after: str | None = None
     text: str | None = None  # kept only when asked (agent sessions)
+    task_id: str | None = None  # sent as X-Task-Id
 
     @property
     def ok(self) -> bool:

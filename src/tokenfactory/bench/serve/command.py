@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +22,11 @@ from tokenfactory.bench.serve.runner import (
     LoadPoint,
     Runner,
     RunOptions,
+    RunResult,
     api_url,
     run_point,
 )
+from tokenfactory.bench.serve.tasks import fetch_ledger_costs
 from tokenfactory.bench.serve.tiers_info import (
     KeyRing,
     apply_overrides,
@@ -67,6 +70,16 @@ def _model(client: httpx.Client, api: str, model: str | None, headers: dict) -> 
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
         err.print(f"[red]error:[/red] cannot read {api}/models ({exc}); pass --model")
         raise typer.Exit(2) from None
+
+
+def _ledger_task_costs(runner: Runner, result: RunResult) -> dict[str, int] | None:
+    """What the endpoint's ledger billed each task of the run (None: it cannot say)."""
+    task_ids = {r.task_id for r in result.records if r.task_id is not None}
+    if not task_ids:
+        return None
+    keys = {runner.keys.key_for(r.tier, runner.catalog) for r in result.records}
+    with httpx.Client(timeout=30.0) as client:
+        return fetch_ledger_costs(client, runner.opts.api_url, keys, task_ids)
 
 
 def serve_command(
@@ -141,7 +154,7 @@ def serve_command(
     ),
 ) -> None:
     """Load an OpenAI-compatible endpoint; report latency, speed per tier, goodput, revenue."""
-    from tokenfactory.bench.serve.console import print_summary
+    from tokenfactory.bench.serve.console import print_summary, print_task_summary
     from tokenfactory.bench.serve.html import write_html
     from tokenfactory.bench.serve.report import build_report, write_json
 
@@ -199,6 +212,11 @@ def serve_command(
         agent_tool_latency_s=agent_tool_latency,
         agent_think_time_s=agent_think_time,
         prompt_cache_key=prompt_cache_key,
+        # one task id per agent session, unique to this run so the ledger's sums are its own
+        task_prefix=(
+            f"bench-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}-"
+            if workload == "agent" else None
+        ),
         trace=trace,
         trace_speed=trace_speed,
     )
@@ -226,7 +244,9 @@ def serve_command(
     try:
         for rate in rates:
             for conc in concs:
-                results.append(run_point(runner, LoadPoint(rate, conc)))
+                result = run_point(runner, LoadPoint(rate, conc))
+                result.ledger_task_costs = _ledger_task_costs(runner, result)
+                results.append(result)
     except EndpointError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -275,6 +295,7 @@ def serve_command(
         None if speculation is None else {k: v and asdict(v) for k, v in speculation.items()}
     )
     print_summary(doc, _stdout())
+    print_task_summary(doc, _stdout())
     print_tier_speculation(speculation, err)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = out or Path("bench-results") / f"serve-{workload}-{stamp}.json"

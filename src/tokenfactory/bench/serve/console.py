@@ -75,6 +75,42 @@ def print_summary(doc: dict, console: Console) -> None:
             )
 
 
+def task_table(run: dict) -> Table:
+    """Cost per task and prefix-cache hit per tier (one agent session = one task)."""
+    tasks = run["tasks"]
+    t = Table(title=f"{run['label']}: cost per task", title_justify="left")
+    for col in (
+        "tier", "tasks", "req/task", "prompt tok/task", "prefix-cache hit",
+        "cost/task mean $", "p50 $", "p90 $", "ledger/task mean $",
+    ):
+        t.add_column(col, justify="left" if col == "tier" else "right")
+
+    def usd(x: float | None) -> str:
+        return "-" if x is None else f"{x / 1e6:.6f}"
+
+    for name, s in tasks["by_tier"].items():
+        cost = s["cost_per_task_micro_usd"]
+        ledger = s["ledger_cost_per_task_micro_usd"]
+        t.add_row(
+            name,
+            str(s["tasks"]),
+            _f(s["requests_per_task"]),
+            _f(s["prompt_tokens_per_task"], "{:,.0f}"),
+            _pct(s["prefix_cache_hit"]),
+            usd(cost["mean"]),
+            usd(cost["p50"]),
+            usd(cost["p90"]),
+            usd(ledger["mean"] if ledger else None),
+        )
+    return t
+
+
+def print_task_summary(doc: dict, console: Console) -> None:
+    for run in doc["runs"]:
+        if run.get("tasks"):
+            console.print(task_table(run))
+
+
 # -- compare ------------------------------------------------------------------------
 
 # (label, path in a summary, higher is better)

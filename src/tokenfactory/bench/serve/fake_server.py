@@ -4,7 +4,8 @@ Raw asyncio HTTP/1.1 (keep-alive, chunked SSE): it streams `max_tokens` one-word
 request at a known pace (`tokens_per_s`, 0 = as fast as it can) after a known delay (`ttft_s`),
 per tier if asked; its tokenizer is one word = one token; cached tokens are the words a prompt
 shares with the previous prompt of the same `prompt_cache_key`. `errors` is a cycle of
-behaviours by request number: ok, 400, 401, 500, 429, midstream, drop.
+behaviours by request number: ok, 400, 401, 500, 429, midstream, drop. Like a factory's
+ledger, `GET /v1/usage?by=task` sums what it billed each X-Task-Id (at the cpu tier prices).
 
     python -m tokenfactory.bench.serve.fake_server --port 8001           # as fast as it can
     python -m tokenfactory.bench.serve.fake_server --port 8001 --tokens-per-s 20 --ttft 0.5
@@ -54,6 +55,7 @@ class FakeStats:
     arrivals: list[float] = field(default_factory=list)  # time.perf_counter() at arrival
     bodies: list[dict] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
+    task_ids: list[str | None] = field(default_factory=list)  # X-Task-Id per request
 
 
 def _error_body(message: str, type_: str, code: str | None = None) -> bytes:
@@ -67,6 +69,8 @@ class FakeServer:
         self.stats = FakeStats()
         self.keep_bodies = keep_bodies
         self._prev_prompt: dict[str, list[str]] = {}
+        self._billed: dict[tuple[str | None, str], int] = {}  # (authorization, task): micro-USD
+        self._prices = load_tiers(preset="cpu")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -154,11 +158,20 @@ class FakeServer:
                 "data": data,
             }
             self._send(writer, 200, json.dumps(doc).encode())
+        elif method == "GET" and path.partition("?")[0] == "/v1/usage" and "by=task" in path:
+            auth = headers.get("authorization")
+            data = [
+                {"task_id": task, "amount_micro_usd": amount}
+                for (who, task), amount in self._billed.items()
+                if who == auth
+            ]
+            self._send(writer, 200, json.dumps({"object": "list", "data": data}).encode())
         elif method == "GET" and path == "/fake/stats":
             self._send(writer, 200, json.dumps(asdict(self.stats)).encode())
         elif method == "POST" and path == "/fake/reset":
             self.stats = FakeStats()
             self._prev_prompt.clear()
+            self._billed.clear()
             self._send(writer, 200, b"{}")
         elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             await self._complete(path.endswith("chat/completions"), headers, body, writer)
@@ -182,9 +195,11 @@ class FakeServer:
         st.arrivals.append(time.perf_counter())
         arrived = time.monotonic()
         req = json.loads(raw or b"{}")
+        task_id = headers.get("x-task-id")
         if self.keep_bodies:
             st.bodies.append(req)
             st.auth.append(headers.get("authorization"))
+            st.task_ids.append(task_id)
         behaviour = cfg.errors[index % len(cfg.errors)] if cfg.errors else "ok"
         if cfg.api_key and headers.get("authorization") != f"Bearer {cfg.api_key}":
             behaviour = "401"
@@ -214,6 +229,13 @@ class FakeServer:
             common += 1
         self._prev_prompt[key] = words
         cached = common // 16 * 16
+        if task_id is not None:
+            prices = self._prices
+            price = prices[delivered] if delivered in prices else prices[prices.default_tier]
+            bill = (headers.get("authorization"), task_id)
+            self._billed[bill] = self._billed.get(bill, 0) + price.cost_micro_usd(
+                len(words), cached, n
+            )
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from tokenfactory.bench.serve.client import RequestRecord
 from tokenfactory.bench.serve.metrics import Slo, cost_micro_usd, summarize_run, tier_of
 from tokenfactory.bench.serve.runner import RunResult
+from tokenfactory.bench.serve.tasks import tasks_doc
 from tokenfactory.tiers import TierCatalog
 
 SCHEMA = "tokenfactory.bench.serve"
@@ -62,6 +63,8 @@ def request_row(r: RequestRecord, catalog: TierCatalog, with_itl: bool) -> dict:
         "retry_after": r.retry_after,
         "cost_micro_usd": cost_micro_usd(r, catalog),
     }
+    if r.task_id is not None:
+        row["task_id"] = r.task_id
     if with_itl:
         row["itl_s"] = [round(g, 6) for g in r.itl]
     return row
@@ -69,7 +72,7 @@ def request_row(r: RequestRecord, catalog: TierCatalog, with_itl: bool) -> dict:
 
 def run_doc(res: RunResult, catalog: TierCatalog, slo: Slo | None, with_itl: bool) -> dict:
     rate = res.point.request_rate
-    return {
+    doc = {
         "label": res.point.label,
         "request_rate": None if math.isinf(rate) else rate,
         "max_concurrency": res.point.max_concurrency,
@@ -79,6 +82,10 @@ def run_doc(res: RunResult, catalog: TierCatalog, slo: Slo | None, with_itl: boo
         "summary": summarize_run(res.records, res.duration_s, catalog, slo),
         "requests": [request_row(r, catalog, with_itl) for r in res.records],
     }
+    tasks = tasks_doc(res.records, catalog, res.ledger_task_costs)
+    if tasks is not None:  # requests sent with task ids (the agent workload)
+        doc["tasks"] = tasks
+    return doc
 
 
 def build_report(

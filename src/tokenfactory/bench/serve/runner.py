@@ -61,6 +61,8 @@ class RunResult:
     started_utc: str
     duration_s: float
     clamped: int
+    # micro-USD per task id as the endpoint's ledger billed it (GET /v1/usage?by=task)
+    ledger_task_costs: dict[str, int] | None = None
 
 
 def api_url(base_url: str) -> str:
@@ -96,11 +98,13 @@ class Runner:
         self.console = console or Console(stderr=True)
         self._headers: dict[str | None, dict[str, str]] = {}
 
-    def headers(self, tier: str | None) -> dict[str, str]:
+    def headers(self, tier: str | None, task_id: str | None = None) -> dict[str, str]:
         if tier not in self._headers:
             key = self.keys.key_for(tier, self.catalog)
             self._headers[tier] = {"Authorization": f"Bearer {key}"} if key else {}
-        return self._headers[tier]
+        if task_id is None:
+            return self._headers[tier]
+        return {**self._headers[tier], "X-Task-Id": task_id}
 
     def body(self, rec: RequestRecord, spec) -> dict:
         o = self.opts
@@ -183,6 +187,7 @@ class Runner:
                     spec.step,
                     spec.input_tokens,
                     spec.max_tokens,
+                    task_id=spec.task_id,
                 )
                 records.append(rec)
                 if sem is not None:
@@ -191,7 +196,7 @@ class Runner:
                             client,
                             url,
                             self.body(rec, spec),
-                            self.headers(spec.tier),
+                            self.headers(spec.tier, spec.task_id),
                             rec,
                             o.endpoint == "chat",
                             keep_text,
@@ -201,7 +206,7 @@ class Runner:
                         client,
                         url,
                         self.body(rec, spec),
-                        self.headers(spec.tier),
+                        self.headers(spec.tier, spec.task_id),
                         rec,
                         o.endpoint == "chat",
                         keep_text,

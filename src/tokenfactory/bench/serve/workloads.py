@@ -26,6 +26,7 @@ class RequestSpec:
     session: str | None = None
     step: int = 0
     cache_key: str | None = None
+    task_id: str | None = None  # sent as X-Task-Id: the factory bills the session as one task
 
     def prompt_text(self) -> str:
         """The messages flattened for /v1/completions."""
@@ -75,6 +76,7 @@ class WorkloadOptions:
     agent_tool_latency_s: float = 0.3
     agent_think_time_s: float = 2.0
     prompt_cache_key: bool = True
+    task_prefix: str | None = None  # agent: each session's task id is this + its id
     # trace
     trace: str | None = None
     trace_speed: float = 1.0
@@ -218,6 +220,7 @@ def _agent_steps(
                 sid,
                 step,
                 sid if opts.prompt_cache_key else None,
+                None if opts.task_prefix is None else opts.task_prefix + sid,
             )
             reply = yield delay, spec
             step += 1
