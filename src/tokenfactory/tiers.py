@@ -179,6 +179,7 @@ class TierCatalog:
         """Map a request's `service_tier` (OpenAI's values or ours) onto a tier."""
         if is_auto(service_tier):
             return self[key_default or self.default_tier]
+        assert service_tier is not None  # None is auto
         name = OPENAI_ALIASES.get(service_tier, service_tier)
         if name not in self._by_name:
             raise UnknownTierError(service_tier, self.names)

@@ -151,7 +151,9 @@ def bench_llama_cpp_text(
         return out, stamps
 
     run()  # warm-up
-    rates, prefill, out = [], [], []
+    rates: list[float] = []
+    prefill: list[float] = []
+    out: list[int] = []
     for _ in range(repeats):
         out, stamps = run()
         prefill.append(stamps[1] - stamps[0])

@@ -14,6 +14,7 @@ copy of an older sampler.py) and times it on the same inputs, side by side ("bef
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import random
 import statistics
@@ -190,7 +191,7 @@ def run(
         samplers = [current.Sampler(seed=0, num_threads=sampler_threads)]
         if baseline is not None:
             samplers.append(baseline.Sampler(seed=0))
-        greedy_ms: list[tuple[float, float]] = [(0.0, 0.0)] * len(samplers)
+        greedy_ms: list[tuple[float, ...]] = [(0.0, 0.0)] * len(samplers)
         logits_cache: dict[Callable[..., torch.Tensor], torch.Tensor] = {}
         for name, make_logits, make_seqs in CASES:
             if only and not any(o in name for o in only):
@@ -201,7 +202,7 @@ def run(
             ms = [
                 tuple(
                     1e3 * t
-                    for t in _time(lambda s=s, x=logits, q=seqs: s(x, q), repeat, budget_s=3.0)
+                    for t in _time(functools.partial(s, logits, seqs), repeat, budget_s=3.0)
                 )
                 for s in samplers
             ]

@@ -33,6 +33,11 @@ from tokenfactory.kernels.q4_linear import Q4Weight
 SMOLLM2_SHAPES = "960x576,576x576,3072x576,576x1536,49152x576"
 
 
+def _each_round(fn: Callable[..., object], *args: object) -> Callable[[int], object]:
+    """A timed callable that ignores its round number and calls `fn(*args)`."""
+    return lambda _round: fn(*args)
+
+
 def _parse_shapes(text: str) -> list[tuple[int, int]]:
     return [(int(n), int(k)) for n, k in (s.lower().split("x") for s in text.split(","))]
 
@@ -160,15 +165,15 @@ def bench_bf16(shapes: list[tuple[int, int]], ms: list[int], budget: float, indu
         for m in ms:
             x = torch.randn(m, k).bfloat16()
             fns: list[Callable[[int], object]] = [
-                lambda i, x=x, w=w: skinny.skinny_linear(x, w),
-                lambda i, x=x, w=w: F.linear(x, w),
+                _each_round(skinny.skinny_linear, x, w),
+                _each_round(F.linear, x, w),
             ]
             compile_s = 0.0
             if inductor:
                 t0 = time.perf_counter()
                 compiled = _inductor_linear(w, m)
                 compile_s = time.perf_counter() - t0
-                fns.append(lambda i, x=x, f=compiled: f(x))
+                fns.append(_each_round(compiled, x))
             ts = interleaved_medians(fns, _rounds(budget, n * k * 2))
             line = f"{f'{n} x {k}':>12} {m:>3} {ts[0] * 1e6:>10.1f} {ts[1] * 1e6:>12.1f}"
             if inductor:

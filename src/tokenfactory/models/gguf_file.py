@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -115,9 +115,9 @@ class _Parser:
     def __init__(self, path: Path, mapped: np.ndarray) -> None:
         self.path = path
         self.mapped = mapped
-        self.buf = memoryview(mapped)
+        self.buf = memoryview(mapped.data)
         self.pos = 0
-        self.endian = "<"
+        self.endian: Literal["<", ">"] = "<"
 
     def _unpack(self, fmt: str) -> Any:
         value = struct.unpack_from(self.endian + fmt, self.buf, self.pos)[0]

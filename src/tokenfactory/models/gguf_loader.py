@@ -229,6 +229,6 @@ def load_gguf_state_dict(
         if permute:
             array = _unpermute(f, tensor.name, array, config)
         # Copy: F32 tensors are views into the read-only memory map.
-        tensor = torch.from_numpy(np.array(array, dtype=np.float32, order="C", copy=True))
-        state[name] = tensor if dtype == torch.float32 else tensor.to(dtype)
+        weight = torch.from_numpy(np.array(array, dtype=np.float32, order="C", copy=True))
+        state[name] = weight if dtype == torch.float32 else weight.to(dtype)
     return check_state_dict(state, config, str(f.path))

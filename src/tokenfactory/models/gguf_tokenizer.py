@@ -136,7 +136,7 @@ def _sentencepiece_bpe(meta: dict[str, Any], tokens: list[str], types: Sequence[
     add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     # Replace spaces by U+2581; llama.cpp also prepends one to each plain-text fragment
     # (text between special tokens), which a normalizer does per fragment too.
-    steps = [normalizers.Replace(" ", "\u2581")]
+    steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", "\u2581")]
     if add_space_prefix:
         steps.insert(0, normalizers.Prepend("\u2581"))
     backend.normalizer = normalizers.Sequence(steps)

@@ -10,7 +10,7 @@ device.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +219,11 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(config, max_positions or config.max_position_embeddings)
 
     @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The layers, typed (iterating an nn.ModuleList yields plain Modules)."""
+        return cast(list[DecoderLayer], list(self.layers))
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
@@ -288,7 +293,7 @@ class LlamaForCausalLM(nn.Module):
                 )
             self.lm_head_q8 = q8
         attached = 0
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.decoder_layers):
             p = f"model.layers.{i}."
             for module, names in (
                 (layer.qkv_proj, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
@@ -337,7 +342,7 @@ class LlamaForCausalLM(nn.Module):
         put(self.norm.weight, "model.norm.weight")
         if self.lm_head is not None:
             put(self.lm_head.weight, "lm_head.weight")
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.decoder_layers):
             p = f"model.layers.{i}."
             attn = p + "self_attn."
             put(

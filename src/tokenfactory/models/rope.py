@@ -43,6 +43,8 @@ class RotaryEmbedding(torch.nn.Module):
             inv = inv / torch.as_tensor(freqs, dtype=torch.float64)
         t = torch.arange(max_positions, dtype=torch.float64)
         angles = torch.outer(t, inv)
+        self.cos: torch.Tensor
+        self.sin: torch.Tensor
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
         self.max_positions = max_positions
