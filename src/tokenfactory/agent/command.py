@@ -8,9 +8,8 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -29,7 +28,7 @@ from tokenfactory.agent.taskset import TaskFileError, load_tasks, select_tasks
 class _DefaultRun(TyperGroup):
     """`agent TASK ...` means `agent run TASK ...`: a first word that is no subcommand is a task."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # click's Context
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["run", *args]
         return super().parse_args(ctx, args)

@@ -132,10 +132,10 @@ def results_table(results: list[TaskResult], tiers: list[str]) -> Table:
     for name, row in by_task.items():
         cells = []
         for tier in tiers:
-            r = row.get(tier)
-            if r is None:
+            if tier not in row:
                 cells.append("-")
                 continue
+            r = row[tier]
             mark = "[green]yes[/green]" if r.solved else "[red]no[/red]"
             tokens = r.prompt_tokens + r.completion_tokens
             cells.append(f"{mark} / {r.steps} / {tokens} / {r.cost_micro_usd / 1e6:.4f}")
