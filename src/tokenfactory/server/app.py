@@ -1,8 +1,7 @@
 """The HTTP routes: OpenAI's completions API plus tiers, usage, health and metrics.
 
-No middleware: streaming responses go through `SSEResponse`, a plain ASGI response that
-notices a client leaving and closes the generation at once, so it is aborted and billed for
-exactly what was sent.
+A generation request's whole life (admission, streaming, settling) is `chat_route`'s; the
+routes here pick the API's shapers.
 """
 
 from __future__ import annotations
@@ -12,22 +11,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
 
-from tokenfactory.engine.errors import EngineDeadError, EngineStepError
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import TierStatus
+from tokenfactory.server.chat_route import run_chat, run_completion
 from tokenfactory.server.errors import APIError
-from tokenfactory.server.factory import Factory, Generation, remember_task_id_header
-from tokenfactory.server.prepare import PreparedRequest, prepare_chat, prepare_completion
-from tokenfactory.server.responses import DONE, ResponseShaper
+from tokenfactory.server.factory import Factory, remember_task_id_header
+from tokenfactory.server.responses import ChatCompletionShaper
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
 from tokenfactory.tiers import OPENAI_ALIASES
 
@@ -49,11 +45,13 @@ def create_app(factory: Factory) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _complete(factory, request, body, "chat")
+        received_at = time.monotonic()
+        shaper = ChatCompletionShaper()
+        return await run_chat(factory, request, None, body, shaper, shaper, received_at=received_at)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await _complete(factory, request, body, "text")
+        return await run_completion(factory, request, body, time.monotonic())
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -144,16 +142,6 @@ def _dead_body(factory: Factory) -> dict:
     }
 
 
-def _engine_failure(exc: BaseException, partial: bool) -> APIError | None:
-    """The client's error for a request the engine ended (None: not the engine's doing).
-    `partial`: some of its tokens were already streamed."""
-    if isinstance(exc, EngineDeadError):
-        return errors.engine_unavailable(exc.health.reason or "it stopped", partial)
-    if isinstance(exc, EngineStepError):
-        return errors.engine_error(partial)
-    return None
-
-
 def _document_served_models(app: FastAPI, names: list[str]) -> None:
     """Say in the OpenAPI schema which model names this server answers to."""
     build = app.openapi
@@ -178,264 +166,6 @@ def _lifespan(factory: Factory):
         await factory.shutdown()
 
     return lifespan
-
-
-# -- completions ---------------------------------------------------------------------------------
-
-
-async def _complete(
-    factory: Factory, request: Request, body: ChatCompletionRequest | CompletionRequest, kind: str
-) -> Response:
-    received_at = time.monotonic()
-    key = factory.authenticate(request.headers.get("authorization"))
-    factory.check_model(body.model)
-    engine = factory.engine
-    if kind == "chat":
-        assert isinstance(body, ChatCompletionRequest)
-        prepared = prepare_chat(body, engine.tokenizer, engine.max_model_len)
-    else:
-        assert isinstance(body, CompletionRequest)
-        prepared = prepare_completion(
-            body, engine.tokenizer, engine.max_model_len, engine.model_config.vocab_size
-        )
-    tier = factory.choose_tier(key, prepared.service_tier)
-    gen = await factory.start(key, prepared, tier, received_at)
-    headers = factory.billing.rate_limit_headers(key)
-    shaper = ResponseShaper(
-        kind, gen.request_id, body.model, int(time.time()), engine.tokenizer, factory.fingerprint
-    )
-    if tier.sheddable:
-        # A sheddable request may be refused on arrival when capacity is gone; that must be
-        # a 429, so wait for the engine's first word before choosing the response.
-        await _first_output_or_shed(factory, gen, request)
-    if prepared.stream:
-        return SSEResponse(
-            _stream(gen, shaper, prepared), on_disconnect=gen.abort, headers=headers, generation=gen
-        )
-    return await _whole(gen, shaper, request, headers)
-
-
-async def _first_output_or_shed(factory: Factory, gen: Generation, request: Request) -> None:
-    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
-    peek = asyncio.ensure_future(gen.peek())
-    try:
-        done, _ = await asyncio.wait({peek, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        peek.cancel()
-        gen.settle("error", error="cancelled while queued")
-        raise
-    finally:
-        watcher.cancel()
-    if peek not in done:  # the client left while the request was queued
-        peek.cancel()
-        gen.client_disconnected = True
-        gen.settle("disconnected", client_disconnected=True)
-        raise errors.APIError(499, "client disconnected", "invalid_request_error")
-    try:
-        first = peek.result()
-    except Exception as exc:  # the engine ended it before its first token
-        gen.settle("error", error=str(exc))
-        failure = _engine_failure(exc, partial=False)
-        if failure is None:
-            raise
-        log.warning("request %s ended by the engine while queued: %s", gen.request_id, exc)
-        raise failure from None
-    if first is not None and first.finish_reason == "shed":
-        await gen.close_stream()
-        gen.settle("shed")
-        retry = first.retry_after_s or 1.0
-        raise errors.APIError(
-            429,
-            f"The {gen.tier.name} tier is shed under the current load: there is no capacity to "
-            f"serve it now. Retry after about {retry:.0f} s, or use a paid tier.",
-            "rate_limit_exceeded",
-            "tier_overloaded",
-            "service_tier",
-            {"retry-after": str(max(1, int(retry + 0.999)))},
-        )
-
-
-async def _whole(
-    gen: Generation, shaper: ResponseShaper, request: Request, headers: dict[str, str]
-) -> Response:
-    """Run a request to the end and answer in one body; a client leaving aborts it."""
-    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
-    outcome, error = "error", None
-    try:
-        async for out in _race(gen.outputs(), watcher):
-            gen.delivered(out)
-        if watcher.done():
-            outcome = "disconnected"
-            gen.client_disconnected = True
-            return Response(status_code=499)
-        if gen.finish_reason is None:  # the stream ended without finishing: shutdown
-            outcome, error = "shutdown", "the server shut down during the request"
-            raise errors.overloaded("The server shut down before the request finished.", 1)
-        outcome = gen.finish_reason
-        tier = gen.settle(outcome)
-        body = shaper.full(
-            "".join(gen.text),
-            outcome,
-            gen.usage,
-            tier.name,
-            gen.logprobs if gen.prepared.logprobs is not None else None,
-        )
-        return JSONResponse(body, headers=headers)
-    except APIError:
-        raise
-    except (EngineStepError, EngineDeadError) as exc:
-        # The engine logged the failure; the client gets no text, so it pays for none.
-        log.warning("request %s ended by the engine: %s", gen.request_id, exc)
-        error = str(exc)
-        gen.withhold()
-        failure = _engine_failure(exc, partial=False)
-        assert failure is not None
-        raise failure from None
-    except Exception as exc:
-        log.exception("request %s failed", gen.request_id)
-        error = str(exc)
-        raise errors.server_error(
-            "The engine failed while generating; nothing was billed beyond the tokens produced."
-        ) from None
-    finally:
-        watcher.cancel()
-        gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
-
-
-async def _race(outputs: AsyncIterator, watcher: asyncio.Future) -> AsyncIterator:
-    """Iterate `outputs` until it ends or `watcher` completes (the client went away)."""
-    it = outputs.__aiter__()
-    try:
-        while True:
-            nxt = asyncio.ensure_future(it.__anext__())
-            done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if nxt not in done:
-                nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await nxt
-                return
-            try:
-                yield nxt.result()
-            except StopAsyncIteration:
-                return
-    finally:
-        await it.aclose()
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _stream(
-    gen: Generation, shaper: ResponseShaper, prepared: PreparedRequest
-) -> AsyncIterator[bytes]:
-    """SSE chunks for one request; settles on every way out."""
-    outcome, error = "error", None
-    asked = gen.tier.name
-    want_logprobs = prepared.logprobs is not None
-    try:
-        async for out in gen.outputs():
-            if out.token_ids or out.text:
-                lp = out.logprobs if want_logprobs else None
-                if want_logprobs and lp is None:
-                    lp = []
-                yield shaper.chunk(out.text, None, asked, lp)
-            gen.delivered(out)  # the chunk was taken by the transport
-        if gen.finish_reason is None:
-            outcome, error = "shutdown", "the server shut down during the request"
-            yield errors.overloaded("The server shut down before the request finished.").sse_event()
-            return
-        outcome = gen.finish_reason
-        tier = gen.settle(outcome)
-        yield shaper.chunk("", outcome, tier.name, None)
-        if prepared.include_usage:
-            yield shaper.usage_chunk(gen.usage, tier.name)
-        yield DONE
-    except (GeneratorExit, asyncio.CancelledError):
-        # Closed by SSEResponse: the client left (it marks that first), or shutdown cancelled it.
-        outcome = "disconnected" if gen.client_disconnected else "shutdown"
-        raise
-    except (EngineStepError, EngineDeadError) as exc:
-        log.warning("stream %s ended by the engine: %s", gen.request_id, exc)
-        error = str(exc)
-        failure = _engine_failure(exc, partial=gen.completion_tokens > 0)
-        assert failure is not None
-        yield failure.sse_event()
-    except Exception as exc:
-        log.exception("stream %s failed", gen.request_id)
-        error = str(exc)
-        yield errors.server_error("The engine failed while generating.").sse_event()
-    finally:
-        gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
-
-
-class SSEResponse(Response):
-    """A server-sent-events response that stops generating the moment the client leaves."""
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self,
-        body: AsyncIterator[bytes],
-        on_disconnect: Callable[[], None],
-        headers: dict[str, str] | None = None,
-        generation: Generation | None = None,
-    ):
-        super().__init__(content=None, status_code=200, headers=headers)
-        self.raw_headers = [
-            (k, v) for k, v in self.raw_headers if k not in (b"content-length",)
-        ] + [
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-        ]
-        self.body_iterator = body
-        self.on_disconnect = on_disconnect
-        self.generation = generation
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            await _wait_disconnect(receive)
-            gone = True
-            if self.generation is not None:  # before the cancel reaches the generator
-                self.generation.client_disconnected = True
-            task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            self._mark_gone()
-        except OSError:  # the transport broke while sending
-            self._mark_gone()
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-    def _mark_gone(self) -> None:
-        if self.generation is not None:
-            self.generation.client_disconnected = True
-        self.on_disconnect()
 
 
 # -- tiers and usage -----------------------------------------------------------------------------

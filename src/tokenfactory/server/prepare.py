@@ -16,6 +16,7 @@ from tokenfactory.models.tokenizer import Tokenizer
 from tokenfactory.server.errors import context_length_exceeded, invalid_request
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from tokenfactory.server.structured_output import response_format_grammar
+from tokenfactory.server.tool_calls.setup import ToolCalling, prepare_tools
 
 
 @dataclass
@@ -29,17 +30,30 @@ class PreparedRequest:
     logprobs: int | None  # top-k alternatives wanted, None = no logprobs
     service_tier: str | None
     task_id: str | None = None  # metadata.task_id as sent (Factory.start checks it)
+    tool_calling: ToolCalling | None = None  # the reply is read for tool calls
 
 
 def prepare_chat(
-    req: ChatCompletionRequest, tokenizer: Tokenizer | None, max_model_len: int
+    req: ChatCompletionRequest,
+    tokenizer: Tokenizer | None,
+    max_model_len: int,
+    model_name: str = "",
+    architecture: str = "",
 ) -> PreparedRequest:
+    """`model_name` and `architecture` help choose how the model writes tool calls."""
     if tokenizer is None:
         raise invalid_request("this model has no tokenizer or chat template", "messages")
     grammar = response_format_grammar(req.response_format)
     messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
+    tooling = prepare_tools(
+        req.tools, req.tool_choice, req.parallel_tool_calls, messages, tokenizer, model_name,
+        architecture,
+    )
+    grammar = tooling.grammar or grammar  # forced calls: the reply is calls, not the format
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=req.tools)
+        text = tokenizer.apply_chat_template(
+            tooling.prompt.messages, add_generation_prompt=True, tools=tooling.prompt.tools
+        )
     except Exception as exc:  # a template error is about the caller's messages
         raise invalid_request(f"the messages cannot be rendered: {exc}", "messages") from None
     ids = tokenizer.encode(text)
@@ -50,9 +64,11 @@ def prepare_chat(
         raise invalid_request("top_logprobs needs logprobs set to true", "top_logprobs")
     max_tokens = req.max_completion_tokens or req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-    return _finish(
+    prepared = _finish(
         req, "chat", ids, max_tokens, param, logprobs, max_model_len, "messages", grammar
     )
+    prepared.tool_calling = tooling.calling
+    return prepared
 
 
 def prepare_completion(
