@@ -48,7 +48,7 @@ def test_read_is_bounded(box, monkeypatch):
     monkeypatch.setattr(tools_mod, "MAX_READ_CHARS", 10)
     box.workspace.write_text("big.txt", "x" * 25)
     out = call(box, "read_file", path="big.txt")
-    assert out.text == "x" * 10 + "\n[... 15 more characters not shown]"
+    assert out.text == "x" * 10 + "\n[... cut at 10 characters of a 25-byte file]"
 
 
 def test_refusals_come_back_as_errors(box):

@@ -111,10 +111,14 @@ class ToolBox:
     # -- the tools --------------------------------------------------------------------------
 
     def _read_file(self, path: str) -> ToolOutcome:
-        text = self.workspace.existing_file(path).read_text("utf-8")
+        file = self.workspace.existing_file(path)
+        size = file.stat().st_size
+        with open(file, encoding="utf-8", errors="replace") as f:
+            text = f.read(MAX_READ_CHARS + 1)  # never the whole of a huge file
         if len(text) > MAX_READ_CHARS:
-            cut = len(text) - MAX_READ_CHARS
-            text = text[:MAX_READ_CHARS] + f"\n[... {cut} more characters not shown]"
+            text = text[:MAX_READ_CHARS] + (
+                f"\n[... cut at {MAX_READ_CHARS} characters of a {size}-byte file]"
+            )
         return ToolOutcome(text, True)
 
     def _write_file(self, path: str, content: str) -> ToolOutcome:
