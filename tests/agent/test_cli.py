@@ -82,3 +82,21 @@ def test_agent_eval_reports_by_tier(tmp_path):
     tiers_sent = [b.get("service_tier") for b in factory.chat_bodies]
     assert tiers_sent == ["standard", "standard", "super"]
     assert doc["commit"] and doc["command"] == "tokenfactory agent eval"
+
+
+def test_agent_eval_runs_concurrently_in_task_order(tmp_path):
+    factory = ScriptedFactory([reply(call("finish", summary="nothing done"))])
+    out = tmp_path / "eval.json"
+    with serving(factory) as base:
+        result = CliRunner().invoke(app, [
+            "agent", "eval", "--tiers", "standard,super", "--tasks", "create_file,copy_file",
+            "--base-url", base, "--api-key", "sk-x", "--concurrency", "3", "--json", str(out),
+        ])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert [(r["task"], r["tier"]) for r in doc["results"]] == [
+        ("create_file", "standard"), ("create_file", "super"),
+        ("copy_file", "standard"), ("copy_file", "super"),
+    ]
+    assert not any(r["solved"] for r in doc["results"])
+    assert len({r["task_id"] for r in doc["results"]}) == 4

@@ -147,6 +147,7 @@ def eval_command(
     command_timeout: CmdTimeoutOpt = 20.0,
     command_output: CmdOutputOpt = 8000,
     temperature: TemperatureOpt = 0.0,
+    concurrency: Annotated[int, Opt(min=1, help="Task runs at once")] = 1,
     json_out: Annotated[Path | None, Opt("--json", help="Write results as JSON here")] = None,
 ) -> None:
     """Run the shipped file tasks at each tier: share solved, steps, tokens and cost."""
@@ -166,7 +167,7 @@ def eval_command(
 
     started = datetime.now(UTC)
     try:
-        results = evaluate(chosen, tier_list, conn, options, progress)
+        results = evaluate(chosen, tier_list, conn, options, progress, concurrency=concurrency)
     except SessionError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -180,7 +181,7 @@ def eval_command(
             "commit": _commit(),
             "options": {"max_steps": max_steps, "max_wall_s": max_wall_s, "budget_usd": budget,
                         "max_tokens": max_tokens, "tool_choice": tool_choice,
-                        "temperature": temperature},
+                        "temperature": temperature, "concurrency": concurrency},
         }
         json_out.write_text(json.dumps(report_json(results, tier_list, meta), indent=2) + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 from rich.table import Table
@@ -85,20 +86,27 @@ def evaluate(
     on_result: Callable[[TaskResult], None] = lambda r: None,
     isolation: NetworkIsolation | None = None,
     transport=None,
+    concurrency: int = 1,
 ) -> list[TaskResult]:
-    """Every task at every tier, tiers alternating per task so that a machine whose speed
-    drifts during the run does not favour one tier."""
+    """Every task at every tier, in task order with the tiers alternating, so that a machine
+    whose speed drifts during the run does not favour one tier; `concurrency` runs go at once
+    (the factory batches them), results in the same order."""
     isolation = isolation or NetworkIsolation.probe()
-    results = []
-    for task in tasks:
-        for tier in tiers:
-            try:
-                result = evaluate_task(task, tier, conn, options, isolation, transport)
-            except SessionError as exc:
-                raise SessionError(f"tier {tier}: {exc}") from None
-            on_result(result)
-            results.append(result)
-    return results
+    jobs = [(task, tier) for task in tasks for tier in tiers]
+
+    def one(job: tuple[AgentTask, str]) -> TaskResult:
+        task, tier = job
+        try:
+            result = evaluate_task(task, tier, conn, options, isolation, transport)
+        except SessionError as exc:
+            raise SessionError(f"tier {tier}: {exc}") from None
+        on_result(result)
+        return result
+
+    if concurrency <= 1:
+        return [one(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(one, jobs))
 
 
 def tier_reports(results: list[TaskResult], tiers: list[str]) -> list[TierReport]:
