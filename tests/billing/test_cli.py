@@ -104,6 +104,7 @@ def test_usage_and_invoice(data_dir: Path, catalog, tmp_path: Path):
     assert json.loads(out.read_text())["total_micro_usd"] == total
 
 
+@pytest.mark.integration  # the installed command, as its own process
 def test_a_real_process_reports_bad_input_without_a_traceback(data_dir: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "tokenfactory.cli", "keys", "create", "--name", "x", "--tier",

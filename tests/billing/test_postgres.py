@@ -17,9 +17,12 @@ from tokenfactory.billing.db import make_engine
 from .conftest import settle_simple
 
 PG_URL = os.environ.get("TOKENFACTORY_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(
-    not PG_URL, reason="set TOKENFACTORY_TEST_POSTGRES_URL to run the PostgreSQL tests"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not PG_URL, reason="set TOKENFACTORY_TEST_POSTGRES_URL to run the PostgreSQL tests"
+    ),
+]
 
 
 @pytest.fixture

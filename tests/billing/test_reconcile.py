@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from tokenfactory.billing import Billing
 from tokenfactory.billing.db import ReservationRow
 
@@ -104,6 +106,7 @@ CRASHING_SERVER = textwrap.dedent(
 )
 
 
+@pytest.mark.integration  # a second process, killed with -9
 def test_kill_9_then_restart_reconciles_once(catalog, data_dir, tmp_path):
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_SERVER)

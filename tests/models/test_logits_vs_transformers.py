@@ -20,6 +20,8 @@ from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.models.embedded import embedded_model_path
 from tokenfactory.models.loader import load_model_files
 
+pytestmark = pytest.mark.e2e
+
 transformers = pytest.importorskip("transformers")
 
 TEXT = (
