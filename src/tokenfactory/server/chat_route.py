@@ -135,7 +135,7 @@ async def _run(
     if stream_shaper is not None:
         stream_shaper.start(context)
         return SSEResponse(
-            _stream(gen, stream_shaper, parser, context),
+            _stream(gen, stream_shaper, parser, context, not isinstance(parser, PlainText)),
             on_disconnect=gen.abort,
             headers=headers,
             generation=gen,
@@ -289,9 +289,14 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def _stream(
-    gen: Generation, shaper: StreamShaper, parser: OutputParser, context: ChatContext
+    gen: Generation,
+    shaper: StreamShaper,
+    parser: OutputParser,
+    context: ChatContext,
+    quiet: bool,
 ) -> AsyncIterator[bytes]:
-    """SSE chunks for one request; settles on every way out."""
+    """SSE chunks for one request; settles on every way out. `quiet`: an engine step whose
+    text the parser holds back (a call being read) sends nothing, unless it has logprobs."""
     outcome, error = "error", None
     try:
         for chunk in shaper.opening():
@@ -301,8 +306,10 @@ async def _stream(
                 lp = out.logprobs if context.logprobs else None
                 if context.logprobs and lp is None:
                     lp = []
-                for chunk in shaper.events(parser.feed(out.text), lp):
-                    yield chunk
+                events = parser.feed(out.text)
+                if events or lp is not None or not quiet:
+                    for chunk in shaper.events(events, lp):
+                        yield chunk
             gen.delivered(out)  # the chunks were taken by the transport
         if gen.finish_reason is None:
             outcome, error = "shutdown", "the server shut down during the request"
