@@ -22,12 +22,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-bench_app = typer.Typer(help="Measure the engine.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Measure the engine and the factory (the `bench` extra).", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.command("usage")(usage_command)
 app.command("invoice")(invoice_command)
 err = Console(stderr=True)
+
+
+@bench_app.callback()
+def _bench_needs_its_extra() -> None:
+    from rich.markup import escape
+
+    from tokenfactory.bench.extra import INSTALL, missing_bench_modules
+
+    missing = missing_bench_modules()
+    if missing:
+        err.print(
+            f"[red]error:[/red] tokenfactory bench needs {', '.join(missing)}, from the bench "
+            f"extra: {escape(INSTALL)}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
 ModelOpt = Annotated[
     str | None,
