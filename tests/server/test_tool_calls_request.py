@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tokenizers import Tokenizer as Backend
+from tokenizers.models import WordLevel
 
 from tokenfactory.engine.constraints.compile import grammar_error
 from tokenfactory.models.chat_template import render_chat
+from tokenfactory.models.tokenizer import Tokenizer
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.tool_calls.families import (
     FAMILIES,
@@ -21,6 +24,7 @@ from tokenfactory.server.tool_calls.families import (
 from tokenfactory.server.tool_calls.grammar import tool_call_grammar
 from tokenfactory.server.tool_calls.render import TemplateAbilities, tool_prompt
 from tokenfactory.server.tool_calls.request import read_tool_request
+from tokenfactory.server.tool_calls.setup import prepare_tools
 
 WEATHER = {
     "type": "function",
@@ -199,3 +203,41 @@ def test_family_call_text_parses_back_with_its_own_parser():
         parser.finish()
         got = [(c.name, json.loads(c.arguments)) for c in parser.tool_calls]
         assert got == calls, family.name
+
+
+def tiny_tokenizer(template: str) -> Tokenizer:
+    backend = Backend(WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    return Tokenizer(backend, chat_template=template)
+
+
+def test_prepare_tools_for_a_smollm2_model():
+    tok = tiny_tokenizer(SMOL_TEMPLATE)
+    plain = [{"role": "user", "content": "hi"}]
+    setup = prepare_tools(None, None, None, plain, tok, "Smollm2 135M", "llama")
+    assert setup.calling is None and setup.grammar is None and setup.prompt.messages == plain
+    setup = prepare_tools([WEATHER], "required", False, plain, tok, "Smollm2 135M", "llama")
+    assert setup.calling is not None and setup.calling.family is SMOLLM2
+    assert setup.grammar is not None and setup.grammar.source.startswith('start: "<tool_call>["')
+    assert setup.prompt.tools is None and "<tools>" in setup.prompt.messages[0]["content"]
+    auto = prepare_tools([WEATHER], "auto", None, plain, tok, "Smollm2 135M", "llama")
+    assert auto.grammar is None and auto.calling is not None
+    # a history with calls is rendered for the template even when tools are not offered
+    history = prepare_tools([WEATHER], "none", None, CONVERSATION, tok, "Smollm2 135M", "llama")
+    assert history.calling is None and "<tool_call>[" in history.prompt.messages[1]["content"]
+
+
+def test_prepare_tools_names_an_unsupported_schema_feature():
+    tok = tiny_tokenizer(SMOL_TEMPLATE)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
+        },
+    }
+    plain = [{"role": "user", "content": "hi"}]
+    with pytest.raises(APIError) as err:
+        prepare_tools([WEATHER, tool], "required", None, plain, tok)
+    assert err.value.param == "tools[1].function.parameters" and "not" in err.value.message
+    # auto builds no grammar: the schema is only shown to the model
+    assert prepare_tools([WEATHER, tool], "auto", None, plain, tok).grammar is None

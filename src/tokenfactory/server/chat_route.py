@@ -67,9 +67,13 @@ async def run_chat(
         key = factory.authenticate(request.headers.get("authorization"))
     factory.check_model(chat.model)
     engine = factory.engine
-    config = engine.model_config
+    config = engine.model_config  # its name and architecture say how the model writes calls
     prepared = prepare_chat(
-        chat, engine.tokenizer, engine.max_model_len, config.name, config.architecture
+        chat,
+        engine.tokenizer,
+        engine.max_model_len,
+        getattr(config, "name", ""),
+        getattr(config, "architecture", ""),
     )
     calling = prepared.tool_calling
     return await _run(

@@ -59,6 +59,8 @@ def prepare_tools(
     architecture: str = "",
 ) -> ToolSetup:
     request = read_tool_request(tools, tool_choice, parallel_tool_calls)
+    if not request.offered and not any(_about_tools(m) for m in messages):
+        return ToolSetup(ToolPrompt(messages, None), None, None)  # a plain conversation
     family = choose_family(
         model_traits(tokenizer, model_name, architecture), os.environ.get(OVERRIDE_ENV) or None
     )
@@ -74,6 +76,10 @@ def prepare_tools(
         grammar = tool_call_grammar(request, family)
         check_grammar(grammar, "tools")
     return ToolSetup(prompt, ToolCalling(request, family), grammar)
+
+
+def _about_tools(message: dict[str, Any]) -> bool:
+    return bool(message.get("tool_calls")) or message.get("role") == "tool"
 
 
 def _params(i: int) -> str:
