@@ -2,7 +2,7 @@
 
 A collection of the oldest generation walks every tracked object, and a loaded model, its
 tokenizer and the web stack are some 400,000 of them: in the serving process on the 2-core
-reference machine one such collection took 160-190 ms (`scripts/gc_pause_check.py`), during
+reference machine one such collection took 160-190 ms (`tools/gc_pause_check.py`), during
 which the engine thread (and every stream) stands still, more than a fast tier's whole pacing
 margin. How often one comes depends on what requests allocate (none in two 60 s loads, two
 in another). Objects alive after start-up live as long as the process, so `freeze_heap` moves

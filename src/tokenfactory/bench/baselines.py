@@ -6,7 +6,7 @@ library installed (llama-cpp-python often lives in its own environment):
     python src/tokenfactory/bench/baselines.py hf --model FILE.gguf --batch 64 --tokens 64
     /path/to/other/python src/tokenfactory/bench/baselines.py llama-cpp --model FILE.gguf
     /path/to/other/python src/tokenfactory/bench/baselines.py llama-cpp --model FILE.gguf \
-        --prompt-file docs/bench/prompts/agent.txt --tokens 256 --prompt-lookup 8
+        --prompt-file tools/prompts/agent.txt --tokens 256 --prompt-lookup 8
 
 It prints one JSON object: decode tokens/s (all sequences together) and per sequence.
 With ``--prompt-file`` (llama-cpp only) the file's text is one user message, formatted with the

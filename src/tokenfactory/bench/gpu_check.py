@@ -2,7 +2,7 @@
 
     python -m tokenfactory.bench.gpu_check --out DIR [--budget-s 450] [--model PATH]
 
-(`scripts/gpu_check.sh` wraps it for the device machine.) Steps, each recorded in
+(`tools/gpu_check.sh` wraps it for the device machine.) Steps, each recorded in
 DIR/gpu_check.json as it finishes, so a run cut short still leaves what it measured:
 
 1. environment: GPU, torch, Triton, free memory;

@@ -3,7 +3,7 @@
     python -m tokenfactory.bench.spec_verify_cost --device cuda --random-weights llama-3.1-8b \
         --out DIR [--acceptance 0.6,0.8 | --acceptance FILE.json] [--budget-s 300]
 
-(`scripts/gpu_spec_check.sh` wraps it for the device machine.)
+(`tools/gpu_spec_check.sh` wraps it for the device machine.)
 
 1. Measurement. B sequences with a prompt of `--context` tokens are prefilled through the
    engine's own runner, KV slots from its block manager. Then, for each batch B and draft

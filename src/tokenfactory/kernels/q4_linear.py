@@ -32,7 +32,7 @@ BLOCK_BYTES = 20  # per 32 weights: fp16 d, fp16 m, 16 bytes of codes
 # bf16 weights beyond. Expanding codes costs compute that hides behind the memory reads only
 # while the dot products are cheap, so the limit depends on what the bf16 route has:
 # - With AMX: from 3 rows the bf16 AMX tiles were as fast on the 2-core Sapphire Rapids VM
-#   (scripts/q4_decode_check.py), and AMX tiles expanded from codes (tried) no faster.
+#   (tools/q4_decode_check.py), and AMX tiles expanded from codes (tried) no faster.
 # - Without AMX (AVX512-BF16 only, e.g. AMD Zen 4): the bf16 route is the same AVX512 dot
 #   products up to 8 rows and oneDNN past them; Q4_1 was faster at every row count up to 24
 #   and even at 32 on the 2-core EPYC VM (0.56x the bf16 time at 1 row, 0.6-0.9x at 3-8,

@@ -5,7 +5,7 @@ For each rate, fcfs and then `tier` with each value run over the same arrival se
 and a markdown table prints attainment per tier, revenue and output tokens/s, with each
 variant's revenue against the first value's. Seconds to a few minutes, depending on the load.
 
-    .venv/bin/python scripts/tier_config_sim.py prefill_worth=1,2,4 --rates 4.5,6 \\
+    .venv/bin/python tools/tier_config_sim.py prefill_worth=1,2,4 --rates 4.5,6 \\
         --seeds 0-11 [--input-len lognormal:480,0.6] [--cost slower]
 """
 

@@ -5,7 +5,7 @@ Builds the factory exactly as `tokenfactory serve` does (embedded model, ledger,
 HTTP app) in a fresh data directory, then times `gc.collect()` five times, freezes, and times
 it five times again.
 
-    .venv/bin/python scripts/gc_pause_check.py
+    .venv/bin/python tools/gc_pause_check.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A batch of 64 requests with a tier mix (free 50%, standard 30%, super 20%) on the embedded
 model, under the tier policy, without and with speculative decoding, runs alternated.
 
-    python scripts/speculation_tier_mix.py --super-speed 40 --no-shed --reps 2 --out mix.json
+    python tools/speculation_tier_mix.py --super-speed 40 --no-shed --reps 2 --out mix.json
 
 All requests arrive at once and decode greedily to `--tokens` tokens (EOS ignored) on the
 agent workload's prompts. Reports, per run: output tokens per second in total (first step to

@@ -6,7 +6,7 @@ long outputs (~200 running). Prints the median and p90 `Scheduler.schedule` time
 fingerprint of each run's summary, so that a change meant to be faster can be shown to change
 nothing else. Compare two checkouts by running it with each one's `src` on PYTHONPATH:
 
-    PYTHONPATH=/path/to/a/src .venv/bin/python scripts/policy_host_time.py
+    PYTHONPATH=/path/to/a/src .venv/bin/python tools/policy_host_time.py
 """
 
 from __future__ import annotations

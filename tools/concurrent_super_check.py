@@ -6,7 +6,7 @@ tokens, then `--super` super streams of 120 tokens, 0.2 s apart (greedy, `max_to
 the lengths). Prints each stream's TTFT and decode speed as the client sees them and the tier
 it was billed at. About a minute per policy on the 2-core VM.
 
-    .venv/bin/python scripts/concurrent_super_check.py [--super 3] [--standard 8]
+    .venv/bin/python tools/concurrent_super_check.py [--super 3] [--standard 8]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # prefill, offline 256 requests). Needs only PyTorch with CUDA, Triton and numpy/rich (none
 # of our other dependencies, no network). JSON and logs go to the directory given (or $OUT).
 #
-#   bash scripts/gpu_check.sh [OUT_DIR] [extra gpu_check args, e.g. --budget-s 420]
+#   bash tools/gpu_check.sh [OUT_DIR] [extra gpu_check args, e.g. --budget-s 420]
 #
 # Runs in about 3-8 minutes on an H100/H200 (budget 450 s by default: the benchmark gets what
 # the checks leave). Exit status 0 when every correctness check passed.

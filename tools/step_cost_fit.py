@@ -6,7 +6,7 @@ every batch size. Prints the fitted coefficients (the form of the "embedded-cpu"
 src/tokenfactory/data/step_costs.toml), the median step per batch size with and without
 prompt tokens, and the fit's median relative error. About a minute on the 2-core VM.
 
-    .venv/bin/python scripts/step_cost_fit.py
+    .venv/bin/python tools/step_cost_fit.py
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 # PyTorch with CUDA, Triton, numpy and rich (matplotlib for the plot, skipped without it);
 # no network, nothing installed. JSON, plot and log go to the directory given (or $OUT).
 #
-#   bash scripts/gpu_spec_check.sh [OUT_DIR] [extra spec_verify_cost args, e.g. --acceptance 0.6,0.8]
+#   bash tools/gpu_spec_check.sh [OUT_DIR] [extra spec_verify_cost args, e.g. --acceptance 0.6,0.8]
 #
 # About 2-4 minutes on an H100/H200, at most about 6: no new batch starts after 270 s, and
 # the run is killed at 340 s (the JSON, rewritten after each batch, keeps what was measured).

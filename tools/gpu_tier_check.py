@@ -15,7 +15,7 @@ runs on a CPU with the embedded model (`--model embedded --device cpu`, small ra
 Writes `gpu_tier_check.json` (after every run, so a run cut short keeps what it measured) and
 prints tables. `--budget-s` stops starting new runs when the time is nearly spent.
 
-    PYTHONPATH=src python3 scripts/gpu_tier_check.py --out DIR [--rates 4,8,16,24]
+    PYTHONPATH=src python3 tools/gpu_tier_check.py --out DIR [--rates 4,8,16,24]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ kernel at every row count) against the three PyTorch ops it replaces, and the Si
 model runs it (PyTorch), on SmolLM2-135M's widths (hidden 576, intermediate 1536), bf16, with
 the engine's thread count. Medians of five batches of calls, in microseconds.
 
-    .venv/bin/python scripts/elementwise_check.py
+    .venv/bin/python tools/elementwise_check.py
 """
 
 from __future__ import annotations

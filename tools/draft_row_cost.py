@@ -1,6 +1,6 @@
 """What a verified draft token adds to a batch-1 decode step of the embedded model.
 
-    python scripts/draft_row_cost.py docs/bench/prompts/chat.txt --tokens 256 --rounds 2
+    python tools/draft_row_cost.py tools/prompts/chat.txt --tokens 256 --rounds 2
 
 Generates greedily with n-gram speculation on, then compares the engine's own step times:
 the median decode step with no draft token against those verifying 1, 2, ... draft tokens

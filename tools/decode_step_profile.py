@@ -2,7 +2,7 @@
 the torch profiler, with the operators grouped (layer linears, lm_head, attention, small ops)
 and the rest of the step's wall time (Python, scheduling, sampling) beside them.
 
-    .venv/bin/python scripts/decode_step_profile.py [--batch 1] [--steps 30]
+    .venv/bin/python tools/decode_step_profile.py [--batch 1] [--steps 30]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ sends two high-key requests: one with `service_tier="auto"`, one naming "high". 
 request: the tier asked, the tier delivered (`service_tier` of the response), time to first
 token and decode tokens/s.
 
-    .venv/bin/python scripts/auto_downgrade_check.py [--no-super]
+    .venv/bin/python tools/auto_downgrade_check.py [--no-super]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 
 Medians in milliseconds. This VM drifts by +-30% within minutes: compare within one run.
 
-    .venv/bin/python scripts/q4_decode_check.py [--rows 1,2,3,4,8] [--no-steps]
+    .venv/bin/python tools/q4_decode_check.py [--rows 1,2,3,4,8] [--no-steps]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The decode rate leaves out the prefill and the first token: (n - 1) / (time of a
 tokens - time of a run to 1 token), the median of `--repeats` interleaved pairs. Prints one
 JSON object per configuration (speculation off, and `--speculation ngram` if asked).
 
-    .venv/bin/python scripts/text_decode_check.py docs/bench/prompts/agent.txt --tokens 256
+    .venv/bin/python tools/text_decode_check.py tools/prompts/agent.txt --tokens 256
 """
 
 from __future__ import annotations
