@@ -4,6 +4,7 @@ responses' usage and from the endpoint's ledger (the fake endpoint keeps one).""
 from __future__ import annotations
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from tokenfactory.bench.serve.client import RequestRecord
@@ -16,6 +17,8 @@ from tokenfactory.cli import app
 from tokenfactory.tiers import load_tiers
 
 from .conftest import fake_endpoint, run_load
+
+pytestmark = pytest.mark.integration  # the fake endpoint runs as its own process
 
 AGENT = WorkloadOptions(
     "agent", output_len="4", agent_system_tokens=64, agent_user_tokens=8,
