@@ -434,6 +434,34 @@ def bench_engine(
         err.print(f"wrote {out}")
 
 
+@bench_app.command("structured-output")
+def bench_structured_output(
+    model: ModelOpt = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,64")] = "1,64",
+    steps: Annotated[int, typer.Option(min=1, help="Decode steps timed per measurement")] = 12,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternated rounds of the three modes")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Decode step time without a grammar and with one (masks overlapped with the forward,
+    or filled after it), side by side at each batch size."""
+    from tokenfactory.bench.structured_output_bench import (
+        StructuredBenchOptions,
+        run_structured_output_bench,
+    )
+
+    sizes = _batches(batch_sizes) or (1, 64)
+    config = _engine_config(device, "auto", None, None, threads, max_num_seqs=max(sizes))
+    engine = _load_engine(model, None, config)
+    opts = StructuredBenchOptions(batch_sizes=list(sizes), steps=steps, rounds=rounds)
+    result = run_structured_output_bench(engine, opts, err)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        err.print(f"wrote {out}")
+
+
 def _batches(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None

@@ -392,7 +392,10 @@ class Engine:
         rows: list[Sequence | DraftRow] = []
         for c in chunks:
             rows += sample_rows(c.seq, c.draft) if c.draft else [c.seq]
-        sampled = self.sampler(logits, rows, masks.result() if masks is not None else None)
+        if masks is None:
+            sampled = self.sampler(logits, rows)
+        else:
+            sampled = self.sampler(logits, rows, masks.result())
         now = time.monotonic()
         emitted = []
         i = 0
