@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokenfactory.server.chat_events import (
     ChatEvent,
@@ -222,3 +224,51 @@ def test_first_call_only_drops_later_calls():
     events = run(parser, HERMES_TWO, 1)
     assert reading(parser) == ("Let me check.", HERMES_CALLS[:1])
     assert streamed(events) == ("Let me check.", HERMES_CALLS[:1])
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.from_regex(r"[a-zA-Z0-9_-]{1,12}", fullmatch=True),
+            st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=4),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    text=st.text(alphabet="ab <>{}[]\"\n", max_size=12),
+    cuts=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=40),
+    seps=st.sampled_from([(", ", ": "), (",", ":")]),
+)
+def test_any_json_arguments_come_back_exactly(calls, text, cuts, seps):
+    """Whatever JSON the model writes as arguments, split anywhere, it is read back as the
+    exact text written, in the final reading and in the streamed fragments."""
+    text = text.replace("<tool_call>", "")
+    blocks = [
+        "<tool_call>" + json.dumps({"name": n, "arguments": a}, separators=seps) + "</tool_call>"
+        for n, a in calls
+    ]
+    reply = text + "".join(blocks)
+    parser = hermes_parser()
+    events: list[ChatEvent] = []
+    pos, i = 0, 0
+    while pos < len(reply):
+        step = cuts[i % len(cuts)]
+        events += parser.feed(reply[pos : pos + step])
+        pos, i = pos + step, i + 1
+    events += parser.finish()
+    expected = [(n, json.dumps(a, separators=seps)) for n, a in calls]
+    got = [(c.name, c.arguments) for c in parser.tool_calls]
+    assert got == expected
+    assert [json.loads(a) for _, a in got] == [a for _, a in calls]
+    assert streamed(events) == (parser.text, expected)
+    assert parser.text == text
