@@ -55,6 +55,16 @@ def test_system_sampling_and_metadata():
     assert chat.stream is True
 
 
+def test_output_config_format_becomes_response_format():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    chat = chat_of(output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert chat.response_format == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
+    }
+    assert chat_of(output_config={"effort": "low"}).response_format is None
+
+
 @pytest.mark.parametrize(
     ("asked", "chat_tier"),
     [("auto", None), ("standard_only", None), (None, None), ("high", "high")],
@@ -152,6 +162,12 @@ def test_tool_choice(choice, chat_choice, parallel):
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences", "At most 4"),
         ({"stop_sequences": [""]}, "stop_sequences[0]", "non-empty"),
         ({"metadata": {"user_id": 7}}, "metadata.user_id", "string"),
+        ({"output_config": {"format": {"type": "xml"}}}, "output_config.format", "json_schema"),
+        (
+            {"output_config": {"format": {"type": "json_schema"}}},
+            "output_config.format.schema",
+            "schema",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
             "messages[0].content[0].type",
@@ -225,6 +241,11 @@ def test_errors_in_anthropic_shape(err, status, kind):
     assert err.message in body["error"]["message"]
     if err.param:
         assert body["error"]["message"].startswith(f"{err.param}: ")
+
+
+def test_a_message_that_quotes_its_parameter_is_not_prefixed():
+    err = invalid_request("Missing required parameter: 'max_tokens'.", "max_tokens")
+    assert anthropic_body(err)["error"]["message"] == err.message
 
 
 def test_only_the_messages_path_speaks_anthropic():

@@ -1,4 +1,5 @@
-"""The HTTP routes: OpenAI's completions API plus tiers, usage, health and metrics.
+"""The HTTP routes: OpenAI's chat, completions and Responses APIs, Anthropic's Messages API,
+plus tiers, usage, health and metrics.
 
 A generation request's whole life (admission, streaming, settling) is `chat_route`'s; the
 routes here pick the API's shapers.
@@ -23,7 +24,12 @@ from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.chat_route import run_chat, run_completion
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, remember_task_id_header
+from tokenfactory.server.messages_api import create_message
+from tokenfactory.server.messages_api_errors import anthropic_body, speaks_anthropic
+from tokenfactory.server.messages_api_schemas import MessagesRequest
 from tokenfactory.server.responses import ChatCompletionShaper
+from tokenfactory.server.responses_api import create_response
+from tokenfactory.server.responses_api_schemas import ResponsesRequest
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
 from tokenfactory.tiers import OPENAI_ALIASES
 
@@ -52,6 +58,14 @@ def create_app(factory: Factory) -> FastAPI:
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await run_completion(factory, request, body, time.monotonic())
+
+    @app.post("/v1/responses", response_model=None)
+    async def responses(body: ResponsesRequest, request: Request) -> Response:
+        return await create_response(factory, request, body)
+
+    @app.post("/v1/messages", response_model=None)
+    async def messages(body: MessagesRequest, request: Request) -> Response:
+        return await create_message(factory, request, body)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -149,7 +163,12 @@ def _document_served_models(app: FastAPI, names: list[str]) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
-            for body in ("ChatCompletionRequest", "CompletionRequest"):
+            for body in (
+                "ChatCompletionRequest",
+                "CompletionRequest",
+                "ResponsesRequest",
+                "MessagesRequest",
+            ):
                 props = schema.get("components", {}).get("schemas", {}).get(body, {})
                 if "model" in props.get("properties", {}):
                     props["properties"]["model"]["enum"] = list(names)
@@ -271,7 +290,7 @@ def _usage_row(row) -> dict:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return _error_json(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -286,19 +305,25 @@ def _install_error_handlers(app: FastAPI) -> None:
             err = errors.invalid_request(f"Missing required parameter: '{param}'.", param)
         else:
             err = errors.invalid_request(f"Invalid '{param}': {msg}.", param)
-        return JSONResponse(err.body(), status_code=400)
+        return _error_json(request, err)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         err = APIError(exc.status_code, str(exc.detail), "invalid_request_error", code)
-        return JSONResponse(err.body(), status_code=exc.status_code)
+        return _error_json(request, err)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         err = errors.server_error("The server had an error while processing your request.")
-        return JSONResponse(err.body(), status_code=500)
+        return _error_json(request, err)
+
+
+def _error_json(request: Request, err: APIError) -> JSONResponse:
+    """The error in the shape of the API that was called: Anthropic's on /v1/messages."""
+    body = anthropic_body(err) if speaks_anthropic(request.url.path) else err.body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 def _param_name(loc: tuple | list) -> str | None:

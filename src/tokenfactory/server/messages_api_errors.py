@@ -43,7 +43,8 @@ def error_type(err: APIError) -> str:
 
 
 def anthropic_body(err: APIError) -> dict[str, Any]:
-    message = f"{err.param}: {err.message}" if err.param else err.message
+    named = err.param is None or f"'{err.param}'" in err.message
+    message = err.message if named else f"{err.param}: {err.message}"
     return {"type": "error", "error": {"type": error_type(err), "message": message}}
 
 

@@ -32,5 +32,6 @@ class MessagesRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
     container: str | dict[str, Any] | None = None

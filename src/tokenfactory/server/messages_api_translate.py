@@ -24,7 +24,11 @@ TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STOP_SEQUENCES = 4  # what the engine's stop checker takes per request
 # Anthropic's service tiers that leave the choice to us: the key's default tier.
 KEY_DEFAULT_TIERS = ("auto", "standard_only")
-CHAT_TO_MESSAGES_PARAM = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences"}
+CHAT_TO_MESSAGES_PARAM = {
+    "max_completion_tokens": "max_tokens",
+    "stop": "stop_sequences",
+    "response_format": "output_config.format",
+}
 
 
 def translate(req: MessagesRequest) -> ChatCompletionRequest:
@@ -40,6 +44,7 @@ def translate(req: MessagesRequest) -> ChatCompletionRequest:
         "top_k": req.top_k,
         "stop": req.stop_sequences or None,
         "service_tier": None if req.service_tier in KEY_DEFAULT_TIERS else req.service_tier,
+        "response_format": _response_format(req.output_config),
     }
     if tools:
         chat["tools"] = tools
@@ -76,6 +81,24 @@ def rename_param(err: APIError) -> APIError:
     if renamed == err.param:
         return err
     return APIError(err.status, err.message, err.type, err.code, renamed, err.headers)
+
+
+def _response_format(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`output_config.format` (a JSON schema the reply must follow) as chat's response_format;
+    `output_config.effort` has nothing to tune on a model that does not reason."""
+    fmt = (config or {}).get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise invalid_request(
+            "output_config.format must be {'type': 'json_schema', 'schema': {...}}.",
+            "output_config.format",
+        )
+    if not isinstance(fmt.get("schema"), dict):
+        raise invalid_request(
+            "output_config.format needs 'schema' as an object.", "output_config.format.schema"
+        )
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
 
 
 def _refuse_unsupported(req: MessagesRequest) -> None:

@@ -1,0 +1,58 @@
+"""`POST /v1/messages`: Anthropic's Messages API over the same engine, tiers and ledger as chat.
+
+Authentication takes the key from `x-api-key` (Anthropic's header) or `Authorization:
+Bearer`; `anthropic-version` is accepted whatever its value. The request is read as a
+chat-completions request (`messages_api_translate`) and run by `run_chat`, so admission,
+reservation, tier choice, shedding and settlement are exactly those of chat completions.
+Errors leave in Anthropic's shape (app.py's handlers ask `speaks_anthropic`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from tokenfactory.billing import ApiKey
+from tokenfactory.server import errors
+from tokenfactory.server.chat_route import run_chat
+from tokenfactory.server.errors import APIError
+from tokenfactory.server.factory import Factory
+from tokenfactory.server.messages_api_schemas import MessagesRequest
+from tokenfactory.server.messages_api_shape import MessagesBodyShaper
+from tokenfactory.server.messages_api_stream import MessagesStreamShaper
+from tokenfactory.server.messages_api_translate import rename_param, translate
+
+MESSAGE_ID_PREFIX = "msg_"
+
+
+def authenticate(factory: Factory, request: Request) -> ApiKey:
+    raw = request.headers.get("x-api-key", "").strip()
+    if raw:
+        return factory.authenticate(f"Bearer {raw}")
+    if request.headers.get("authorization"):
+        return factory.authenticate(request.headers["authorization"])
+    raise errors.invalid_api_key(
+        "You didn't provide an API key. Send it in the 'x-api-key' header "
+        "(or as 'Authorization: Bearer <key>')."
+    )
+
+
+async def create_message(factory: Factory, request: Request, body: MessagesRequest) -> Response:
+    received_at = time.monotonic()
+    key = authenticate(factory, request)
+    chat = translate(body)
+    try:
+        return await run_chat(
+            factory,
+            request,
+            key,
+            chat,
+            MessagesStreamShaper(),
+            MessagesBodyShaper(),
+            MESSAGE_ID_PREFIX,
+            received_at=received_at,
+        )
+    except APIError as err:
+        raise rename_param(err) from None
