@@ -51,7 +51,7 @@ def test_system_sampling_and_metadata():
     assert (chat.max_tokens, chat.temperature, chat.top_p, chat.top_k) == (16, 0.5, 0.9, 40)
     assert chat.stop == ["END"]
     assert chat.user == "u-1"
-    assert chat.metadata == {"user_id": "u-1", "task_id": "t-7"}
+    assert chat.metadata == {"task_id": "t-7"}  # the task id travels to the ledger
     assert chat.stream is True
 
 
@@ -162,6 +162,7 @@ def test_tool_choice(choice, chat_choice, parallel):
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences", "At most 4"),
         ({"stop_sequences": [""]}, "stop_sequences[0]", "non-empty"),
         ({"metadata": {"user_id": 7}}, "metadata.user_id", "string"),
+        ({"metadata": {"task_id": ["t"]}}, "metadata.task_id", "string"),
         ({"output_config": {"format": {"type": "xml"}}}, "output_config.format", "json_schema"),
         (
             {"output_config": {"format": {"type": "json_schema"}}},

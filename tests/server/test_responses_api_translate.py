@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from tokenfactory.server.errors import APIError, invalid_request
 from tokenfactory.server.responses_api_schemas import ResponsesRequest
-from tokenfactory.server.responses_api_translate import rename_param, translate
+from tokenfactory.server.responses_api_translate import (
+    chat_validation_error,
+    rename_param,
+    translate,
+)
+from tokenfactory.server.schemas import ChatCompletionRequest
 
 WEATHER = {
     "type": "function",
@@ -216,6 +222,24 @@ def test_bad_input_items_are_refused_by_position(item, param, says):
     err = refusal(input=[item])
     assert err.param == param
     assert says in err.message
+
+
+def test_metadata_is_held_to_openai_limits():
+    with pytest.raises(ValidationError):
+        ResponsesRequest(model="m", input="x", metadata={f"k{i}": "v" for i in range(17)})
+
+
+@pytest.mark.parametrize(
+    ("chat", "param"),
+    [
+        ({"messages": []}, "input"),
+        ({"messages": [{"role": "user"}], "max_tokens": 0}, "max_output_tokens"),
+    ],
+)
+def test_a_chat_validation_error_names_this_api_parameter(chat, param):
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({"model": "m", **chat})
+    assert rename_param(chat_validation_error(info.value)).param == param
 
 
 def test_empty_input_list_is_refused():

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tokenfactory.server.errors import APIError, invalid_request
 from tokenfactory.server.messages_api_schemas import MessagesRequest
+from tokenfactory.server.responses_api_translate import chat_validation_error
 from tokenfactory.server.schemas import ChatCompletionRequest
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -51,18 +52,22 @@ def translate(req: MessagesRequest) -> ChatCompletionRequest:
         chat.update(_chat_tool_choice(req.tool_choice, tools))
     elif req.tool_choice is not None and req.tool_choice.get("type") not in ("auto", "none"):
         raise invalid_request("tool_choice needs 'tools' to choose from.", "tool_choice")
-    if req.metadata is not None:
-        user = req.metadata.get("user_id")
-        if user is not None and not isinstance(user, str):
-            raise invalid_request("metadata.user_id must be a string.", "metadata.user_id")
-        chat["user"] = user
-        chat["metadata"] = req.metadata
+    if req.metadata:
+        chat["user"] = _metadata_text(req.metadata, "user_id")
+        task_id = _metadata_text(req.metadata, "task_id")
+        if task_id is not None:  # bills the request to a task, as X-Task-Id does
+            chat["metadata"] = {"task_id": task_id}
     try:
         return ChatCompletionRequest.model_validate(chat)
-    except ValidationError as exc:  # the scalars were checked already; this is the content
-        raise invalid_request(
-            f"Invalid 'messages': {exc.errors()[0]['msg']}.", "messages"
-        ) from None
+    except ValidationError as exc:  # checked above, so not expected: name it in our terms
+        raise rename_param(chat_validation_error(exc)) from None
+
+
+def _metadata_text(metadata: dict[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    if value is not None and not isinstance(value, str):
+        raise invalid_request(f"metadata.{key} must be a string.", f"metadata.{key}")
+    return value
 
 
 def rename_param(err: APIError) -> APIError:

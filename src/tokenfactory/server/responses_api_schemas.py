@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenfactory.server.schemas import INT64, Temperature
 
 _COMMON = ConfigDict(extra="allow", allow_inf_nan=False, str_max_length=4_000_000)
+# OpenAI's: at most 16 string pairs (`task_id` in it names the caller's task, as X-Task-Id).
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
 
 
 class TextConfig(BaseModel):
@@ -44,7 +49,7 @@ class ResponsesRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     text: TextConfig | None = None
     service_tier: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     store: bool | None = None
     previous_response_id: str | None = None
     prompt_cache_key: str | None = None

@@ -65,9 +65,18 @@ def translate(req: ResponsesRequest) -> ResponsesCall:
         chat["metadata"] = req.metadata
     try:
         chat_request = ChatCompletionRequest.model_validate(chat)
-    except ValidationError as exc:  # the scalars were checked already; this is the input
-        raise invalid_request(f"Invalid 'input': {exc.errors()[0]['msg']}.", "input") from None
+    except ValidationError as exc:  # checked above, so not expected: name it in our terms
+        raise rename_param(chat_validation_error(exc)) from None
     return ResponsesCall(chat_request, _echo(req))
+
+
+def chat_validation_error(exc: ValidationError) -> APIError:
+    """A chat request's validation error, naming the chat parameter (to be renamed)."""
+    first = exc.errors()[0]
+    param = ""
+    for part in first["loc"]:
+        param += f"[{part}]" if isinstance(part, int) else ("." if param else "") + str(part)
+    return invalid_request(f"Invalid '{param}': {first['msg']}.", param or None)
 
 
 def rename_param(err: APIError) -> APIError:
