@@ -3,6 +3,9 @@ streaming, tool use over two turns, errors in Anthropic's shape, and the ledger.
 
 from __future__ import annotations
 
+import json
+import time
+
 import anthropic
 import httpx
 import pytest
@@ -170,6 +173,38 @@ def test_errors_in_anthropic_shape(factory_server):
     with pytest.raises(anthropic.NotFoundError) as unknown:
         c.messages.create(model="no-such-model", max_tokens=4, messages=[QUESTION])
     assert unknown.value.body["error"]["type"] == "not_found_error"
+
+
+def test_a_client_leaving_mid_stream_is_billed_what_it_got(factory_server):
+    body = {
+        "model": MODEL,
+        "max_tokens": 400,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+    }
+    headers = {"x-api-key": factory_server.keys["super"], "anthropic-version": "2023-06-01"}
+    deltas, message_id = 0, None
+    with httpx.stream(
+        "POST", factory_server.base_url + "/v1/messages", json=body, headers=headers
+    ) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            if event["type"] == "message_start":
+                message_id = event["message"]["id"]
+            deltas += event["type"] == "content_block_delta"
+            if deltas == 3:
+                break  # leave: the connection closes with the stream
+    assert message_id is not None
+    deadline = time.monotonic() + 30
+    rows = ledger_rows(factory_server.data_dir)
+    while ledger_id(message_id) not in rows and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = ledger_rows(factory_server.data_dir)
+    row = rows[ledger_id(message_id)]
+    assert row["finish_reason"] == "disconnected" and row["client_disconnected"]
+    assert 3 <= row["completion_tokens"] < 400
 
 
 def test_usage_endpoint_counts_messages(factory_server):
