@@ -11,6 +11,8 @@ from tokenfactory.bench.engine_load import per_tier_speeds, run_engine_load
 from tokenfactory.bench.policy_sim import LoadRequest, Served, SimLoad, load_requests
 from tokenfactory.tiers import load_tiers
 
+pytestmark = pytest.mark.integration  # a whole load on a real (tiny) engine, on the wall clock
+
 CATALOG = load_tiers(preset="cpu")
 
 

@@ -11,6 +11,9 @@ from tokenfactory.bench.serve.metrics import summarize_run
 from tokenfactory.bench.serve.runner import EndpointError, LoadPoint
 from tokenfactory.bench.serve.workloads import WorkloadOptions
 
+# the load generator against a paced HTTP server, on the wall clock
+pytestmark = pytest.mark.integration
+
 
 def test_ttft_itl_and_speed_match_a_known_pace():
     ttft, tps, n = 0.5, 40.0, 20  # one token every 25 ms after a 500 ms first-token delay

@@ -12,6 +12,8 @@ from tokenfactory.bench.serve.report import SCHEMA, VERSION, load_report
 from tokenfactory.bench.serve.selfbench import run_selfbench
 from tokenfactory.cli import app
 
+pytestmark = pytest.mark.integration  # the command line end to end
+
 TOP = {
     "schema",
     "version",

@@ -19,6 +19,8 @@ from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.scheduling.tier.policy import TierPolicy
 from tokenfactory.tiers import load_tiers
 
+pytestmark = pytest.mark.integration  # whole loads through the scheduler, policy and simulator
+
 # ---- preemption ----------------------------------------------------------------------------
 
 

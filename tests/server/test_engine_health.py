@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import pytest
 
 from tests.server.conftest import ledger_rows, open_reservations
 from tokenfactory.bench.local_factory import open_tiers_toml
@@ -23,6 +24,8 @@ from tokenfactory.server.app import create_app
 from tokenfactory.server.capacity import Capacity, CapacityPoint
 from tokenfactory.server.factory import Factory, FactoryConfig
 from tokenfactory.tiers import load_tiers
+
+pytestmark = pytest.mark.integration  # a real HTTP server in process, on the wall clock
 
 MODEL = "fake"
 TOKENS_BEFORE_HOLD = 3  # each running request gets this many tokens, then waits for the test
