@@ -27,6 +27,17 @@ TIERS_BODY = {
 }
 
 
+def _price(reply_body: dict) -> int:
+    """The factory's price of one reply (per-million prices, rounded up per request)."""
+    tier = next(t for t in TIERS_BODY["data"] if t["name"] == reply_body["service_tier"])
+    p = tier["price_micro_usd_per_mtok"]
+    u = reply_body["usage"]
+    cached = u["prompt_tokens_details"]["cached_tokens"]
+    total = ((u["prompt_tokens"] - cached) * p["input"] + cached * p["cached_input"]
+             + u["completion_tokens"] * p["output"])
+    return -(-total // 1_000_000)
+
+
 def call(name: str, call_id: str = "", **arguments) -> dict:
     return {"id": call_id or f"call_{name}", "type": "function",
             "function": {"name": name, "arguments": json.dumps(arguments)}}
@@ -71,7 +82,10 @@ class ScriptedFactory:
     script: list  # reply dicts or (status, body) errors, served in order; the last repeats
     publish_tiers: bool = True
     on_chat: Callable[[], None] = lambda: None  # e.g. advance a fake clock
+    publish_usage: bool = True  # GET /v1/usage?by=task from what it served
+    extra_billed: int = 0  # micro-dollars billed per task beyond the replies (abandoned work)
     requests: list[httpx.Request] = field(default_factory=list)
+    billed: dict[str, list[dict]] = field(default_factory=dict)  # task id -> replies served
 
     @property
     def chat_bodies(self) -> list[dict]:
@@ -85,6 +99,10 @@ class ScriptedFactory:
             if not self.publish_tiers:
                 return httpx.Response(404, json={"detail": "Not Found"})
             return httpx.Response(200, json=TIERS_BODY)
+        if path == "/v1/usage" and request.url.params.get("by") == "task":
+            if not self.publish_usage:
+                return httpx.Response(404, json={"detail": "Not Found"})
+            return httpx.Response(200, json={"object": "list", "data": self._usage_rows()})
         if path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [{"id": "scripted"}]})
         if path == "/v1/chat/completions":
@@ -93,8 +111,23 @@ class ScriptedFactory:
             item = self.script[min(n, len(self.script) - 1)]
             if isinstance(item, tuple):
                 return httpx.Response(item[0], json=item[1], headers=item[2])
+            self.billed.setdefault(request.headers.get("X-Task-Id", ""), []).append(item)
             return httpx.Response(200, json=item)
         return httpx.Response(404, json={"detail": "Not Found"})
+
+    def _usage_rows(self) -> list[dict]:
+        rows = [{"task_id": "someone-else", "requests": 9, "prompt_tokens": 9,
+                 "cached_tokens": 0, "completion_tokens": 9, "amount_micro_usd": 999}]
+        for task_id, replies in self.billed.items():
+            u = [r["usage"] for r in replies]
+            prompt = sum(x["prompt_tokens"] for x in u)
+            cached = sum(x["prompt_tokens_details"]["cached_tokens"] for x in u)
+            completion = sum(x["completion_tokens"] for x in u)
+            amount = sum(_price(r) for r in replies) + self.extra_billed
+            rows.append({"task_id": task_id, "requests": len(replies), "prompt_tokens": prompt,
+                         "cached_tokens": cached, "completion_tokens": completion,
+                         "amount_micro_usd": amount})
+        return rows
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)

@@ -53,3 +53,6 @@ def test_agent_runs_a_file_task_against_the_real_factory(factory, tmp_path):
     rows = [r for r in ledger_rows(factory.data_dir).values() if r["task_id"] == "task-e2e-1"]
     assert len(rows) == totals["steps"]
     assert sum(r["amount_micro_usd"] for r in rows) == totals["cost_micro_usd"]
+    # ... and the runner read that back through GET /v1/usage?by=task.
+    assert summary["factory_bill"]["amount_micro_usd"] == totals["cost_micro_usd"]
+    assert summary["factory_bill"]["requests"] == totals["steps"]

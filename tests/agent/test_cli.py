@@ -36,6 +36,37 @@ def test_agent_run_prints_steps_and_writes_the_summary(tmp_path):
     # 300 in at $1/M + 100 cached at $0.1/M + 20 out at $2/M, then 50 + 400 cached + 10 out
     assert summary["totals"]["cost_micro_usd"] == (300 + 10 + 40) + (50 + 40 + 20)
     assert {r.headers["X-Task-Id"] for r in factory.requests} == {"task-cli-1"}
+    assert summary["factory_bill"] == {
+        "requests": 2, "prompt_tokens": 850, "cached_tokens": 500, "completion_tokens": 30,
+        "amount_micro_usd": summary["totals"]["cost_micro_usd"],
+    }
+    assert "factory billed" in text and "matches" in text
+
+
+def test_a_factory_bill_beyond_what_the_runner_saw_is_flagged(tmp_path):
+    factory = ScriptedFactory([reply(call("finish", summary="ok"))], extra_billed=77)
+    out = tmp_path / "summary.json"
+    with serving(factory) as base:
+        result = CliRunner().invoke(app, [
+            "agent", "x", "--workspace", str(tmp_path), "--base-url", base, "--api-key", "sk-x",
+            "--json", str(out),
+        ], env={"COLUMNS": "200"})
+    summary = json.loads(out.read_text())
+    assert summary["factory_bill"]["amount_micro_usd"] == summary["totals"]["cost_micro_usd"] + 77
+    assert "differs" in result.output
+
+
+def test_no_factory_bill_where_the_endpoint_keeps_none(tmp_path):
+    factory = ScriptedFactory([reply(call("finish", summary="ok"))], publish_usage=False)
+    out = tmp_path / "summary.json"
+    with serving(factory) as base:
+        result = CliRunner().invoke(app, [
+            "agent", "x", "--workspace", str(tmp_path), "--base-url", base, "--api-key", "sk-x",
+            "--json", str(out),
+        ])
+    assert result.exit_code == 0
+    assert json.loads(out.read_text())["factory_bill"] is None
+    assert "factory billed" not in result.output
 
 
 def test_agent_run_exits_nonzero_when_a_limit_stops_it(tmp_path):
@@ -82,6 +113,7 @@ def test_agent_eval_reports_by_tier(tmp_path):
     tiers_sent = [b.get("service_tier") for b in factory.chat_bodies]
     assert tiers_sent == ["standard", "standard", "super"]
     assert doc["commit"] and doc["command"] == "tokenfactory agent eval"
+    assert standard["factory_billed_micro_usd"] == standard["cost_micro_usd"]
 
 
 def test_agent_eval_runs_concurrently_in_task_order(tmp_path):

@@ -109,6 +109,19 @@ class ChatClient:
                 raise
             return None
 
+    def task_usage(self) -> dict | None:
+        """What the factory's ledger holds for this run's task (`GET /v1/usage?by=task`, the
+        key's row whose task_id is ours), or None where the endpoint does not say."""
+        try:
+            doc = self._get("/usage?by=task")
+        except FactoryError:
+            return None
+        rows = doc.get("data")
+        if not isinstance(rows, list):
+            return None
+        mine = [r for r in rows if isinstance(r, dict) and r.get("task_id") == self.task_id]
+        return mine[0] if mine else None
+
     def complete(
         self,
         model: str,

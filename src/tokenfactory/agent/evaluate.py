@@ -31,6 +31,7 @@ class TaskResult:
     cost_micro_usd: int
     wall_s: float
     task_id: str
+    factory_billed_micro_usd: int | None  # the factory's ledger for the task, where it says
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ def evaluate_task(
         prompt_tokens=t.prompt_tokens, cached_tokens=t.cached_tokens,
         completion_tokens=t.completion_tokens, cost_micro_usd=t.cost_micro_usd,
         wall_s=round(summary.wall_s, 2), task_id=task_id,
+        factory_billed_micro_usd=(
+            summary.factory_bill.amount_micro_usd if summary.factory_bill else None
+        ),
     )
 
 

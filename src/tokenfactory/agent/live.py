@@ -55,5 +55,11 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     table.add_row("tokens", f"{t.prompt_tokens} prompt ({t.cached_tokens} cached), "
                             f"{t.completion_tokens} completion")
     table.add_row("cost", f"${t.cost_usd:.6f}")
+    bill = summary.factory_bill
+    if bill is not None:
+        same = bill.amount_micro_usd == t.cost_micro_usd and bill.requests == t.steps
+        note = "[green]matches[/green]" if same else "[yellow]differs[/yellow]"
+        table.add_row("factory billed", f"${bill.amount_micro_usd / 1e6:.6f} for "
+                                        f"{bill.requests} requests ({note})")
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     console.print(table)

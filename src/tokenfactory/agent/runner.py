@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from tokenfactory.agent.loop import AgentLoop, Limits, Observer, SilentObserver
 from tokenfactory.agent.sandbox import CommandPolicy, CommandRunner, NetworkIsolation, Workspace
 from tokenfactory.agent.session import Connection, open_session
-from tokenfactory.agent.summary import RunSummary
+from tokenfactory.agent.summary import FactoryBill, RunSummary
 from tokenfactory.agent.tools import ToolBox
 
 
@@ -54,6 +54,9 @@ def run_agent(
             temperature=options.temperature,
             observer=observer or SilentObserver(),
         )
-        return loop.run(task, listing(workspace)), commands
+        summary = loop.run(task, listing(workspace))
+        row = session.client.task_usage()
+        summary.factory_bill = FactoryBill.from_usage_row(row) if row else None
+        return summary, commands
     finally:
         session.close()

@@ -35,6 +35,27 @@ class Totals:
         return self.cost_micro_usd / 1e6
 
 
+@dataclass(frozen=True)
+class FactoryBill:
+    """The factory's own ledger for the run's task, read back at its end."""
+
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    amount_micro_usd: int
+
+    @classmethod
+    def from_usage_row(cls, row: dict) -> FactoryBill | None:
+        try:
+            return cls(*(int(row[k]) for k in (
+                "requests", "prompt_tokens", "cached_tokens", "completion_tokens",
+                "amount_micro_usd",
+            )))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 @dataclass
 class RunSummary:
     task_id: str
@@ -46,6 +67,9 @@ class RunSummary:
     totals: Totals
     wall_s: float
     limits: dict = field(default_factory=dict)
+    # None: the endpoint keeps no per-task ledger (or had no row for the task yet). A request
+    # abandoned at the wall-time limit may be billed here for tokens the runner never saw.
+    factory_bill: FactoryBill | None = None
 
     @property
     def completed(self) -> bool:
