@@ -282,7 +282,7 @@ async def _race(outputs: AsyncIterator, watcher: asyncio.Future) -> AsyncIterato
             except StopAsyncIteration:
                 return
     finally:
-        await it.aclose()
+        await it.aclose()  # type: ignore[attr-defined]
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -106,12 +106,12 @@ class JsonScanner:
             return
         elif st in (_S.VALUE, _S.FIRST_ITEM):
             if st is _S.FIRST_ITEM and ch == "]":
-                self._close("[", pos, events)
+                self._close(pos, events)
             else:
                 self._start_value(ch, pos, events)
         elif st in (_S.FIRST_KEY, _S.KEY):
             if st is _S.FIRST_KEY and ch == "}":
-                self._close("{", pos, events)
+                self._close(pos, events)
             elif ch == '"':
                 self.state, self._is_key = _S.STRING, True
                 self._token_start, self._token = pos, ['"']
@@ -126,7 +126,7 @@ class JsonScanner:
             if ch == ",":
                 self.state = _S.KEY if top == "{" else _S.VALUE
             elif ch == ("}" if top == "{" else "]"):
-                self._close(top, pos, events)
+                self._close(pos, events)
             else:
                 raise ScanError(pos, "expected ',' or a closing bracket")
         else:
@@ -178,7 +178,7 @@ class JsonScanner:
             raise ScanError(self._token_start, f"not a JSON value: {token!r}")
         self._value_done(pos, events)
 
-    def _close(self, kind: str, pos: int, events: list[ScanEvent]) -> None:
+    def _close(self, pos: int, events: list[ScanEvent]) -> None:
         self.stack.pop()
         self._value_done(pos + 1, events)
 

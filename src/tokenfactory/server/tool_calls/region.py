@@ -100,7 +100,7 @@ class CallRegion:
             elif ev.depth == d + 1:
                 self._member_start(ev)
         elif isinstance(ev, Key) and ev.depth == d + 1:
-            call = self._current(ev)
+            call = self._current()
             if ev.name != NAME_KEY and ev.name not in ARGUMENT_KEYS + IGNORED_KEYS:
                 raise ScanError(len(self.buf), f"unknown key {ev.name!r} in a call")
             call.key = ev.name
@@ -110,13 +110,13 @@ class CallRegion:
             elif ev.depth == d and self._call is not None:
                 self._finish_call(ev.end, events)
 
-    def _current(self, ev: object) -> _Call:
+    def _current(self) -> _Call:
         if self._call is None:
             raise ScanError(len(self.buf), "no call is open")
         return self._call
 
     def _member_start(self, ev: ValueStart) -> None:
-        call = self._current(ev)
+        call = self._current()
         if call.key == NAME_KEY:
             if ev.char != '"':
                 raise ScanError(ev.pos, "a call's name is a string")
@@ -127,7 +127,7 @@ class CallRegion:
             call.args_start = call.args_sent = ev.pos
 
     def _member_end(self, ev: ValueEnd, events: list[ChatEvent]) -> None:
-        call = self._current(ev)
+        call = self._current()
         if call.key == NAME_KEY and call.name_start is not None:
             name = json.loads(self.buf[call.name_start : ev.end])
             if not name or call.name is not None:
