@@ -71,8 +71,13 @@ class MaskBuilder:
             started = time.perf_counter()
             # llguidance.torch.fill_next_token_bitmask_par, without importing that module
             # (it sets up torch.compile: seconds at startup).
-            words = bits.shape[1]
-            self._executor.unsafe_compute_mask_ptr(targets, bits.data_ptr(), words * 4, len(rows))
+            row_bytes = bits.shape[1] * 4
+            if len(targets) == 1:  # one row: no hand-off to llguidance's thread pool
+                targets[0][0].unsafe_compute_mask_ptr(bits.data_ptr(), row_bytes)
+            else:
+                self._executor.unsafe_compute_mask_ptr(
+                    targets, bits.data_ptr(), row_bytes, len(rows)
+                )
             self.times.fill_s += time.perf_counter() - started
             return bits
 
