@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.agent.scripted_factory import ScriptedFactory, call, reply, serving
 from tokenfactory.cli import app
+
+pytestmark = pytest.mark.integration  # the command line against an HTTP server on a loopback port
 
 
 def test_agent_run_prints_steps_and_writes_the_summary(tmp_path):

@@ -15,6 +15,8 @@ from tokenfactory.agent.sandbox import (
     Workspace,
 )
 
+pytestmark = pytest.mark.integration  # real processes under unshare, on the wall clock
+
 ISOLATION = NetworkIsolation.probe()
 needs_isolation = pytest.mark.skipif(
     not ISOLATION.available, reason=f"no network isolation here: {ISOLATION.unavailable_reason}"

@@ -8,6 +8,8 @@ import pytest
 from tokenfactory.agent.sandbox import CommandRunner, NetworkIsolation, Workspace
 from tokenfactory.agent.taskset import TaskFileError, load_tasks, parse_task, select_tasks
 
+pytestmark = pytest.mark.integration  # checks run commands in the sandbox
+
 ISOLATION = NetworkIsolation.probe()
 TASKS = load_tasks()
 

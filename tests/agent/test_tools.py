@@ -89,6 +89,7 @@ def test_finish_ends(box):
     assert out.finished and out.text == "all done"
 
 
+@pytest.mark.integration
 @needs_isolation
 def test_run_reports_output_and_exit_code(box):
     box.workspace.write_text("t.py", "print('hi')\n")
@@ -103,6 +104,7 @@ def test_run_without_isolation_is_a_clear_error(tmp_path):
     assert not out.ok and "commands are disabled: no unshare" in out.text
 
 
+@pytest.mark.integration
 @needs_isolation
 def test_run_never_outlives_the_wall_time_left(box):
     box.workspace.write_text("sleep.py", "import time\ntime.sleep(30)\n")
