@@ -51,7 +51,7 @@ SMOL_TEMPLATE = (
 TOOL_TEMPLATE = (
     "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}{{ '\n' }}"
     "{% endif %}"
-    "{% for m in messages %}{% if m.role == 'tool' %}RESULT {{ m.content }}\n"
+    "{% for m in messages %}{% if m.role == 'tool' %}RESULT {{ m.name }} {{ m.content }}\n"
     "{% elif m.tool_calls %}{% for c in m.tool_calls %}CALL {{ c.function.name }} "
     "{{ c.function.arguments | tojson }}\n{% endfor %}"
     "{% else %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
@@ -170,7 +170,7 @@ def test_template_with_tools_renders_them_itself_with_arguments_as_a_dict():
         "TOOLS:get_weather;",
         "user: Weather in Paris?",
         'CALL get_weather {"city": "Paris"}',
-        "RESULT sunny, 21 C",
+        "RESULT get_weather sunny, 21 C",  # named after the call it answers
     ]
 
 

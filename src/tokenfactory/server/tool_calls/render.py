@@ -87,9 +87,9 @@ def _message(
         rest = {k: v for k, v in m.items() if k != "tool_calls"}
         return {**rest, "content": f"{content}\n{text}" if content else text}
     if m.get("role") == "tool":
+        name = m.get("name") or names.get(m.get("tool_call_id") or "", "")
         if abilities.tool_results:
-            return m
-        name = names.get(m.get("tool_call_id") or "", m.get("name") or "")
+            return {**m, "name": name}  # some templates say whose result it is by name
         return {"role": "user", "content": family.result_text(name, m.get("content") or "")}
     return m
 
