@@ -190,7 +190,7 @@ def keys_update(
             changes["task_budget_micro_usd"] = _budget_or_none(
                 task_budget_usd, "--task-budget-usd"
             )
-        updated = billing.update_key(key, **changes)  # type: ignore[arg-type]
+        updated = billing.update_key(key, **changes)
     err.print(
         f"updated {updated.key_id} ({updated.prefix}…): budget "
         f"{_usd_or_none(updated.budget_micro_usd)}, budget per task "

@@ -238,14 +238,24 @@ def invoice(
         .group_by(*group_cols)
     )
     n = len(group_cols)
-    lines = [
-        InvoiceLine(
-            str(r[0]),
-            *(int(v or 0) for v in (*r[1:4], *r[n:])),  # type: ignore[arg-type]
-            task_id=r[4] if by_task else None,
+    lines = []
+    for r in conn.execute(query):
+        prices = [int(v or 0) for v in r[1:4]]
+        sums = [int(v or 0) for v in r[n:]]
+        lines.append(
+            InvoiceLine(
+                tier=str(r[0]),
+                input_price=prices[0],
+                cached_input_price=prices[1],
+                output_price=prices[2],
+                requests=sums[0],
+                input_tokens=sums[1],
+                cached_input_tokens=sums[2],
+                output_tokens=sums[3],
+                amount_micro_usd=sums[4],
+                task_id=r[4] if by_task else None,
+            )
         )
-        for r in conn.execute(query)
-    ]
     rank = tier_rank or (lambda _name: 0)
     lines.sort(
         key=lambda ln: (

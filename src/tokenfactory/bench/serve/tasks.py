@@ -72,7 +72,7 @@ def tasks_by_tier(rows: list[dict], catalog: TierCatalog) -> dict[str, dict]:
             "prefix_cache_hit": cached / prompt if prompt else None,
             "cost_per_task_micro_usd": _spread([r["cost_micro_usd"] for r in rs]),
             "ledger_cost_per_task_micro_usd": (
-                _spread(ledger) if all(v is not None for v in ledger) else None  # type: ignore[arg-type]
+                _spread(ledger) if all(v is not None for v in ledger) else None
             ),
         }
     return out
