@@ -102,6 +102,7 @@ def test_agent_eval_reports_by_tier(tmp_path):
         result = CliRunner().invoke(app, [
             "agent", "eval", "--tiers", "standard,super", "--tasks", "create_file",
             "--base-url", base, "--api-key", "sk-x", "--json", str(out),
+            "--transcripts", str(tmp_path / "runs"),
         ])
     assert result.exit_code == 0, result.output
     assert "agent tasks by tier" in result.output
@@ -117,6 +118,10 @@ def test_agent_eval_reports_by_tier(tmp_path):
     assert tiers_sent == ["standard", "standard", "super"]
     assert doc["commit"] and doc["command"] == "tokenfactory agent eval"
     assert standard["factory_billed_micro_usd"] == standard["cost_micro_usd"]
+    transcript = json.loads((tmp_path / "runs" / "create_file-super.json").read_text())
+    assert transcript["problems"] == ["hello.txt does not exist"]
+    assert [m["role"] for m in transcript["messages"]] == ["system", "user", "assistant"]
+    assert transcript["summary"]["task_id"] == super_["task_id"]
 
 
 def test_agent_eval_runs_concurrently_in_task_order(tmp_path):

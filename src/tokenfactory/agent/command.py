@@ -119,7 +119,9 @@ def run_command(
     tid = task_id or new_task_id()
     err.print(f"[bold]task[/bold] {tid} in {ws.root}")
     try:
-        summary, _ = run_agent(task, ws, conn, tid, options, ConsoleObserver(err), isolation)
+        summary = run_agent(
+            task, ws, conn, tid, options, ConsoleObserver(err), isolation
+        ).summary
     except SessionError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -148,6 +150,9 @@ def eval_command(
     command_output: CmdOutputOpt = 8000,
     temperature: TemperatureOpt = 0.0,
     concurrency: Annotated[int, Opt(min=1, help="Task runs at once")] = 1,
+    transcripts: Annotated[
+        Path | None, Opt(help="Directory for each run's conversation (<task>-<tier>.json)")
+    ] = None,
     json_out: Annotated[Path | None, Opt("--json", help="Write results as JSON here")] = None,
 ) -> None:
     """Run the shipped file tasks at each tier: share solved, steps, tokens and cost."""
@@ -167,7 +172,10 @@ def eval_command(
 
     started = datetime.now(UTC)
     try:
-        results = evaluate(chosen, tier_list, conn, options, progress, concurrency=concurrency)
+        if transcripts is not None:
+            transcripts.mkdir(parents=True, exist_ok=True)
+        results = evaluate(chosen, tier_list, conn, options, progress,
+                           concurrency=concurrency, transcripts=transcripts)
     except SessionError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

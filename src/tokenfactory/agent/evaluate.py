@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from rich.table import Table
 
@@ -58,16 +60,22 @@ def evaluate_task(
     options: RunOptions,
     isolation: NetworkIsolation,
     transport=None,
+    transcripts: Path | None = None,
 ) -> TaskResult:
     with tempfile.TemporaryDirectory(prefix=f"agent-{task.name}-") as tmp:
         workspace = Workspace(tmp)
         task.populate(workspace)
         task_id = new_task_id()
-        summary, commands = run_agent(
+        run = run_agent(
             task.prompt, workspace, replace(conn, tier=tier), task_id, options,
             isolation=isolation, transport=transport,
         )
-        problems = task.judge(workspace, commands)
+        problems = task.judge(workspace, run.commands)
+    summary = run.summary
+    if transcripts is not None:
+        doc = {"summary": summary.to_dict(), "problems": problems, "messages": run.messages}
+        path = transcripts / f"{task.name}-{tier}.json"
+        path.write_text(json.dumps(doc, indent=2) + "\n")
     t = summary.totals
     outcome = str(summary.outcome) if summary.completed else f"stopped: {summary.stop_reason}"
     return TaskResult(
@@ -91,17 +99,19 @@ def evaluate(
     isolation: NetworkIsolation | None = None,
     transport=None,
     concurrency: int = 1,
+    transcripts: Path | None = None,
 ) -> list[TaskResult]:
     """Every task at every tier, in task order with the tiers alternating, so that a machine
     whose speed drifts during the run does not favour one tier; `concurrency` runs go at once
-    (the factory batches them), results in the same order."""
+    (the factory batches them), results in the same order. `transcripts`: a directory that
+    receives each run's conversation and summary as `<task>-<tier>.json`."""
     isolation = isolation or NetworkIsolation.probe()
     jobs = [(task, tier) for task in tasks for tier in tiers]
 
     def one(job: tuple[AgentTask, str]) -> TaskResult:
         task, tier = job
         try:
-            result = evaluate_task(task, tier, conn, options, isolation, transport)
+            result = evaluate_task(task, tier, conn, options, isolation, transport, transcripts)
         except SessionError as exc:
             raise SessionError(f"tier {tier}: {exc}") from None
         on_result(result)

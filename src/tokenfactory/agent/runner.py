@@ -19,6 +19,13 @@ class RunOptions:
     temperature: float | None = None
 
 
+@dataclass
+class RunResult:
+    summary: RunSummary
+    commands: CommandRunner  # for checks that run code in the same sandbox
+    messages: list[dict]  # the whole conversation, tool results included
+
+
 def listing(workspace: Workspace, limit: int = 50) -> str:
     """The workspace's files, for the first message (the model starts knowing what is there)."""
     names = sorted(
@@ -37,8 +44,8 @@ def run_agent(
     observer: Observer | None = None,
     isolation: NetworkIsolation | None = None,
     transport=None,
-) -> tuple[RunSummary, CommandRunner]:
-    """Run `task` in `workspace`; the CommandRunner is handed back for checks that run code."""
+) -> RunResult:
+    """Run `task` in `workspace`."""
     session = open_session(conn, task_id, transport)
     commands = CommandRunner(
         workspace, options.policy, isolation if isolation else NetworkIsolation.probe()
@@ -57,6 +64,6 @@ def run_agent(
         summary = loop.run(task, listing(workspace))
         row = session.client.task_usage()
         summary.factory_bill = FactoryBill.from_usage_row(row) if row else None
-        return summary, commands
+        return RunResult(summary, commands, loop.messages)
     finally:
         session.close()
