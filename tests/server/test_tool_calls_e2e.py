@@ -52,8 +52,12 @@ def settled(server, rid: str, completion_tokens: int) -> dict:
 def test_required_call_then_the_tool_result_turn(server):
     client = server.openai()
     r = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
-        max_tokens=60, temperature=0,
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
     )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -73,7 +77,11 @@ def test_required_call_then_the_tool_result_turn(server):
         {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
     ]
     second = client.chat.completions.create(
-        model=MODEL, messages=history, tools=[WEATHER, TIME], max_tokens=20, temperature=0,
+        model=MODEL,
+        messages=history,
+        tools=[WEATHER, TIME],
+        max_tokens=20,
+        temperature=0,
     )
     assert second.choices[0].finish_reason in ("stop", "length", "tool_calls")
     # the call and its result were rendered into the prompt (as SmolLM2's text)
@@ -84,16 +92,19 @@ def test_required_call_then_the_tool_result_turn(server):
 def test_named_tool_streams_openai_deltas(server):
     client = server.openai()
     stream = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER, TIME],
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        parallel_tool_calls=False, max_tokens=60, temperature=0, stream=True,
+        parallel_tool_calls=False,
+        max_tokens=60,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
-    pieces = [
-        tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])
-    ]
+    pieces = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     first = pieces[0]
     assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
     assert first.function.name == "get_weather" and first.function.arguments == ""
@@ -111,7 +122,11 @@ def test_named_tool_streams_openai_deltas(server):
 def test_auto_and_none(server):
     client = server.openai()
     r = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER], max_tokens=40, temperature=0,
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        max_tokens=40,
+        temperature=0,
     )
     choice = r.choices[0]
     if choice.message.tool_calls:
@@ -122,7 +137,11 @@ def test_auto_and_none(server):
     settled(server, r.id, r.usage.completion_tokens)
     # "none": the tools are not offered, so the prompt is the plain conversation's
     none = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=1,
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="none",
+        max_tokens=1,
     )
     plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1)
     assert none.usage.prompt_tokens == plain.usage.prompt_tokens < r.usage.prompt_tokens
@@ -132,8 +151,12 @@ def test_auto_and_none(server):
 def test_a_call_cut_by_max_tokens_is_content_with_length(server):
     client = server.openai()
     r = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required",
-        max_tokens=6, temperature=0,
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=6,
+        temperature=0,
     )
     choice = r.choices[0]
     assert choice.finish_reason == "length"

@@ -227,10 +227,14 @@ def test_first_call_only_drops_later_calls():
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -245,7 +249,7 @@ JSON_VALUES = st.recursive(
         min_size=1,
         max_size=3,
     ),
-    text=st.text(alphabet="ab <>{}[]\"\n", max_size=12),
+    text=st.text(alphabet='ab <>{}[]"\n', max_size=12),
     cuts=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=40),
     seps=st.sampled_from([(", ", ": "), (",", ":")]),
 )

@@ -241,3 +241,14 @@ def test_prepare_tools_names_an_unsupported_schema_feature():
     assert err.value.param == "tools[1].function.parameters" and "not" in err.value.message
     # auto builds no grammar: the schema is only shown to the model
     assert prepare_tools([WEATHER, tool], "auto", None, plain, tok).grammar is None
+
+
+def test_the_override_environment_variable(monkeypatch):
+    tok = tiny_tokenizer(SMOL_TEMPLATE)
+    plain = [{"role": "user", "content": "hi"}]
+    monkeypatch.setenv("TOKENFACTORY_TOOL_PARSER", "llama3_json")
+    setup = prepare_tools([WEATHER], None, None, plain, tok, "Smollm2 135M")
+    assert setup.calling is not None and setup.calling.family is LLAMA3_JSON
+    monkeypatch.setenv("TOKENFACTORY_TOOL_PARSER", "no-such-family")  # logged and ignored
+    setup = prepare_tools([WEATHER], None, None, plain, tok, "Smollm2 135M")
+    assert setup.calling is not None and setup.calling.family is SMOLLM2

@@ -107,8 +107,8 @@ def choose_family(traits: ModelTraits, override: str | None = None) -> ToolFamil
     2. the template writes `<tool_call>`: hermes (Qwen 2.5/3, Hermes);
     3. the template or vocabulary has `<|python_tag|>`: Llama 3.x JSON;
     4. the model's name says SmolLM2: SmolLM2's list-in-tags format;
-    5. the vocabulary has a `<tool_call>` token: hermes;
-    6. otherwise hermes, the most common format (the tool prompt then teaches it)."""
+    5. otherwise hermes: Qwen models whose template lacks tools, models with a `<tool_call>`
+       token, and models nothing is known about (the tool prompt then teaches the format)."""
     if override:
         if override not in FAMILIES:
             raise ValueError(f"unknown tool-call family {override!r}; known: {', '.join(FAMILIES)}")
@@ -119,6 +119,4 @@ def choose_family(traits: ModelTraits, override: str | None = None) -> ToolFamil
         return LLAMA3_JSON
     if "smollm2" in traits.name.lower().replace(" ", "").replace("-", ""):
         return SMOLLM2
-    if traits.has_token(OPEN_TAG):
-        return HERMES
     return HERMES

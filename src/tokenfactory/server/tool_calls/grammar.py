@@ -34,15 +34,15 @@ def tool_call_grammar(request: ToolRequest, family: ToolFamily) -> GrammarSpec:
     rules = []
     for i, tool in enumerate(tools):
         prefix = _literal(f'{{"name": "{tool.name}", "{args_key}": ')
-        rules.append(f"call_{i}: {prefix} args_{i} \"}}\"")
+        rules.append(f'call_{i}: {prefix} args_{i} "}}"')
         rules.append(f"args_{i}: %json {_schema(tool)}")
     rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
     if family.name == "hermes":
-        one = f'{_literal(OPEN_TAG + chr(10))} call {_literal(chr(10) + CLOSE_TAG)}'
+        one = f"{_literal(OPEN_TAG + chr(10))} call {_literal(chr(10) + CLOSE_TAG)}"
         start = f"{one} ({_literal(chr(10))} {one})*" if request.parallel else one
     elif family.name == "smollm2":
-        calls = f'call ({_literal(", ")} call)*' if request.parallel else "call"
+        calls = f"call ({_literal(', ')} call)*" if request.parallel else "call"
         start = f"{_literal(OPEN_TAG + '[')} {calls} {_literal(']' + CLOSE_TAG)}"
     else:
-        start = f'call ({_literal("; ")} call)*' if request.parallel else "call"
+        start = f"call ({_literal('; ')} call)*" if request.parallel else "call"
     return GrammarSpec.lark("\n".join([f"start: {start}", *rules]) + "\n")

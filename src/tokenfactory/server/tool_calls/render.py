@@ -99,8 +99,8 @@ def _call(i: int, j: int, call: Any) -> dict[str, Any]:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise invalid_request(
-            f"Invalid '{where}': a call is {{\"id\", \"type\": \"function\", \"function\": "
-            "{\"name\", \"arguments\"}}.",
+            f'Invalid \'{where}\': a call is {{"id", "type": "function", "function": '
+            '{"name", "arguments"}}.',
             where,
         )
     args = fn.get("arguments", "{}")

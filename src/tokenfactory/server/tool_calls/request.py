@@ -163,8 +163,7 @@ def _choice(tool_choice: Any, names: list[str]) -> tuple[Choice, str | None]:
             return "named", name
         raise _bad_choice(f"it names {name!r}, which is not one of the tools ({', '.join(names)})")
     raise _bad_choice(
-        "it is 'auto', 'none', 'required' or {\"type\": \"function\", \"function\": "
-        "{\"name\": ...}}"
+        'it is \'auto\', \'none\', \'required\' or {"type": "function", "function": {"name": ...}}'
     )
 
 

@@ -3,8 +3,10 @@ reply, and the grammar when calls are forced. The one entry point `prepare_chat`
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from tokenfactory.engine.constraints.spec import GrammarSpec
@@ -12,12 +14,18 @@ from tokenfactory.models.chat_template import CHATML_TEMPLATE
 from tokenfactory.models.tokenizer import Tokenizer
 from tokenfactory.server.chat_events import ChatEvent, OutputParser, TextDelta, ToolCall
 from tokenfactory.server.structured_output import check_grammar
-from tokenfactory.server.tool_calls.families import ModelTraits, ToolFamily, choose_family
+from tokenfactory.server.tool_calls.families import (
+    FAMILIES,
+    ModelTraits,
+    ToolFamily,
+    choose_family,
+)
 from tokenfactory.server.tool_calls.grammar import tool_call_grammar
 from tokenfactory.server.tool_calls.render import TemplateAbilities, ToolPrompt, tool_prompt
 from tokenfactory.server.tool_calls.request import ToolRequest, read_tool_request
 
 OVERRIDE_ENV = "TOKENFACTORY_TOOL_PARSER"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,7 @@ def prepare_tools(
     request = read_tool_request(tools, tool_choice, parallel_tool_calls)
     if not request.offered and not any(_about_tools(m) for m in messages):
         return ToolSetup(ToolPrompt(messages, None), None, None)  # a plain conversation
-    family = choose_family(
-        model_traits(tokenizer, model_name, architecture), os.environ.get(OVERRIDE_ENV) or None
-    )
+    family = choose_family(model_traits(tokenizer, model_name, architecture), _override())
     abilities = TemplateAbilities.of(_template_for(tokenizer, request.offered))
     prompt = tool_prompt(messages, request, family, abilities)
     if not request.offered:
@@ -76,6 +82,24 @@ def prepare_tools(
         grammar = tool_call_grammar(request, family)
         check_grammar(grammar, "tools")
     return ToolSetup(prompt, ToolCalling(request, family), grammar)
+
+
+def _override() -> str | None:
+    name = os.environ.get(OVERRIDE_ENV) or None
+    if name is not None and name not in FAMILIES:
+        _warn_unknown(name)
+        return None
+    return name
+
+
+@lru_cache(maxsize=4)
+def _warn_unknown(name: str) -> None:
+    log.warning(
+        "%s=%r names no tool-call family (known: %s); ignored",
+        OVERRIDE_ENV,
+        name,
+        ", ".join(FAMILIES),
+    )
 
 
 def _about_tools(message: dict[str, Any]) -> bool:
