@@ -144,7 +144,7 @@ def test_template_without_tools_gets_the_family_prompt_and_text_calls():
     assert text.startswith("<|im_start|>system\nYou can call functions")
     assert '"name": "get_weather"' in text and "<tools>" in text
     call = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
-    assert f"<|im_start|>assistant\n<tool_call>[\n{call}\n]</tool_call>" in text
+    assert f"<|im_start|>assistant\n<tool_call>[{call}]</tool_call>" in text
     result = '{"name": "get_weather", "content": "sunny, 21 C"}'
     assert f"<|im_start|>user\n<tool_response>\n{result}\n</tool_response>" in text
     assert text.endswith("<|im_start|>assistant\n")

@@ -46,8 +46,9 @@ def _hermes_calls(calls: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 
 def _smollm2_calls(calls: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    inner = ",\n".join(_call_json(n, a) for n, a in calls)
-    return f"{OPEN_TAG}[\n{inner}\n]{CLOSE_TAG}"
+    # spelled as the grammar for forced calls writes them
+    inner = ", ".join(_call_json(n, a) for n, a in calls)
+    return f"{OPEN_TAG}[{inner}]{CLOSE_TAG}"
 
 
 def _llama3_calls(calls: Sequence[tuple[str, dict[str, Any]]]) -> str:
