@@ -12,6 +12,7 @@ import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
+from tokenfactory.engine.constraints.cache import GrammarCache
 from tokenfactory.engine.constraints.masks import MaskBuilder
 from tokenfactory.engine.constraints.matcher import GrammarMatcher
 from tokenfactory.engine.constraints.spec import GrammarSpec
@@ -105,6 +106,21 @@ def test_matcher_rolls_back():
     assert m.accept_all(ids('false, "n": 1}')) and m.is_finished
 
 
+def test_grammar_cache_compiles_once_and_hands_out_independent_copies():
+    cache = GrammarCache(grammar_tokenizer(TOKENIZER, VOCAB), max_entries=2)
+    spec = GrammarSpec.json_schema(SCHEMA)
+    a, b = cache.matcher(spec), cache.matcher(GrammarSpec.json_schema(SCHEMA))
+    assert len(cache) == 1 and a is not b
+    assert a.accept_all(ids('{"ok": true, "n": 1}')) and a.is_finished
+    assert not b.is_finished and b.accept_all(ids('{"ok": false'))  # b is still at the start
+    with pytest.raises(InvalidRequestError):
+        cache.matcher(GrammarSpec.json_schema({"not": {}}))
+    assert len(cache) == 1  # refusals are not cached
+    cache.matcher(GrammarSpec.json_object())
+    cache.matcher(GrammarSpec.lark('start: "x"'))
+    assert len(cache) == 2  # least recently used evicted
+
+
 def test_bad_grammar_is_an_invalid_request_naming_grammar():
     with pytest.raises(InvalidRequestError) as info:
         matcher(GrammarSpec.json_schema({"not": {}}))
@@ -117,14 +133,32 @@ def test_mask_builder_fills_each_rows_mask(overlap):
     a = matcher(GrammarSpec.json_schema(SCHEMA))
     b = matcher(GrammarSpec.json_schema(SCHEMA))
     assert b.accept_all(ids('{"ok": true, "n": '))
-    masks = builder.start([(1, a), (4, b)]).result()
+    masks = builder.start([(1, a, []), (4, b, [])]).result()
     assert masks.rows == [1, 4]
     assert allowed(masks.bits[0]) == set(ids("{"))
     assert allowed(masks.bits[1]) == set(ids("0123456789"))  # 0 to 9: one digit
     assert b.accept_all(ids("3}"))
-    done = builder.start([(0, b)]).result()
+    done = builder.start([(0, b, [])]).result()
     assert allowed(done.bits[0]) == {EOS}  # a complete grammar allows only EOS
     builder.close()
+
+
+def test_a_draft_gets_a_mask_per_position_and_the_matcher_is_left_as_it_was():
+    builder = MaskBuilder(VOCAB, overlap=False)
+    m = matcher(GrammarSpec.json_schema(SCHEMA))
+    assert m.accept_all(ids('{"ok": '))
+    other = matcher(GrammarSpec.json_schema(SCHEMA))
+    draft = ids("tr") + ids("7") + ids("ue")  # "7" cannot follow "tr"
+    masks = builder.start([(0, other, []), (1, m, draft)]).result()
+    assert masks.rows == [0, 1, 2, 3, 4, 5, 6]
+    assert allowed(masks.bits[0]) == set(ids("{"))
+    assert allowed(masks.bits[1]) == set(ids("tf"))  # true / false
+    assert allowed(masks.bits[2]) == set(ids("r"))  # after "t"
+    assert allowed(masks.bits[3]) == set(ids("u"))  # after "tr": the draft's "7" is refused
+    for row in (4, 5, 6):  # past the refused token: never used, left unconstrained
+        assert len(allowed(masks.bits[row])) == VOCAB
+    assert m.accept_all(ids("false, "))  # rolled back to where it stood
+    assert not m.error
 
 
 def _mask_of(tokens: set[int], vocab: int = VOCAB) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.block_manager import BlockManager
 from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.constraints.cache import GrammarCache
 from tokenfactory.engine.constraints.masks import MaskBuilder, PendingMasks
 from tokenfactory.engine.constraints.matcher import GrammarMatcher
 from tokenfactory.engine.constraints.spec import GrammarSpec
@@ -105,7 +106,9 @@ class Engine:
         )
         self._requests: dict[str, _RequestState] = {}
         self._ids = itertools.count()
-        self._grammar_masks: MaskBuilder | None = None  # made by the first constrained request
+        # Made by the first constrained request: compiled grammars, and the masks' builder.
+        self._grammars: GrammarCache | None = None
+        self._grammar_masks: MaskBuilder | None = None
         self.step_prior: StepCoefficients | None = None  # see set_step_prior
 
     # -- construction ----------------------------------------------------------------------
@@ -219,8 +222,10 @@ class Engine:
             raise InvalidRequestError(
                 "constrained decoding needs a model with a tokenizer", "grammar"
             )
-        vocab = self.model_config.vocab_size
-        return GrammarMatcher.compile(spec, grammar_tokenizer(self.tokenizer, vocab))
+        if self._grammars is None:
+            vocab = self.model_config.vocab_size
+            self._grammars = GrammarCache(grammar_tokenizer(self.tokenizer, vocab))
+        return self._grammars.matcher(spec)
 
     @property
     def grammar_masks(self) -> MaskBuilder:
@@ -367,16 +372,16 @@ class Engine:
         return requests
 
     def _start_grammar_masks(self, plan: SchedulerOutput) -> PendingMasks | None:
-        """Begin the masks of the step's constrained rows (None: there are none). Their rows
-        follow `_sample`'s order; a constrained request verifies no draft (one row each)."""
-        rows: list[tuple[int, GrammarMatcher]] = []
+        """Begin the masks of the step's constrained rows (None: there are none), in
+        `_sample`'s row order: a request verifying a draft has a row per draft position."""
+        rows: list[tuple[int, GrammarMatcher, list[int]]] = []
         row = 0
         for c in plan.chunks:
             if not c.samples:
                 continue
             state = self._requests.get(c.seq.request_id)
             if state is not None and state.matcher is not None:
-                rows.append((row, state.matcher))
+                rows.append((row, state.matcher, c.draft))
             row += 1 + len(c.draft)
         return self.grammar_masks.start(rows) if rows else None
 

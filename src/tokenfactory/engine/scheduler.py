@@ -348,10 +348,6 @@ class Scheduler:
         k = plan.draft_tokens.get(seq.request_id, 0) if plan.draft_tokens else 0
         if k <= 0 or self.max_draft_tokens <= 0:
             return 0
-        if seq.params.grammar is not None:
-            # Constrained requests verify no drafts: a draft row would need its grammar mask
-            # along the draft, which the engine does not build.
-            return 0
         # A step emits at most drafts + 1 tokens: never more than the request may still get.
         left = k
         if seq.max_tokens is not None:

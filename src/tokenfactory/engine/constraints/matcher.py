@@ -28,6 +28,10 @@ class GrammarMatcher:
             raise InvalidRequestError(f"the grammar cannot be served: {why}", "grammar")
         return cls(matcher)
 
+    def copy(self) -> GrammarMatcher:
+        """An independent matcher in the same state, sharing the compiled grammar."""
+        return GrammarMatcher(self.matcher.deep_copy())
+
     def accept(self, token_id: int) -> bool:
         """Advance by one sampled token; False (and the matcher is in error) if the grammar
         does not allow it, which masked sampling never produces."""
