@@ -4,6 +4,7 @@ task. One server for the module."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -51,7 +52,15 @@ def test_the_task_id_reaches_the_ledger_from_header_or_metadata(server):
     r4 = post(server, chat(metadata={"task_id": "same"}), key, {"X-Task-Id": "same"})
     for r in (r1, r2, r3, r4):
         assert r.status_code == 200, r.text
-    rows = ledger_rows(server.data_dir)
+    streamed = server.openai("super").chat.completions.create(
+        model=MODEL, messages=MSG, max_tokens=3, stream=True,
+        extra_headers={"X-Task-Id": "run-stream"},
+    )
+    stream_id = {chunk.id for chunk in streamed}.pop()
+    deadline = time.monotonic() + 10  # a stream is settled as it closes
+    while stream_id not in (rows := ledger_rows(server.data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rows[stream_id]["task_id"] == "run-stream"
     assert rows[r1.json()["id"]]["task_id"] == "run-header"
     assert rows[r2.json()["id"]]["task_id"] == "run-body"
     assert rows[r3.json()["id"]]["task_id"] == "run-body"
