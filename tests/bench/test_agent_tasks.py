@@ -74,6 +74,9 @@ def test_cost_per_task_matches_the_ledger_and_is_reported_per_tier(tmp_path):
         hit = s["prefix_cache_hit"]
         assert hit == run["summary"]["tiers"][tier]["tokens"]["cached_share"] and 0 < hit < 1
         assert s["ledger_cost_per_task_micro_usd"]["mean"] == s["cost_per_task_micro_usd"]["mean"]
+        # the fake endpoint caches only the previous prompt, not the reply: under the ceiling
+        assert s["first_request_cache_hit"] == 0
+        assert 0 < s["later_requests_cache_hit"] < s["later_requests_reuse_ceiling"] <= 1
     assert "cost per task" in result.output and "prefix-cache hit" in result.output
 
 
@@ -84,3 +87,23 @@ def test_no_task_section_without_task_ids_and_no_ledger_without_the_endpoint():
     with fake_endpoint() as ep, httpx.Client() as client:
         assert fetch_ledger_costs(client, ep.base + "/nope", {None}, {"t"}) is None
         assert fetch_ledger_costs(client, ep.base + "/v1", {None}, set()) is None
+
+
+def test_reuse_is_split_into_first_and_later_requests_with_a_ceiling():
+    catalog = load_tiers(None, "cpu")
+
+    def rec(step: int, prompt: int, cached: int, out: int) -> RequestRecord:
+        return RequestRecord(step, "standard", "s", step, prompt_tokens=prompt,
+                             cached_tokens=cached, completion_tokens=out, task_id="t")
+
+    records = [rec(0, 100, 64, 10), rec(1, 150, 96, 5), rec(2, 200, 144, 7)]
+    [row] = task_rows(records, catalog)
+    assert row["first_request"] == {"prompt_tokens": 100, "cached_tokens": 64}
+    # seen before: 100 + 10 - 1 of request 1, 150 + 5 - 1 of request 2
+    assert row["later_requests"] == {"prompt_tokens": 350, "cached_tokens": 240,
+                                     "seen_tokens": 109 + 154}
+    tier = tasks_doc(records, catalog, None)["by_tier"]["standard"]
+    assert tier["first_request_cache_hit"] == 0.64
+    assert tier["later_requests_cache_hit"] == 240 / 350
+    assert tier["later_requests_reuse_ceiling"] == 263 / 350
+    assert tier["prefix_cache_hit"] == 304 / 450

@@ -80,8 +80,9 @@ def task_table(run: dict) -> Table:
     tasks = run["tasks"]
     t = Table(title=f"{run['label']}: cost per task", title_justify="left")
     for col in (
-        "tier", "tasks", "req/task", "prompt tok/task", "prefix-cache hit",
-        "cost/task mean $", "p50 $", "p90 $", "ledger/task mean $",
+        "tier", "tasks", "req/task", "prompt tok/task", "prefix-cache hit", "1st req hit",
+        "later hit", "later ceiling", "cost/task mean $", "p50 $", "p90 $",
+        "ledger/task mean $",
     ):
         t.add_column(col, justify="left" if col == "tier" else "right")
 
@@ -97,6 +98,9 @@ def task_table(run: dict) -> Table:
             _f(s["requests_per_task"]),
             _f(s["prompt_tokens_per_task"], "{:,.0f}"),
             _pct(s["prefix_cache_hit"]),
+            _pct(s["first_request_cache_hit"]),
+            _pct(s["later_requests_cache_hit"]),
+            _pct(s["later_requests_reuse_ceiling"]),
             usd(cost["mean"]),
             usd(cost["p50"]),
             usd(cost["p90"]),

@@ -4,6 +4,10 @@ beside that what the endpoint's ledger billed each task (`GET /v1/usage?by=task`
 offers one.
 
 Prefix-cache hit is cached prompt tokens / prompt tokens, as the responses' usage reports.
+It is split into a task's first request (which can reuse only what other tasks share, such
+as a system prompt) and its later ones, whose reuse ceiling is what the server has already
+seen of them: the previous request's prompt and reply, less the reply's last token (never
+run through the model). A server caching whole KV blocks rounds that down a little.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def task_rows(records: list[RequestRecord], catalog: TierCatalog) -> list[dict]:
             groups.setdefault(r.task_id, []).append(r)
     rows = []
     for task_id, rs in groups.items():
-        ok = [r for r in rs if r.ok]
+        ok = sorted((r for r in rs if r.ok), key=lambda r: r.step)
         prompt = sum(r.prompt_tokens or 0 for r in ok)
         cached = sum(r.cached_tokens or 0 for r in ok)
         rows.append(
@@ -39,9 +43,35 @@ def task_rows(records: list[RequestRecord], catalog: TierCatalog) -> list[dict]:
                 "prefix_cache_hit": cached / prompt if prompt else None,
                 "cost_micro_usd": sum(cost_micro_usd(r, catalog) for r in rs),
                 "ledger_cost_micro_usd": None,
+                **_reuse(ok),
             }
         )
     return rows
+
+
+def _reuse(ok: list[RequestRecord]) -> dict:
+    """Prompt and cached tokens of the first request and of the later ones (each with what
+    the server had seen of it before), for requests in step order."""
+    first = ok[0] if ok and ok[0].step == 0 else None
+    later = {"prompt_tokens": 0, "cached_tokens": 0, "seen_tokens": 0}
+    for prev, r in zip(ok, ok[1:], strict=False):
+        if r.step != prev.step + 1 or r.prompt_tokens is None or prev.prompt_tokens is None:
+            continue  # a gap (a failed request): no reliable ceiling
+        later["prompt_tokens"] += r.prompt_tokens
+        later["cached_tokens"] += r.cached_tokens or 0
+        seen = prev.prompt_tokens + max(prev.output_tokens - 1, 0)
+        later["seen_tokens"] += min(seen, r.prompt_tokens)
+    return {
+        "first_request": None if first is None else {
+            "prompt_tokens": first.prompt_tokens or 0,
+            "cached_tokens": first.cached_tokens or 0,
+        },
+        "later_requests": later,
+    }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
 
 
 def _spread(values: list[float]) -> dict:
@@ -65,11 +95,23 @@ def tasks_by_tier(rows: list[dict], catalog: TierCatalog) -> dict[str, dict]:
         prompt = sum(r["prompt_tokens"] for r in rs)
         cached = sum(r["cached_tokens"] for r in rs)
         ledger = [r["ledger_cost_micro_usd"] for r in rs]
+        firsts = [r["first_request"] for r in rs if r["first_request"] is not None]
+        later = [r["later_requests"] for r in rs]
+        later_prompt = sum(x["prompt_tokens"] for x in later)
         out[tier] = {
             "tasks": len(rs),
             "requests_per_task": sum(r["requests"] for r in rs) / len(rs),
             "prompt_tokens_per_task": prompt / len(rs),
             "prefix_cache_hit": cached / prompt if prompt else None,
+            "first_request_cache_hit": _share(
+                sum(x["cached_tokens"] for x in firsts), sum(x["prompt_tokens"] for x in firsts)
+            ),
+            "later_requests_cache_hit": _share(
+                sum(x["cached_tokens"] for x in later), later_prompt
+            ),
+            "later_requests_reuse_ceiling": _share(
+                sum(x["seen_tokens"] for x in later), later_prompt
+            ),
             "cost_per_task_micro_usd": _spread([r["cost_micro_usd"] for r in rs]),
             "ledger_cost_per_task_micro_usd": (
                 _spread(ledger) if all(v is not None for v in ledger) else None
