@@ -17,7 +17,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -106,7 +106,7 @@ class AsyncEngine:
             async for out in outputs:
                 yield out
 
-    async def outputs(self, request_id: str) -> AsyncIterator[RequestOutput]:
+    async def outputs(self, request_id: str) -> AsyncGenerator[RequestOutput, None]:
         """Stream the deltas of a request queued with `add_request`; leaving early aborts it.
 
         The stream ends without a finished output when the request is aborted or the engine

@@ -143,8 +143,10 @@ class CpuAttention(TorchAttention):
         meta: AttentionMetadata,
         out: torch.Tensor,
     ) -> None:
+        tables, lens = meta.decode_block_tables, meta.decode_context_lens
+        assert tables is not None and lens is not None  # set whenever a step has decodes
         got = paged_decode_attention(
-            q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, self.scale,
+            q, k_cache, v_cache, tables, lens, self.scale,
             out=out,
         )  # fmt: skip
         if got is None:

@@ -8,6 +8,7 @@ names the parameter, before any money is reserved.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.errors import InvalidRequestError
@@ -90,7 +91,7 @@ def prepare_completion(
             raise invalid_request("this model has no tokenizer: pass token ids", "prompt")
         ids = tokenizer.encode(prompt)
     else:
-        ids = list(prompt)
+        ids = list(cast(list[int], prompt))  # the schema leaves only token ids here
         if any(t < 0 or t >= vocab_size for t in ids):
             raise invalid_request(f"prompt token ids must be in [0, {vocab_size})", "prompt")
     if not ids:

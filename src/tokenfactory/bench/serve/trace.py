@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenfactory.bench.serve.text import WORDS_PER_TOKEN, TextGen
 
@@ -70,7 +70,7 @@ def read_trace(source: str) -> list[dict]:
             return make_trace()
     else:
         text = Path(source).read_text("utf-8")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
