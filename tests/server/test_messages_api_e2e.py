@@ -60,6 +60,17 @@ def test_text_message_is_billed(factory_server):
     assert row["tier_requested"] == "super"  # auto: the key's default tier
 
 
+def test_count_tokens_counts_the_prompt_as_run(factory_server):
+    c = client(factory_server, "standard")
+    kw = dict(model=MODEL, system="Be brief.", messages=[QUESTION], tools=[WEATHER])
+    counted = c.messages.count_tokens(**kw)
+    m = c.messages.create(**kw, max_tokens=2)
+    assert counted.input_tokens == m.usage.input_tokens + m.usage.cache_read_input_tokens
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        c.messages.count_tokens(model=MODEL, messages=[QUESTION], tools=[{"name": "x"}])
+    assert bad.value.body["error"]["message"].startswith("tools[0].input_schema")
+
+
 def test_stream_matches_the_whole_message(factory_server):
     c = client(factory_server, "high")
     kw = dict(

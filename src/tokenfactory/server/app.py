@@ -24,9 +24,9 @@ from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.chat_route import run_chat, run_completion
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, remember_task_id_header
-from tokenfactory.server.messages_api import create_message
+from tokenfactory.server.messages_api import count_tokens, create_message
 from tokenfactory.server.messages_api_errors import anthropic_body, speaks_anthropic
-from tokenfactory.server.messages_api_schemas import MessagesRequest
+from tokenfactory.server.messages_api_schemas import CountTokensRequest, MessagesRequest
 from tokenfactory.server.responses import ChatCompletionShaper
 from tokenfactory.server.responses_api import create_response
 from tokenfactory.server.responses_api_schemas import ResponsesRequest
@@ -66,6 +66,10 @@ def create_app(factory: Factory) -> FastAPI:
     @app.post("/v1/messages", response_model=None)
     async def messages(body: MessagesRequest, request: Request) -> Response:
         return await create_message(factory, request, body)
+
+    @app.post("/v1/messages/count_tokens")
+    async def messages_count_tokens(body: CountTokensRequest, request: Request) -> dict:
+        return await count_tokens(factory, request, body)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:

@@ -5,6 +5,7 @@ Bearer`; `anthropic-version` is accepted whatever its value. The request is read
 chat-completions request (`messages_api_translate`) and run by `run_chat`, so admission,
 reservation, tier choice, shedding and settlement are exactly those of chat completions.
 Errors leave in Anthropic's shape (app.py's handlers ask `speaks_anthropic`).
+`/v1/messages/count_tokens` counts a request's prompt without running it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from tokenfactory.server import errors
 from tokenfactory.server.chat_route import run_chat
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory
-from tokenfactory.server.messages_api_schemas import MessagesRequest
+from tokenfactory.server.messages_api_schemas import CountTokensRequest, MessagesRequest
 from tokenfactory.server.messages_api_shape import MessagesBodyShaper
 from tokenfactory.server.messages_api_stream import MessagesStreamShaper
 from tokenfactory.server.messages_api_translate import rename_param, translate
+from tokenfactory.server.prepare import prepare_chat
 
 MESSAGE_ID_PREFIX = "msg_"
 
@@ -56,3 +58,24 @@ async def create_message(factory: Factory, request: Request, body: MessagesReque
         )
     except APIError as err:
         raise rename_param(err) from None
+
+
+async def count_tokens(factory: Factory, request: Request, body: CountTokensRequest) -> dict:
+    """The prompt's token count as the model would read it (template, tools and all); free,
+    and nothing runs on the engine."""
+    authenticate(factory, request)
+    factory.check_model(body.model)
+    as_message = MessagesRequest.model_validate({**body.model_dump(), "max_tokens": 1})
+    engine = factory.engine
+    config = engine.model_config  # as run_chat renders: the model's way of writing calls
+    try:
+        prepared = prepare_chat(
+            translate(as_message),
+            engine.tokenizer,
+            engine.max_model_len,
+            getattr(config, "name", ""),
+            getattr(config, "architecture", ""),
+        )
+    except APIError as err:
+        raise rename_param(err) from None
+    return {"input_tokens": len(prepared.prompt_ids)}

@@ -16,14 +16,21 @@ from tokenfactory.server.schemas import INT64
 _COMMON = ConfigDict(extra="allow", allow_inf_nan=False, str_max_length=4_000_000)
 
 
-class MessagesRequest(BaseModel):
+class CountTokensRequest(BaseModel):
+    """What `/v1/messages/count_tokens` reads: the prompt side of a Messages request."""
+
     model_config = _COMMON
     model: str
-    max_tokens: Annotated[int, Field(ge=1, le=INT64)]
     messages: Annotated[list[dict[str, Any]], Field(min_length=1)]
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: Annotated[int, Field(ge=1, le=INT64)]
     stop_sequences: list[str] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -31,7 +38,5 @@ class MessagesRequest(BaseModel):
     stream: bool | None = False
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
-    thinking: dict[str, Any] | None = None
-    output_config: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
     container: str | dict[str, Any] | None = None
