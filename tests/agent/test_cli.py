@@ -140,3 +140,28 @@ def test_agent_eval_runs_concurrently_in_task_order(tmp_path):
     ]
     assert not any(r["solved"] for r in doc["results"])
     assert len({r["task_id"] for r in doc["results"]}) == 4
+
+
+def test_tier_keys_file_gives_each_tier_its_own_key(tmp_path):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"standard": "sk-standard", "super": "sk-super"}))
+    factory = ScriptedFactory([reply(call("finish", summary="ok"))])
+    with serving(factory) as base:
+        result = CliRunner().invoke(app, [
+            "agent", "eval", "--tiers", "standard,super", "--tasks", "create_file",
+            "--base-url", base, "--tier-keys", str(keys),
+        ])
+    assert result.exit_code == 0, result.output
+    chats = [r for r in factory.requests if r.url.path == "/v1/chat/completions"]
+    assert [r.headers["Authorization"] for r in chats] == ["Bearer sk-standard", "Bearer sk-super"]
+
+
+def test_unreadable_tier_keys_file_is_a_clear_error(tmp_path):
+    factory = ScriptedFactory([reply(call("finish", summary="ok"))])
+    with serving(factory) as base:
+        result = CliRunner().invoke(app, [
+            "agent", "x", "--workspace", str(tmp_path), "--base-url", base,
+            "--tier-keys", str(tmp_path / "missing.json"),
+        ], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert "cannot read tier keys" in result.output

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from tests.agent.sandbox_support import ISOLATION, needs_isolation
 from tokenfactory.agent.sandbox import (
     CommandPolicy,
     CommandRunner,
@@ -17,10 +18,6 @@ from tokenfactory.agent.sandbox import (
 
 pytestmark = pytest.mark.integration  # real processes under unshare, on the wall clock
 
-ISOLATION = NetworkIsolation.probe()
-needs_isolation = pytest.mark.skipif(
-    not ISOLATION.available, reason=f"no network isolation here: {ISOLATION.unavailable_reason}"
-)
 
 
 @pytest.fixture

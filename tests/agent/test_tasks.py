@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tokenfactory.agent.sandbox import CommandRunner, NetworkIsolation, Workspace
+from tests.agent.sandbox_support import ISOLATION
+from tokenfactory.agent.sandbox import CommandRunner, Workspace
 from tokenfactory.agent.taskset import TaskFileError, load_tasks, parse_task, select_tasks
 
 pytestmark = pytest.mark.integration  # checks run commands in the sandbox
 
-ISOLATION = NetworkIsolation.probe()
 TASKS = load_tasks()
 
 # What a correct agent would leave behind, written by hand (files to write, files to remove).

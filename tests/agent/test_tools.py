@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.agent.test_commands import ISOLATION, needs_isolation
+from tests.agent.sandbox_support import ISOLATION, needs_isolation
 from tokenfactory.agent import tools as tools_mod
 from tokenfactory.agent.sandbox import CommandPolicy, CommandRunner, NetworkIsolation, Workspace
 from tokenfactory.agent.tools import TOOL_SCHEMAS, ToolBox

@@ -47,6 +47,10 @@ KeyOpt = Annotated[
     str | None,
     Opt(help="Bearer key (default: $OPENAI_API_KEY, else the local factory's key for --tier)"),
 ]
+TierKeysOpt = Annotated[
+    str | None,
+    Opt(help="JSON file {tier: key} (e.g. a factory's local-keys.json): each tier's own key"),
+]
 ModelOpt = Annotated[str | None, Opt(help="Model (default: the endpoint's first)")]
 PricesOpt = Annotated[
     str | None, Opt(help="INPUT:CACHED:OUTPUT USD per Mtok, for endpoints without /v1/tiers")
@@ -90,6 +94,7 @@ def run_command(
     workspace: Annotated[Path, Opt(help="Directory the agent works in (and only in)")],
     base_url: BaseUrlOpt = LOCAL_FACTORY_URL,
     api_key: KeyOpt = None,
+    tier_keys: TierKeysOpt = None,
     model: ModelOpt = None,
     tier: Annotated[str | None, Opt(help="service_tier to ask for")] = None,
     prices: PricesOpt = None,
@@ -115,7 +120,7 @@ def run_command(
     isolation = NetworkIsolation.probe()
     if not isolation.available:
         err.print(f"[yellow]note:[/yellow] the run tool is off: {isolation.unavailable_reason}")
-    conn = Connection(base_url, api_key, model, tier, prices)
+    conn = Connection(base_url, api_key, model, tier, prices, tier_keys)
     tid = task_id or new_task_id()
     err.print(f"[bold]task[/bold] {tid} in {ws.root}")
     try:
@@ -138,6 +143,7 @@ def eval_command(
     tasks_dir: Annotated[Path | None, Opt(help="Directory of task TOML files")] = None,
     base_url: BaseUrlOpt = LOCAL_FACTORY_URL,
     api_key: KeyOpt = None,
+    tier_keys: TierKeysOpt = None,
     model: ModelOpt = None,
     prices: PricesOpt = None,
     max_steps: StepsOpt = 10,
@@ -163,7 +169,7 @@ def eval_command(
         chosen = select_tasks(load_tasks(tasks_dir), tasks)
     except TaskFileError as exc:
         raise typer.BadParameter(str(exc), param_hint="--tasks") from None
-    conn = Connection(base_url, api_key, model, None, prices)
+    conn = Connection(base_url, api_key, model, None, prices, tier_keys)
 
     def progress(r) -> None:
         mark = "[green]solved[/green]" if r.solved else f"[red]not solved[/red] ({r.outcome})"

@@ -1,8 +1,9 @@
 """Everything one run needs before its first request: endpoint, key, model, prices, task id.
 
 The endpoint and keys are found the way `tokenfactory bench serve` finds them: `--base-url`
-(default: the local factory on 127.0.0.1:8000), `--api-key` or $OPENAI_API_KEY, else, on a
-loopback endpoint, the factory's own `local-keys.json` with the key of the tier asked for.
+(default: the local factory on 127.0.0.1:8000); `--tier-keys FILE` ({tier: key}) picks the key
+of the tier asked for, else `--api-key` or $OPENAI_API_KEY, else, on a loopback endpoint, the
+factory's own `local-keys.json` does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Connection:
     model: str | None = None
     tier: str | None = None  # sent as service_tier
     prices: str | None = None  # INPUT:CACHED:OUTPUT USD per Mtok, for endpoints without tiers
+    tier_keys: str | None = None  # JSON file {tier: key}, e.g. a factory's local-keys.json
 
 
 class SessionError(Exception):
@@ -59,7 +61,7 @@ def open_session(conn: Connection, task_id: str, transport=None) -> Session:
     finally:
         probe.close()
     try:
-        keys = KeyRing.build(conn.api_key, None, conn.base_url)
+        keys = KeyRing.build(conn.api_key, conn.tier_keys, conn.base_url)
     except ValueError as exc:
         raise SessionError(str(exc)) from None
     key = keys.api_key
