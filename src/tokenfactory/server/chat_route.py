@@ -191,11 +191,13 @@ async def _first_output_or_shed(gen: Generation, request: Request) -> None:
         peek.cancel()
         gen.client_disconnected = True
         gen.settle("disconnected", client_disconnected=True)
+        await gen.recorded()
         raise errors.APIError(499, "client disconnected", "invalid_request_error")
     try:
         first = peek.result()
     except Exception as exc:  # the engine ended it before its first token
         gen.settle("error", error=str(exc))
+        await gen.recorded()
         failure = _engine_failure(exc, partial=False)
         if failure is None:
             raise
@@ -204,6 +206,7 @@ async def _first_output_or_shed(gen: Generation, request: Request) -> None:
     if first is not None and first.finish_reason == "shed":
         await gen.close_stream()
         gen.settle("shed")
+        await gen.recorded()
         retry = first.retry_after_s or 1.0
         raise errors.APIError(
             429,
@@ -242,6 +245,7 @@ async def _whole(
         parser.finish()
         outcome = gen.finish_reason
         tier = gen.settle(outcome)
+        await gen.recorded()
         logprobs = gen.logprobs if context.logprobs else None
         return JSONResponse(shaper.body(_result(gen, parser, tier.name), logprobs), headers=headers)
     except APIError:
@@ -263,6 +267,8 @@ async def _whole(
     finally:
         watcher.cancel()
         gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
+        with contextlib.suppress(asyncio.CancelledError):
+            await gen.recorded()  # the answer (an error too) goes out once it is billed
 
 
 async def _race(outputs: AsyncIterator, watcher: asyncio.Future) -> AsyncIterator:
@@ -327,6 +333,7 @@ async def _stream(
                 yield chunk
         outcome = gen.finish_reason
         tier = gen.settle(outcome)
+        await gen.recorded()
         for chunk in shaper.closing(_result(gen, parser, tier.name)):
             yield chunk
     except (GeneratorExit, asyncio.CancelledError):
@@ -338,10 +345,14 @@ async def _stream(
         error = str(exc)
         failure = _engine_failure(exc, partial=gen.completion_tokens > 0)
         assert failure is not None
+        gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
+        await gen.recorded()
         yield shaper.failure(failure)
     except Exception as exc:
         log.exception("stream %s failed", gen.request_id)
         error = str(exc)
+        gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)
+        await gen.recorded()
         yield shaper.failure(errors.server_error("The engine failed while generating."))
     finally:
         gen.settle(outcome, client_disconnected=gen.client_disconnected, error=error)

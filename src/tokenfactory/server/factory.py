@@ -9,6 +9,7 @@ that went away, or a server shutting down.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import secrets
@@ -117,6 +118,9 @@ class Factory:
         self.in_flight: dict[str, Generation] = {}
         self.accepting = True
         self.fingerprint = f"tf-{secrets.token_hex(4)}"
+        # Ledger rows are written on one thread of their own, in settlement order, so a
+        # database round trip never holds up the event loop (and every stream with it).
+        self.ledger_writes = concurrent.futures.ThreadPoolExecutor(1, "ledger-settle")
         self.started_at = int(time.time())
 
     # -- who and what ---------------------------------------------------------------------------
@@ -221,15 +225,19 @@ class Factory:
             )
         except ContextLengthExceededError as exc:
             gen.settle("rejected", error=str(exc))
+            await gen.recorded()
             raise errors.context_length_exceeded(str(exc), exc.param) from None
         except EngineInvalidRequest as exc:
             gen.settle("rejected", error=str(exc))
+            await gen.recorded()
             raise errors.invalid_request(str(exc), exc.param) from None
         except EngineDeadError as exc:  # it died while this request was being queued
             gen.settle("error", error=str(exc))
+            await gen.recorded()
             raise errors.engine_unavailable(exc.health.reason or "it stopped") from None
         except EngineClosedError:
             gen.settle("shutdown", error="the engine is shut down")
+            await gen.recorded()
             raise errors.overloaded("The server is shutting down.", 1) from None
         except BaseException:
             gen.settle("error", error="submission failed")
@@ -271,6 +279,7 @@ class Factory:
             await asyncio.sleep(0.02)
         for gen in list(self.in_flight.values()):
             gen.settle("shutdown", error="the server shut down before the request finished")
+        await asyncio.to_thread(self.ledger_writes.shutdown, wait=True)  # every row written
         self.billing.close()
 
 
@@ -300,6 +309,7 @@ class Generation:
     client_disconnected: bool = False
     settled_tier: Tier | None = None
     _settled: bool = False
+    _ledger_write: concurrent.futures.Future[None] | None = None
     _iter: AsyncIterator[RequestOutput] | None = None
     _peeked: list[RequestOutput] = field(default_factory=list)
 
@@ -391,7 +401,10 @@ class Generation:
     def settle(
         self, outcome: str, client_disconnected: bool = False, error: str | None = None
     ) -> Tier:
-        """Bill what was delivered, at the tier its measured speed earned. Idempotent."""
+        """Bill what was delivered, at the tier its measured speed earned. Idempotent.
+
+        The tier is decided here; the ledger row is written on the factory's ledger thread
+        (`recorded` waits for it), so no SQL runs on the event loop."""
         if self._settled:
             assert self.settled_tier is not None
             return self.settled_tier
@@ -410,24 +423,39 @@ class Generation:
         if self.first_scheduled_time is not None:
             queue = max(0.0, self.first_scheduled_time - self.received_at)
         self.settled_tier = tier
+        billing, reservation = self.factory.billing, self.reservation
+        disconnected, request_id = self.client_disconnected, self.request_id
+        completion = self.completion_tokens
+
+        def write_row() -> None:
+            try:
+                billing.settle(
+                    reservation,
+                    tier_delivered=tier,
+                    prompt_tokens=prompt,
+                    cached_tokens=cached,
+                    completion_tokens=completion,
+                    finish_reason=outcome,
+                    queue_time_s=queue,
+                    ttft_s=ttft,
+                    decode_tokens_per_s=speed,
+                    client_disconnected=disconnected,
+                    error=error,
+                )
+            except Exception:  # the reservation stays open and is reconciled at the next start
+                log.exception("settling %s failed", request_id)
+
         try:
-            self.factory.billing.settle(
-                self.reservation,
-                tier_delivered=tier,
-                prompt_tokens=prompt,
-                cached_tokens=cached,
-                completion_tokens=self.completion_tokens,
-                finish_reason=outcome,
-                queue_time_s=queue,
-                ttft_s=ttft,
-                decode_tokens_per_s=speed,
-                client_disconnected=self.client_disconnected,
-                error=error,
-            )
-        except Exception:  # the reservation stays open and is reconciled at the next start
-            log.exception("settling %s failed", self.request_id)
+            self._ledger_write = self.factory.ledger_writes.submit(write_row)
+        except RuntimeError:  # the writer already stopped (shutdown): write it here
+            write_row()
         self._observe(outcome, tier, prompt, cached, ttft, speed, queue)
         return tier
+
+    async def recorded(self) -> None:
+        """Wait until the ledger row of a settled request is written (at once if it is)."""
+        if self._ledger_write is not None:
+            await asyncio.shield(asyncio.wrap_future(self._ledger_write))
 
     def _observe(self, outcome, tier, prompt, cached, ttft, speed, queue) -> None:
         m = self.factory.metrics
