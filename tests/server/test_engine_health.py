@@ -279,3 +279,43 @@ def test_one_failed_step_is_a_500_for_its_requests_and_the_server_keeps_serving(
     failed_row = next(r for r in rows.values() if r["finish_reason"] == "error")
     assert failed_row["amount_micro_usd"] == 0 and "an engine step failed" in failed_row["error"]
     assert open_reservations(tmp_path) == 0
+
+
+def test_settling_writes_the_ledger_row_off_the_event_loop(tmp_path):
+    factory, fake, keys = _factory(tmp_path, max_failures=3)
+    fake.hold = False
+    app = create_app(factory)
+    real_settle = factory.billing.settle
+    writers: list[str] = []
+    writing = threading.Event()
+
+    def slow_settle(*args, **kwargs):
+        writers.append(threading.current_thread().name)
+        writing.set()
+        time.sleep(0.5)  # a slow database
+        return real_settle(*args, **kwargs)
+
+    factory.billing.settle = slow_settle  # type: ignore[method-assign]
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as c:
+            done = asyncio.ensure_future(
+                c.post("/v1/chat/completions", **_chat(keys["super"], max_tokens=3))
+            )
+            await _until(writing.is_set)
+            started = time.monotonic()
+            health = await c.get("/health")  # answered while the row is being written
+            answered_in = time.monotonic() - started
+            reply = await done
+            return health, answered_in, reply
+
+    try:
+        health, answered_in, reply = asyncio.run(main())
+        rows_at_reply = ledger_rows(tmp_path)
+    finally:
+        asyncio.run(factory.shutdown())
+    assert health.status_code == 200 and answered_in < 0.4
+    assert writers and all(name.startswith("ledger-settle") for name in writers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["id"] in rows_at_reply  # the answer went out once its row was written
