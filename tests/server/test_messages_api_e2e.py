@@ -60,6 +60,18 @@ def test_text_message_is_billed(factory_server):
     assert row["tier_requested"] == "super"  # auto: the key's default tier
 
 
+def test_a_stop_sequence_ends_the_message_and_is_named(factory_server):
+    m = client(factory_server).messages.create(
+        model=MODEL,
+        max_tokens=32,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        stop_sequences=[" "],  # the reply's first space ends it
+        extra_body={"temperature": 0},
+    )
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", " ")
+    assert " " not in m.content[0].text
+
+
 def test_count_tokens_counts_the_prompt_as_run(factory_server):
     c = client(factory_server, "standard")
     kw = dict(model=MODEL, system="Be brief.", messages=[QUESTION], tools=[WEATHER])

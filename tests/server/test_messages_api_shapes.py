@@ -191,3 +191,20 @@ def test_whole_body(final, stop, kinds):
     ]
     assert message.usage.cache_read_input_tokens == 16
     assert message.usage.service_tier == "standard"
+
+
+def test_a_stop_sequence_is_named_in_the_body_and_the_stream():
+    final = ChatResult("Hello", [], "stop", USAGE, "standard", stop_sequence="\n\n")
+    shaper = MessagesBodyShaper()
+    shaper.start(CONTEXT)
+    message = Message.model_validate(shaper.body(final, None))
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "\n\n")
+    delta = [e for e in stream([TextDelta("Hello")], final) if e["type"] == "message_delta"]
+    assert delta[0]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "\n\n"}
+
+
+def test_message_start_counts_the_prompt():
+    shaper = MessagesStreamShaper()
+    shaper.start(ChatContext("msg_abc", "m", 1, "fp", None, "standard", False, False, 30))
+    start = parse(shaper.opening()[0])
+    assert start["message"]["usage"]["input_tokens"] == 30

@@ -79,6 +79,7 @@ class ChatResult:
     finish_reason: str
     usage: Usage
     service_tier: str  # the tier delivered (what was billed)
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
 
 def new_call_id() -> str:
@@ -152,6 +153,7 @@ class ChatContext:
     service_tier: str  # the tier asked for (after mapping); the delivered one is in ChatResult
     include_usage: bool  # stream_options.include_usage
     logprobs: bool  # logprobs were asked for
+    prompt_tokens: int = 0  # the prompt's length in tokens, known before any output
 
 
 class StreamShaper(Protocol):

@@ -130,6 +130,7 @@ async def _run(
         service_tier=tier.name,
         include_usage=prepared.include_usage,
         logprobs=prepared.logprobs is not None,
+        prompt_tokens=len(prepared.prompt_ids),
     )
     headers = factory.billing.rate_limit_headers(key)
     if tier.sheddable:
@@ -163,6 +164,7 @@ def _result(gen: Generation, parser: OutputParser, service_tier: str) -> ChatRes
         finish_reason=chat_finish_reason(gen.finish_reason, calls),
         usage=gen.usage,
         service_tier=service_tier,
+        stop_sequence=gen.stop_sequence,
     )
 
 

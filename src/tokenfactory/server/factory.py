@@ -306,6 +306,7 @@ class Generation:
     last_token_time: float | None = None
     first_scheduled_time: float | None = None
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
     client_disconnected: bool = False
     settled_tier: Tier | None = None
     _settled: bool = False
@@ -356,6 +357,8 @@ class Generation:
 
     def delivered(self, out: RequestOutput) -> None:
         """Count a delta as delivered to the client (called once it was handed over)."""
+        if out.finished and isinstance(out.stop_reason, str):
+            self.stop_sequence = out.stop_reason
         if not out.token_ids:
             if out.finished:
                 self.finish_reason = str(out.finish_reason or "stop")

@@ -23,7 +23,9 @@ _STOP_REASONS = {
 }
 
 
-def stop_reason(finish_reason: str) -> str:
+def stop_reason(finish_reason: str, stop_sequence: str | None = None) -> str:
+    if stop_sequence is not None and finish_reason == "stop":
+        return "stop_sequence"
     return _STOP_REASONS.get(finish_reason, "end_turn")
 
 
@@ -57,6 +59,7 @@ def message_object(
     content: list[dict[str, Any]],
     usage: dict[str, Any],
     stop: str | None = None,
+    stop_sequence: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": context.request_id,
@@ -65,7 +68,7 @@ def message_object(
         "model": context.model,
         "content": content,
         "stop_reason": stop,
-        "stop_sequence": None,
+        "stop_sequence": stop_sequence,
         "usage": usage,
     }
 
@@ -94,4 +97,5 @@ class MessagesBodyShaper:
                 }
             )
         usage = usage_object(result.usage, result.service_tier)
-        return message_object(self.context, content, usage, stop_reason(result.finish_reason))
+        stop = stop_reason(result.finish_reason, result.stop_sequence)
+        return message_object(self.context, content, usage, stop, result.stop_sequence)

@@ -50,8 +50,8 @@ class MessagesStreamShaper:
 
     def opening(self) -> list[bytes]:
         assert self.context is not None, "start() gives the shaper its request"
-        # The prompt's token count arrives with the result: message_delta carries it.
-        usage = usage_object(Usage(), self.context.service_tier)
+        # The prompt's length is known now; what the prefix cache served comes with the result.
+        usage = usage_object(Usage(self.context.prompt_tokens), self.context.service_tier)
         return [
             sse({"type": "message_start", "message": message_object(self.context, [], usage)}),
             sse({"type": "ping"}),
@@ -86,7 +86,10 @@ class MessagesStreamShaper:
         if self._blocks == 0 and not result.tool_calls:
             out += self._start_block({"type": "text", "text": ""}, "text")
         out += self._stop_block()
-        delta = {"stop_reason": stop_reason(result.finish_reason), "stop_sequence": None}
+        delta = {
+            "stop_reason": stop_reason(result.finish_reason, result.stop_sequence),
+            "stop_sequence": result.stop_sequence,
+        }
         usage = usage_object(result.usage, result.service_tier)
         out.append(sse({"type": "message_delta", "delta": delta, "usage": usage}))
         out.append(sse({"type": "message_stop"}))
