@@ -15,8 +15,8 @@ from tokenfactory.server.chat_events import (
     Usage,
     chat_finish_reason,
 )
+from tokenfactory.server.completion_shapes import DONE, ChatCompletionShaper
 from tokenfactory.server.errors import invalid_request
-from tokenfactory.server.responses import DONE, ChatCompletionShaper
 
 
 def context(include_usage: bool = False) -> ChatContext:

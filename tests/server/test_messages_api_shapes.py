@@ -20,8 +20,8 @@ from tokenfactory.server.chat_events import (
     Usage,
 )
 from tokenfactory.server.errors import engine_error
-from tokenfactory.server.messages_api_shape import MessagesBodyShaper
-from tokenfactory.server.messages_api_stream import MessagesStreamShaper
+from tokenfactory.server.messages_api.shape import MessagesBodyShaper
+from tokenfactory.server.messages_api.stream import MessagesStreamShaper
 
 CONTEXT = ChatContext(
     request_id="msg_abc",

@@ -9,9 +9,9 @@ import pytest
 
 from tokenfactory.server import errors
 from tokenfactory.server.errors import APIError, invalid_request
-from tokenfactory.server.messages_api_errors import anthropic_body, speaks_anthropic
-from tokenfactory.server.messages_api_schemas import MessagesRequest
-from tokenfactory.server.messages_api_translate import rename_param, translate
+from tokenfactory.server.messages_api.errors import anthropic_body, speaks_anthropic
+from tokenfactory.server.messages_api.schemas import MessagesRequest
+from tokenfactory.server.messages_api.translate import rename_param, translate
 
 WEATHER = {
     "name": "get_weather",

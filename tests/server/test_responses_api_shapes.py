@@ -21,10 +21,10 @@ from tokenfactory.server.chat_events import (
     Usage,
 )
 from tokenfactory.server.errors import engine_error
-from tokenfactory.server.responses_api_schemas import ResponsesRequest
-from tokenfactory.server.responses_api_shape import ResponsesBodyShaper
-from tokenfactory.server.responses_api_stream import ResponsesStreamShaper
-from tokenfactory.server.responses_api_translate import translate
+from tokenfactory.server.responses_api.schemas import ResponsesRequest
+from tokenfactory.server.responses_api.shape import ResponsesBodyShaper
+from tokenfactory.server.responses_api.stream import ResponsesStreamShaper
+from tokenfactory.server.responses_api.translate import translate
 
 # "default" is a tier name the SDK's strict Literal accepts; the server reports its own names.
 CONTEXT = ChatContext(

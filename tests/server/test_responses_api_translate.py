@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from tokenfactory.server.errors import APIError, invalid_request
-from tokenfactory.server.responses_api_schemas import ResponsesRequest
-from tokenfactory.server.responses_api_translate import (
+from tokenfactory.server.responses_api.schemas import ResponsesRequest
+from tokenfactory.server.responses_api.translate import (
     chat_validation_error,
     rename_param,
     translate,

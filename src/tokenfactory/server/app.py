@@ -22,14 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.chat_route import run_chat, run_completion
+from tokenfactory.server.completion_shapes import ChatCompletionShaper
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, remember_task_id_header
-from tokenfactory.server.messages_api import count_tokens, create_message
-from tokenfactory.server.messages_api_errors import anthropic_body, speaks_anthropic
-from tokenfactory.server.messages_api_schemas import CountTokensRequest, MessagesRequest
-from tokenfactory.server.responses import ChatCompletionShaper
-from tokenfactory.server.responses_api import create_response
-from tokenfactory.server.responses_api_schemas import ResponsesRequest
+from tokenfactory.server.messages_api.errors import anthropic_body, speaks_anthropic
+from tokenfactory.server.messages_api.route import count_tokens, create_message
+from tokenfactory.server.messages_api.schemas import CountTokensRequest, MessagesRequest
+from tokenfactory.server.responses_api.route import create_response
+from tokenfactory.server.responses_api.schemas import ResponsesRequest
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
 from tokenfactory.tiers import OPENAI_ALIASES
 

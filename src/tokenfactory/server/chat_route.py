@@ -35,10 +35,10 @@ from tokenfactory.server.chat_events import (
     StreamShaper,
     chat_finish_reason,
 )
+from tokenfactory.server.completion_shapes import TextCompletionShaper
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, Generation
 from tokenfactory.server.prepare import PreparedRequest, prepare_chat, prepare_completion
-from tokenfactory.server.responses import TextCompletionShaper
 from tokenfactory.server.schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger(__name__)

@@ -44,9 +44,9 @@ from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling.logprobs import TokenLogprob
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
+from tokenfactory.server.completion_shapes import Usage
 from tokenfactory.server.metrics import FactoryMetrics
 from tokenfactory.server.prepare import PreparedRequest
-from tokenfactory.server.responses import Usage
 from tokenfactory.tiers import (
     ServiceTerms,
     Tier,

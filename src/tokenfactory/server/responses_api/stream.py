@@ -26,7 +26,7 @@ from tokenfactory.server.chat_events import (
     ToolCallStart,
 )
 from tokenfactory.server.errors import APIError
-from tokenfactory.server.responses_api_shape import (
+from tokenfactory.server.responses_api.shape import (
     IdMaker,
     function_call_item,
     message_item,

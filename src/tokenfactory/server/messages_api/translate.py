@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenfactory.server.errors import APIError, invalid_request
-from tokenfactory.server.messages_api_schemas import MessagesRequest
-from tokenfactory.server.responses_api_translate import chat_validation_error
+from tokenfactory.server.messages_api.schemas import MessagesRequest
+from tokenfactory.server.responses_api.translate import chat_validation_error
 from tokenfactory.server.schemas import ChatCompletionRequest
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

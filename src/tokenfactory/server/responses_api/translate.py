@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenfactory.server.errors import APIError, invalid_request
-from tokenfactory.server.responses_api_schemas import ResponsesRequest
+from tokenfactory.server.responses_api.schemas import ResponsesRequest
 from tokenfactory.server.schemas import ChatCompletionRequest
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

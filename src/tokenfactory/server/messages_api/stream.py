@@ -24,8 +24,8 @@ from tokenfactory.server.chat_events import (
     Usage,
 )
 from tokenfactory.server.errors import APIError
-from tokenfactory.server.messages_api_errors import anthropic_sse
-from tokenfactory.server.messages_api_shape import (
+from tokenfactory.server.messages_api.errors import anthropic_sse
+from tokenfactory.server.messages_api.shape import (
     message_object,
     stop_reason,
     tool_use_id,

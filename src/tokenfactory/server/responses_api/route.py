@@ -15,10 +15,10 @@ from fastapi.responses import Response
 from tokenfactory.server.chat_route import run_chat
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory
-from tokenfactory.server.responses_api_schemas import ResponsesRequest
-from tokenfactory.server.responses_api_shape import ResponsesBodyShaper
-from tokenfactory.server.responses_api_stream import ResponsesStreamShaper
-from tokenfactory.server.responses_api_translate import rename_param, translate
+from tokenfactory.server.responses_api.schemas import ResponsesRequest
+from tokenfactory.server.responses_api.shape import ResponsesBodyShaper
+from tokenfactory.server.responses_api.stream import ResponsesStreamShaper
+from tokenfactory.server.responses_api.translate import rename_param, translate
 
 RESPONSE_ID_PREFIX = "resp_"
 

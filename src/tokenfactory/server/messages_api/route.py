@@ -20,10 +20,10 @@ from tokenfactory.server import errors
 from tokenfactory.server.chat_route import run_chat
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory
-from tokenfactory.server.messages_api_schemas import CountTokensRequest, MessagesRequest
-from tokenfactory.server.messages_api_shape import MessagesBodyShaper
-from tokenfactory.server.messages_api_stream import MessagesStreamShaper
-from tokenfactory.server.messages_api_translate import rename_param, translate
+from tokenfactory.server.messages_api.schemas import CountTokensRequest, MessagesRequest
+from tokenfactory.server.messages_api.shape import MessagesBodyShaper
+from tokenfactory.server.messages_api.stream import MessagesStreamShaper
+from tokenfactory.server.messages_api.translate import rename_param, translate
 from tokenfactory.server.prepare import prepare_chat
 
 MESSAGE_ID_PREFIX = "msg_"
