@@ -121,6 +121,7 @@ def run_structured_output_bench(
     engine: Engine, opts: StructuredBenchOptions, console: Console
 ) -> dict[str, Any]:
     results = {b: {m: [] for m in MODES} for b in opts.batch_sizes}
+    fastest = {b: dict.fromkeys(MODES, float("inf")) for b in opts.batch_sizes}
     # (constrained steps, fill seconds, wait seconds) summed over rounds, per batch and mode
     mask_sums = {(b, m): [0, 0.0, 0.0] for b in opts.batch_sizes for m in MODES[1:]}
     prompts = {b: _prompts(engine, b) for b in opts.batch_sizes}
@@ -136,6 +137,7 @@ def run_structured_output_bench(
                 before = _snapshot(engine)
                 step_s = _measure(engine, prompts[b], mode, opts.steps)
                 results[b][mode].append(statistics.median(step_s))
+                fastest[b][mode] = min(fastest[b][mode], *step_s)
                 if mode != "plain":
                     sums = mask_sums[(b, mode)]
                     for k, (now, then) in enumerate(zip(_snapshot(engine), before, strict=True)):
@@ -147,6 +149,10 @@ def run_structured_output_bench(
     for b in opts.batch_sizes:
         plain = statistics.median(results[b]["plain"])
         row: dict[str, Any] = {"batch": b, "plain_ms": 1e3 * plain}
+        # The fastest step of each mode: the one least disturbed by other work on a shared
+        # machine, where medians drift with the neighbours' load.
+        row["fastest_ms"] = {m: 1e3 * fastest[b][m] for m in MODES}
+        row["fastest_overhead"] = {m: fastest[b][m] / fastest[b]["plain"] - 1 for m in MODES[1:]}
         for mode in MODES[1:]:
             ms = statistics.median(results[b][mode])
             steps, fill, wait = mask_sums[(b, mode)]
@@ -194,28 +200,19 @@ def _snapshot(engine: Engine) -> tuple[int, float, float]:
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="Decode step with and without a grammar (median ms)")
-    for col in (
-        "batch",
-        "plain",
-        "overlap",
-        "overhead",
-        "inline",
-        "overhead",
-        "mask fill / wait (overlap)",
-        "apply (min)",
-    ):
+    table = Table(title="Decode step with and without a grammar (ms): median / fastest")
+    for col in ("batch", "plain", "overlap", "inline", "fill / wait", "apply"):
         table.add_column(col, justify="right")
     for r in rows:
+        fast, over = r["fastest_ms"], r["fastest_overhead"]
         fill, wait = r["overlap_mask_fill_ms"], r["overlap_mask_wait_ms"]
-        table.add_row(
-            str(r["batch"]),
-            f"{r['plain_ms']:.2f}",
-            f"{r['overlap_ms']:.2f}",
-            f"{100 * r['overlap_overhead']:+.1f}%",
-            f"{r['inline_ms']:.2f}",
-            f"{100 * r['inline_overhead']:+.1f}%",
-            "-" if fill is None else f"{fill:.2f} / {wait:.2f}",
-            f"{r['apply_min_ms']:.2f}",
-        )
+        cells = [str(r["batch"]), f"{r['plain_ms']:.1f} / {fast['plain']:.1f}"]
+        for mode in MODES[1:]:
+            cells.append(
+                f"{r[f'{mode}_ms']:.1f} ({100 * r[f'{mode}_overhead']:+.0f}%)"
+                f" / {fast[mode]:.1f} ({100 * over[mode]:+.1f}%)"
+            )
+        cells.append("-" if fill is None else f"{fill:.2f} / {wait:.2f}")
+        cells.append(f"{r['apply_min_ms']:.2f}")
+        table.add_row(*cells)
     return table
