@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     create_engine,
     event,
 )
@@ -31,6 +33,11 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 class Base(DeclarativeBase):
     pass
+
+
+def table(model: type[Base]) -> Table:
+    """A mapped class's table, for Core statements (typed: `__table__` is any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 class Meta(Base):

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from tokenfactory.billing import keys as keymod
-from tokenfactory.billing.db import KeyRow, Meta, as_utc, utcnow
+from tokenfactory.billing.db import KeyRow, Meta, as_utc, table, utcnow
 from tokenfactory.billing.errors import (
     BillingInputError,
     InvalidApiKeyError,
@@ -56,7 +57,13 @@ class KeyMethods:
     _lock: threading.RLock
     _auth: dict[str, tuple[ApiKey, float]]
     _auth_ttl: float
-    # Billing provides _session() (a connection) and _write() (a transaction, one writer).
+
+    # Billing provides these: a connection, and a transaction under the one writer's lock.
+    def _session(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
 
     @staticmethod
     def _keys_where(conn: Connection, *conds) -> list[KeyRow]:
@@ -76,14 +83,14 @@ class KeyMethods:
         try:
             with self._write() as conn:
                 conn.execute(
-                    Meta.__table__.insert().values(
+                    table(Meta).insert().values(
                         name=_BOOTSTRAP_MARK, value=now_utc().isoformat()
                     )
                 )
                 for tier in self.catalog.tiers:
                     raw = keymod.new_raw_key()
                     conn.execute(
-                        KeyRow.__table__.insert().values(
+                        table(KeyRow).insert().values(
                             **self._key_values(raw, f"local-{tier.name}", LOCAL_ACCOUNT,
                                                tier.name, None, None, None)
                         )
@@ -127,7 +134,7 @@ class KeyMethods:
         values = self._key_values(raw, name, account, tier, budget_micro_usd, rpm, tpm)
         values["task_budget_micro_usd"] = task_budget_micro_usd
         with self._write() as conn:
-            conn.execute(KeyRow.__table__.insert().values(**values))
+            conn.execute(table(KeyRow).insert().values(**values))
         key = ApiKey(
             key_id=values["key_id"],
             prefix=values["prefix"],

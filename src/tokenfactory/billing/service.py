@@ -32,6 +32,7 @@ from tokenfactory.billing.db import (
     as_utc,
     make_engine,
     migrate,
+    table,
     utcnow,
 )
 from tokenfactory.billing.errors import (
@@ -173,7 +174,7 @@ class Billing(KeyMethods):
                 )
             ):
                 self._spent[key_id] = int(spent or 0)
-            rows = conn.execute(select(ReservationRow.__table__)).all()
+            rows = conn.execute(select(table(ReservationRow))).all()
             key_rows = {
                 r.key_id: keymod.key_from_row(r)
                 for r in self._keys_where(conn, KeyRow.key_id.in_({row.key_id for row in rows}))
@@ -294,8 +295,8 @@ class Billing(KeyMethods):
             with self._write() as conn:
                 row = reservation_row(res, tier)
                 conn.execute(
-                    ReservationRow.__table__.insert().values(
-                        **{c.name: getattr(row, c.name) for c in ReservationRow.__table__.c}
+                    table(ReservationRow).insert().values(
+                        **{c.name: getattr(row, c.name) for c in table(ReservationRow).c}
                     )
                 )
         except BaseException as exc:
@@ -423,10 +424,10 @@ class Billing(KeyMethods):
             self._dirty.clear()
         if not batch:
             return 0
-        table = ReservationRow.__table__
+        reservations = table(ReservationRow)
         stmt = (
-            update(table)
-            .where(table.c.request_id == bindparam("b_id"))
+            update(reservations)
+            .where(reservations.c.request_id == bindparam("b_id"))
             .values(
                 prompt_tokens=bindparam("b_p"),
                 cached_tokens=bindparam("b_c"),
@@ -531,13 +532,13 @@ class Billing(KeyMethods):
     def _write_entry(self, entry: LedgerEntry) -> LedgerEntry:
         """Insert the ledger row and delete the reservation in one transaction; when the request
         is already in the ledger, only delete the reservation and return the existing row."""
-        reservations = ReservationRow.__table__
+        reservations = table(ReservationRow)
         try:
             with self._write() as conn:
                 row = ledger_row(entry)
                 conn.execute(
-                    LedgerRow.__table__.insert().values(
-                        **{c.name: getattr(row, c.name) for c in LedgerRow.__table__.c
+                    table(LedgerRow).insert().values(
+                        **{c.name: getattr(row, c.name) for c in table(LedgerRow).c
                            if c.name != "id"}
                     )
                 )
@@ -556,7 +557,7 @@ class Billing(KeyMethods):
     def get_entry(self, request_id: str) -> LedgerEntry | None:
         with self._session() as conn:
             row = conn.execute(
-                select(LedgerRow.__table__).where(LedgerRow.request_id == request_id)
+                select(table(LedgerRow)).where(LedgerRow.request_id == request_id)
             ).first()
         return entry_from_row(row) if row is not None else None  # type: ignore[arg-type]
 
@@ -572,7 +573,7 @@ class Billing(KeyMethods):
             live |= self._settling
         with self._session() as conn:
             rows = [
-                r for r in conn.execute(select(ReservationRow.__table__)).all()
+                r for r in conn.execute(select(table(ReservationRow))).all()
                 if r.request_id not in live
             ]
         added = 0
@@ -662,12 +663,12 @@ class Billing(KeyMethods):
         self, *, account: str | None = None, key_id: str | None = None, limit: int | None = None
     ) -> list[LedgerEntry]:
         """Ledger rows, newest first."""
-        table = LedgerRow.__table__
-        query = select(table).order_by(table.c.id.desc())
+        ledger = table(LedgerRow)
+        query = select(ledger).order_by(ledger.c.id.desc())
         if account is not None:
-            query = query.where(table.c.account == account)
+            query = query.where(ledger.c.account == account)
         if key_id is not None:
-            query = query.where(table.c.key_id == key_id)
+            query = query.where(ledger.c.key_id == key_id)
         if limit is not None:
             query = query.limit(limit)
         with self._session() as conn:

@@ -23,7 +23,7 @@ DEFAULT_KEYS_FILE = Path("~/.local/share/tokenfactory/local-keys.json").expandus
 
 def catalog_from_endpoint(doc: dict, source: str) -> TierCatalog:
     """A catalog from a `GET /v1/tiers` body."""
-    tiers = []
+    tiers: list[Tier] = []
     for item in sorted(doc["data"], key=lambda t: t.get("rank", 0)):
         prices = item.get("price_micro_usd_per_mtok") or {}
         tiers.append(
