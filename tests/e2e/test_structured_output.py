@@ -50,3 +50,25 @@ def test_every_schema_gets_a_valid_answer(make_engine):
             failures.append(f"{case.name}: finished by {out.finish_reason}")
     assert not failures, "\n".join(failures)
     assert_no_leaks(engine)
+
+
+def test_prompt_lookup_drafts_under_a_grammar_change_no_token(make_engine):
+    from tokenfactory.engine.engine import Engine
+    from tokenfactory.engine.speculation.ngram import NgramProposer
+
+    plain = make_engine()
+    spec = Engine(plain.model, plain.tokenizer, plain.config, proposer=NgramProposer())
+    spec.scheduler.max_draft_tokens = 4
+    picked = [c for c in CASES if c.name in ("person", "log_entry", "address", "contact")]
+    for case in picked:
+        text = plain.chat_prompt([{"role": "user", "content": f"{case.prompt} Answer in JSON."}])
+        params = SamplingParams(
+            temperature=0.0, max_tokens=160, grammar=GrammarSpec.json_schema(case.schema)
+        )
+        a = plain.generate(text, params)[0]
+        b = spec.generate(text, params)[0]
+        assert b.token_ids == a.token_ids, case.name
+        jsonschema.validate(json.loads(b.text), case.schema)
+    steps = spec.stats.recent()
+    assert sum(s.num_accepted_tokens for s in steps) > 0
+    assert_no_leaks(spec)
