@@ -7,6 +7,7 @@ and each request's detokenizer and stop checker turn tokens into text and decide
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,8 @@ from tokenfactory.tiers import ServiceTerms
 
 if TYPE_CHECKING:
     from tokenfactory.models.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -417,7 +420,8 @@ class Engine:
             if matcher is not None:
                 # A masked sample is always allowed; should one not be, the matcher stops in
                 # error and `_postprocess` ends the request.
-                matcher.accept_all(tokens)
+                if not matcher.accept_all(tokens):
+                    log.warning("request %s left its grammar: %s", seq.request_id, matcher.error)
             if seq.first_token_time is None:
                 seq.first_token_time = now
             emitted.append((seq, tokens, sampled.logprobs[i : i + len(tokens)]))
