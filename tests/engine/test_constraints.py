@@ -244,6 +244,7 @@ def test_lark_grammar_with_embedded_json_schema():
     assert m.is_finished
 
 
+@pytest.mark.integration  # a second Python process
 def test_the_engine_does_not_import_llguidance_torch():
     # llguidance.torch runs torch.compile machinery at import: seconds on every start.
     code = (
