@@ -36,6 +36,7 @@ test-timing: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/tokenfactory bench engine --out bench-results/engine.json

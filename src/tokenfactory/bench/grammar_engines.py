@@ -123,7 +123,7 @@ def main() -> None:
     cases = load_schema_set()
     schemas = [json.dumps(c.schema) for c in cases]
     answers = _answers(engine)
-    result = {
+    result: dict[str, Any] = {
         "schemas": len(cases),
         "answer_tokens": sum(len(a) for a in answers),
         "llguidance": _llguidance(engine, schemas, answers),

@@ -120,7 +120,9 @@ def _measure(engine: Engine, prompts: list[list[int]], mode: str, steps: int) ->
 def run_structured_output_bench(
     engine: Engine, opts: StructuredBenchOptions, console: Console
 ) -> dict[str, Any]:
-    results = {b: {m: [] for m in MODES} for b in opts.batch_sizes}
+    results: dict[int, dict[str, list[float]]] = {
+        b: {m: [] for m in MODES} for b in opts.batch_sizes
+    }
     fastest = {b: dict.fromkeys(MODES, float("inf")) for b in opts.batch_sizes}
     # (constrained steps, fill seconds, wait seconds) summed over rounds, per batch and mode
     mask_sums = {(b, m): [0, 0.0, 0.0] for b in opts.batch_sizes for m in MODES[1:]}

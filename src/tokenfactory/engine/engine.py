@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -491,16 +491,16 @@ class Engine:
 
     def generate(
         self,
-        prompts: list[str] | list[list[int]] | str,
+        prompts: str | list[int] | list[str] | list[list[int]],
         params: SamplingParams | list[SamplingParams] | None = None,
     ) -> list[Completion]:
         """Run prompts to completion together (continuous batching) and return them in order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
-        if len(plist) != len(prompts):
+        one = isinstance(prompts, str) or bool(prompts and isinstance(prompts[0], int))
+        batch = cast(list[str | list[int]], [prompts] if one else list(prompts))
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(batch)
+        if len(plist) != len(batch):
             raise InvalidRequestError("one SamplingParams per prompt, or one for all", "params")
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
+        ids = [self.add_request(p, sp) for p, sp in zip(batch, plist, strict=True)]
         results = {rid: Completion(rid, "", [], None, None, 0, 0) for rid in ids}
         while self.has_unfinished():
             for out in self.step():

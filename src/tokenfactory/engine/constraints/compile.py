@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import llguidance
 
 from tokenfactory.engine.constraints.spec import GrammarSpec
 
+if TYPE_CHECKING:  # the type lives in llguidance's stubs only
+    from llguidance._lib import JsonCompileOptions
+
 # Compact JSON with the separators json.dumps writes: one spelling per value, so a small
 # model cannot wander into runs of whitespace, and the text reads the way models saw JSON.
-JSON_OPTIONS: llguidance.JsonCompileOptions = {
+JSON_OPTIONS: JsonCompileOptions = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",

@@ -50,7 +50,7 @@ def _build_output(
     else:
         m = sub.amax(dim=-1, keepdim=True)
     # log_softmax without materialising it: logprob = (x - max) - log(sum(exp(x - max))).
-    e = torch.sub(sub, m, out=ws.get("work", *sub.shape, raw.device))
+    e = torch.sub(sub, m, out=ws.get("work", sub.shape[0], sub.shape[1], raw.device))
     log_z = e.exp_().sum(dim=-1, keepdim=True).log_()
     chosen = (sub.gather(1, lp_ids.unsqueeze(1)) - m - log_z).squeeze(1)
     parts = [ids.double(), chosen.double()]

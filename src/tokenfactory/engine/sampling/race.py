@@ -57,8 +57,10 @@ def _log_noise(
     if len(seeded) < len(seqs):
         u.uniform_(generator=shared(device))
     for i in seeded:
+        seed = seqs[i].params.seed
+        assert seed is not None  # the seeded rows
         gen = torch.Generator(device=device)
-        gen.manual_seed(row_seed(seqs[i].params.seed, seqs[i].num_output_tokens))
+        gen.manual_seed(row_seed(seed, seqs[i].num_output_tokens))
         u[i].uniform_(generator=gen)
     e = u.neg_().log1p_().neg_()
     # A zero draw (U = 0) would make its token win whatever its weight.

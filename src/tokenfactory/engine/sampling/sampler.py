@@ -102,7 +102,8 @@ class Sampler:
         raw = logits.float()
         x = raw
         if any(p.has_penalties for p in params):
-            x = _apply_penalties(x, seqs, out=self._ws.get("penalised", *x.shape, x.device))
+            work = self._ws.get("penalised", x.shape[0], x.shape[1], x.device)
+            x = _apply_penalties(x, seqs, out=work)
         if all(_is_greedy(p) for p in params):
             ids = _argmax(x)
         else:
@@ -118,7 +119,10 @@ class Sampler:
 
     def _sample(self, x: torch.Tensor, seqs: Sequence[SamplingRow]) -> torch.Tensor:
         vocab = x.shape[1]
-        greedy, plain, min_p, cand = [], [], [], []
+        greedy: list[int] = []
+        plain: list[int] = []
+        min_p: list[int] = []
+        cand: list[int] = []
         for i, s in enumerate(seqs):
             p = s.params
             if _is_greedy(p):
@@ -143,7 +147,7 @@ class Sampler:
         """Temperature (and min-p) sampling over the whole vocabulary."""
         filters = _Filters.build([s.params for s in seqs], x.shape[1], x.device)
         # Unnormalised probabilities, 1 for the top token: exp((x - max) / temperature).
-        w = self._ws.get("work", *x.shape, x.device)
+        w = self._ws.get("work", x.shape[0], x.shape[1], x.device)
         torch.sub(x, x.amax(dim=-1, keepdim=True), out=w)
         if any(s.params.temperature != 1.0 for s in seqs):
             w.mul_(filters.inv_temp)
@@ -164,7 +168,7 @@ class Sampler:
         """top-k / top-p (and min-p) sampling over each row's candidate set."""
         filters = _Filters.build([s.params for s in seqs], x.shape[1], x.device)
         ids = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-        work = self._ws.get("work", *x.shape, x.device)
+        work = self._ws.get("work", x.shape[0], x.shape[1], x.device)
         for rows, weights, tokens in _candidate_groups(x, filters, CANDIDATE_TIERS, work):
             sub = [seqs[i] for i in rows.tolist()]
             if weights.shape[1] == x.shape[1]:
