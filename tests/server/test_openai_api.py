@@ -36,6 +36,7 @@ def test_chat_completion(factory_server):
 def test_greedy_is_deterministic_and_stream_matches(factory_server):
     client = factory_server.openai("high")
     kw = dict(model=MODEL, messages=MSG, max_tokens=16, temperature=0)
+    client.chat.completions.create(**kw)  # both below then reuse the same cached prefix
     whole = client.chat.completions.create(**kw)
     chunks = list(
         client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})

@@ -57,6 +57,7 @@ def test_json_schema_answer_validates_and_is_settled(client, factory_server):
 
 def test_streamed_answer_is_the_same_json(client):
     kw = dict(model=MODEL, messages=ASK, response_format=SCHEMA_FORMAT, temperature=0)
+    client.chat.completions.create(**kw, max_tokens=96)  # both below reuse the cached prefix
     whole = client.chat.completions.create(**kw, max_tokens=96).choices[0].message.content
     chunks = list(client.chat.completions.create(**kw, max_tokens=96, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -167,15 +167,10 @@ def _document_served_models(app: FastAPI, names: list[str]) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
-            for body in (
-                "ChatCompletionRequest",
-                "CompletionRequest",
-                "ResponsesRequest",
-                "MessagesRequest",
-            ):
-                props = schema.get("components", {}).get("schemas", {}).get(body, {})
-                if "model" in props.get("properties", {}):
-                    props["properties"]["model"]["enum"] = list(names)
+            # Every request body that names a model (all APIs, token counting too).
+            for body in schema.get("components", {}).get("schemas", {}).values():
+                if "model" in body.get("properties", {}):
+                    body["properties"]["model"]["enum"] = list(names)
             app.openapi_schema = schema
         return app.openapi_schema
 
