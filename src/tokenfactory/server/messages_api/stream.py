@@ -9,7 +9,6 @@ start is an `error` event. Each event is sent as `event: <type>` plus its JSON `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +30,7 @@ from tokenfactory.server.messages_api.shape import (
     tool_use_id,
     usage_object,
 )
-
-
-def sse(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+from tokenfactory.server.typed_sse import sse
 
 
 @dataclass

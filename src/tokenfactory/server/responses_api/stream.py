@@ -11,7 +11,6 @@ text) opens a new output item, so `output_index` follows the order things were s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +34,7 @@ from tokenfactory.server.responses_api.shape import (
     response_object,
     text_part,
 )
-
-
-def sse(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+from tokenfactory.server.typed_sse import sse
 
 
 @dataclass
