@@ -2,7 +2,7 @@
 
 Authentication takes the key from `x-api-key` (Anthropic's header) or `Authorization:
 Bearer`; `anthropic-version` is accepted whatever its value. The request is read as a
-chat-completions request (`messages_api_translate`) and run by `run_chat`, so admission,
+chat-completions request (`translate`) and run by `run_chat`, so admission,
 reservation, tier choice, shedding and settlement are exactly those of chat completions.
 Errors leave in Anthropic's shape (app.py's handlers ask `speaks_anthropic`).
 `/v1/messages/count_tokens` counts a request's prompt without running it.

@@ -1,7 +1,7 @@
 """The request body of Anthropic's Messages API (`POST /v1/messages`), validated at the edge.
 
 Scalars carry Anthropic's bounds (temperature 0-1, max_tokens required); content blocks and
-tools stay plain dicts for `messages_api_translate`, which reads them one by one so that each
+tools stay plain dicts for `translate`, which reads them one by one so that each
 refusal names the exact block (`messages[2].content[0]`). Unknown fields are ignored.
 """
 

@@ -1,6 +1,6 @@
 """`POST /v1/responses`: OpenAI's Responses API over the same engine, tiers and ledger as chat.
 
-The request is read as a chat-completions request (`responses_api_translate`) and run by
+The request is read as a chat-completions request (`translate`) and run by
 `run_chat`, so admission, reservation, tier choice, shedding and settlement are exactly
 those of `/v1/chat/completions`; only the shapes differ. Nothing is stored.
 """

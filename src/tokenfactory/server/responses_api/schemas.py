@@ -1,7 +1,7 @@
 """The request body of OpenAI's Responses API (`POST /v1/responses`), validated at the edge.
 
 Scalars are checked here with the same bounds chat completions use; the `input` items and
-`tools` stay plain dicts because each kind has its own shape, and `responses_api_translate`
+`tools` stay plain dicts because each kind has its own shape, and `translate`
 reads them one by one so that every refusal names the exact item (`input[3].content[0]`).
 Unknown fields are accepted and ignored, as OpenAI's API does.
 """

@@ -1,6 +1,6 @@
 """The Responses API's response object and output items, built from a finished chat result.
 
-Shared by the whole-body shaper here and the stream shaper (`responses_api_stream`), whose
+Shared by the whole-body shaper here and the stream shaper (`stream`), whose
 `response.completed` event carries the same object.
 """
 
