@@ -20,8 +20,8 @@ from tokenfactory.server.errors import APIError, invalid_request
 from tokenfactory.server.messages_api.schemas import MessagesRequest
 from tokenfactory.server.responses_api.translate import chat_validation_error
 from tokenfactory.server.schemas import ChatCompletionRequest
+from tokenfactory.server.tool_calls.request import NAME_PATTERN
 
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STOP_SEQUENCES = 4  # what the engine's stop checker takes per request
 # Anthropic's service tiers that leave the choice to us: the key's default tier.
 KEY_DEFAULT_TIERS = ("auto", "standard_only")
@@ -138,7 +138,7 @@ def _chat_tool(i: int, tool: dict[str, Any]) -> dict[str, Any]:
             f"tools[{i}].type",
         )
     name = tool.get("name")
-    if not isinstance(name, str) or not TOOL_NAME.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise invalid_request(
             "A tool needs a 'name' of 1-64 letters, digits, '_' or '-'.", f"tools[{i}].name"
         )

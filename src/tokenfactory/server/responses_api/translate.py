@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from tokenfactory.server.errors import APIError, invalid_request
 from tokenfactory.server.responses_api.schemas import ResponsesRequest
 from tokenfactory.server.schemas import ChatCompletionRequest
+from tokenfactory.server.tool_calls.request import NAME_PATTERN
 
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ROLES = ("user", "assistant", "system", "developer")
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _HARMLESS_INCLUDES = ("reasoning.encrypted_content",)  # nothing to include: no reasoning
@@ -146,7 +146,7 @@ def _chat_tool(i: int, tool: dict[str, Any]) -> dict[str, Any]:
             f"tools[{i}].type",
         )
     name = tool.get("name")
-    if not isinstance(name, str) or not TOOL_NAME.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise invalid_request(
             "A function tool needs a 'name' of 1-64 letters, digits, '_' or '-'.",
             f"tools[{i}].name",
