@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from tests.engine.engine_fixtures import assert_no_leaks
-from tokenfactory.bench.structured_output_bench import load_schema_set
+from tokenfactory.bench.structured_output_bench import answer_schema_set, load_schema_set
 from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.sampling_params import SamplingParams
 
@@ -30,15 +30,7 @@ def test_the_shipped_set_is_large_and_every_schema_compiles():
 
 def test_every_schema_gets_a_valid_answer(make_engine):
     engine = make_engine()
-    prompts = [
-        engine.chat_prompt([{"role": "user", "content": f"{c.prompt} Answer in JSON."}])
-        for c in CASES
-    ]
-    params = [
-        SamplingParams(temperature=0.0, max_tokens=160, grammar=GrammarSpec.json_schema(c.schema))
-        for c in CASES
-    ]
-    outs = engine.generate(prompts, params)
+    outs = answer_schema_set(engine, CASES)
     failures = []
     for case, out in zip(CASES, outs, strict=True):
         try:

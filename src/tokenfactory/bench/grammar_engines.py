@@ -19,25 +19,15 @@ from typing import Any
 import llguidance
 import torch
 
-from tokenfactory.bench.structured_output_bench import load_schema_set
+from tokenfactory.bench.structured_output_bench import answer_schema_set, load_schema_set
 from tokenfactory.engine.constraints.compile import grammar_text
 from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.constraints.vocab import grammar_tokenizer
 from tokenfactory.engine.engine import Engine
-from tokenfactory.engine.sampling_params import SamplingParams
 
 
 def _answers(engine: Engine) -> list[list[int]]:
-    cases = load_schema_set()
-    prompts = [
-        engine.chat_prompt([{"role": "user", "content": f"{c.prompt} Answer in JSON."}])
-        for c in cases
-    ]
-    params = [
-        SamplingParams(temperature=0.0, max_tokens=160, grammar=GrammarSpec.json_schema(c.schema))
-        for c in cases
-    ]
-    return [out.token_ids for out in engine.generate(prompts, params)]
+    return [out.token_ids for out in answer_schema_set(engine, load_schema_set())]
 
 
 def _llguidance(engine: Engine, schemas: list[str], answers: list[list[int]]) -> dict[str, Any]:

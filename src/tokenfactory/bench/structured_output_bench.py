@@ -27,6 +27,7 @@ from rich.table import Table
 from tokenfactory.bench.engine_bench import machine_description
 from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.engine import Engine
+from tokenfactory.engine.outputs import Completion
 from tokenfactory.engine.sampling.grammar_mask import GrammarMasks, apply_grammar_masks
 from tokenfactory.engine.sampling_params import SamplingParams
 
@@ -72,6 +73,19 @@ def load_schema_set() -> list[SchemaCase]:
     text = resources.files("tokenfactory").joinpath(SCHEMA_SET).read_text("utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [SchemaCase(r["name"], r["prompt"], r["schema"]) for r in rows]
+
+
+def answer_schema_set(engine: Engine, cases: list[SchemaCase]) -> list[Completion]:
+    """Greedy answers to the cases' prompts, each held to its schema (up to 160 tokens)."""
+    prompts = [
+        engine.chat_prompt([{"role": "user", "content": f"{c.prompt} Answer in JSON."}])
+        for c in cases
+    ]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=160, grammar=GrammarSpec.json_schema(c.schema))
+        for c in cases
+    ]
+    return engine.generate(prompts, params)
 
 
 @dataclass
