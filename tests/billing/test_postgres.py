@@ -7,12 +7,13 @@ import os
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 
 from tokenfactory.billing import Billing, InsufficientQuotaError
-from tokenfactory.billing.db import make_engine
+from tokenfactory.billing.db import make_engine, utcnow
 
 from .conftest import settle_simple
 
@@ -76,7 +77,9 @@ def test_postgres_ledger_end_to_end(pg_url: str, catalog, data_dir):
     b._stop.set()
     b.engine.dispose()  # a crash: no settle
 
-    b = Billing.open(catalog, pg_url, data_dir, progress_interval_s=0)
+    # the next front, once the crashed one's lease has run out
+    b = Billing.open(catalog, pg_url, data_dir, progress_interval_s=0,
+                     wall_clock=lambda: utcnow() + timedelta(minutes=5))
     assert b.reconcile_open_reservations() == 1
     assert b.get_entry("lost").completion_tokens == 4
     assert b.reconcile_open_reservations() == 0
@@ -131,7 +134,7 @@ def test_postgres_upgrade_from_0001_keeps_rows(pg_url: str, catalog, data_dir):
             "insert into api_keys (key_id, prefix, key_hash, name, account, tier, created_at) "
             "values ('key_1', 'tf-abc', 'h1', 'old', 'acme', 'high', now())"
         ))
-    assert migrate(engine) == "0002"
+    assert migrate(engine) == "0003"
     with engine.connect() as conn:
         assert conn.execute(text("select task_budget_micro_usd from api_keys")).one() == (None,)
     engine.dispose()

@@ -184,34 +184,3 @@ def test_update_key_sets_and_clears_budgets(billing: Billing, catalog):
     admit(billing, updated, "r1", catalog["high"], "t")  # holds 600 of 700
     with pytest.raises(InsufficientQuotaError):
         admit(billing, updated, "r2", catalog["high"], "t")
-
-
-def test_a_first_read_of_a_task_waits_for_its_settlements_in_flight():
-    """A settlement writes its ledger row before counting it in memory: reading the ledger in
-    between would count that row twice, so the first read waits for it."""
-    from tokenfactory.billing.tasks import TaskMoney
-
-    ledger = {"amount": 0}
-    cv = threading.Condition(threading.RLock())
-    money = TaskMoney(cv, lambda _key, _task: ledger["amount"])
-    with cv:
-        money.begin_settle("k", "t")
-    ledger["amount"] = 70  # the row is in the ledger, not yet counted
-    seen: list[int] = []
-
-    def read() -> None:
-        with cv:
-            seen.append(money.committed("k", "t"))
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    reader.join(0.2)
-    assert reader.is_alive() and seen == []  # waiting for the settlement to finish
-    with cv:
-        money.end_settle("k", "t", 70)  # not loaded yet: the first read will see it
-    reader.join(5)
-    assert seen == [70]
-    with cv:
-        money.begin_settle("k", "t")
-        money.end_settle("k", "t", 30)  # loaded now: counted in memory
-        assert money.committed("k", "t") == 100

@@ -7,6 +7,7 @@ from tokenfactory.billing.errors import (
     InsufficientQuotaError,
     InvalidApiKeyError,
     KeyNotFoundError,
+    LedgerUnavailableError,
     RateLimitExceededError,
     TierNotAllowedError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "InvoiceLine",
     "KeyNotFoundError",
     "LedgerEntry",
+    "LedgerUnavailableError",
     "RateLimitExceededError",
     "Reservation",
     "TierNotAllowedError",

@@ -87,6 +87,41 @@ class ReservationRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     task_id: Mapped[str | None] = mapped_column(String(128))
+    # the front (server process) that admitted it; NULL for rows written before fronts existed
+    front_id: Mapped[str | None] = mapped_column(String(96), index=True)
+
+
+class FrontRow(Base):
+    """One server process admitting requests on this database, alive while it heartbeats."""
+
+    __tablename__ = "fronts"
+    front_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MoneyRow(Base):
+    """What a key (task_id "") or one task id of a key has spent and holds: the counters every
+    front reserves against with one conditional UPDATE, changed in the same transaction as the
+    reservation or ledger row that moves them."""
+
+    __tablename__ = "money"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # "" = the whole key
+    spent_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    reserved_micro_usd: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateBucketRow(Base):
+    """A key's rate-limit buckets when they are shared through the database (PostgreSQL)."""
+
+    __tablename__ = "rate_buckets"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests_level: Mapped[float] = mapped_column(Float)
+    tokens_level: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)  # wall-clock seconds (epoch) of the refill
 
 
 class LedgerRow(Base):
@@ -161,7 +196,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(normalize_url(url), pool_pre_ping=True)
+    # pre-ping: a connection the database dropped (a restart) is replaced at checkout, so
+    # the first request after the database comes back succeeds. connect_timeout bounds how
+    # long a request waits for a database that is gone before it is refused with a 503.
+    url = normalize_url(url)
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def normalize_url(url: str) -> str:

@@ -105,3 +105,20 @@ class InsufficientQuotaError(BillingError):
             f"You exceeded your current quota: this request may cost up to ${usd(needed_micro_usd)}"
             f" and ${usd(committed_micro_usd)} of {budget} is already spent or reserved."
         )
+
+
+class LedgerUnavailableError(BillingError):
+    """The billing database cannot be reached (restarting, network): nothing can be admitted
+    or billed until it is back, so the request is refused before it runs."""
+
+    status_code = 503
+    type = "server_error"
+    code = "ledger_unavailable"
+
+    def __init__(self, retry_after_s: float = 2.0):
+        super().__init__(
+            "The billing database is unavailable, so this server cannot admit requests right "
+            "now. Nothing was billed for this request. Please retry shortly."
+        )
+        self.retry_after_s = retry_after_s
+        self.headers = {"retry-after": str(max(1, round(retry_after_s)))}

@@ -3,13 +3,14 @@ ledger entries (one per request: what was delivered and what it cost)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 from tokenfactory.billing.db import LedgerRow, ReservationRow, as_utc, to_storage, utcnow
 from tokenfactory.billing.keys import ApiKey
 from tokenfactory.billing.money import usd
-from tokenfactory.tiers import Tier
+from tokenfactory.tiers import Tier, TierCatalog
 
 SETTLED = "settled"
 RECONCILED = "reconciled"
@@ -34,7 +35,6 @@ class Reservation:
     completion_tokens: int = 0
     tier_so_far: str = ""
     task_id: str | None = None  # the caller's task, billed against the key's task budget
-    recovered: bool = field(default=False, repr=False)  # loaded from the DB at open
 
     def __post_init__(self) -> None:
         if not self.tier_so_far:
@@ -46,7 +46,7 @@ def max_cost(tier: Tier, prompt_tokens: int, max_completion_tokens: int) -> int:
     return tier.cost_micro_usd(prompt_tokens, 0, max_completion_tokens)
 
 
-def reservation_row(res: Reservation, tier: Tier) -> ReservationRow:
+def reservation_row(res: Reservation, tier: Tier, front_id: str) -> ReservationRow:
     now = to_storage(res.created_at)
     return ReservationRow(
         request_id=res.request_id,
@@ -66,6 +66,7 @@ def reservation_row(res: Reservation, tier: Tier) -> ReservationRow:
         created_at=now,
         updated_at=now,
         task_id=res.task_id,
+        front_id=front_id,
     )
 
 
@@ -122,6 +123,44 @@ def ledger_row(entry: LedgerEntry) -> LedgerRow:
     values["created_at"] = to_storage(entry.created_at)
     values["finished_at"] = to_storage(entry.finished_at)
     return LedgerRow(**values)
+
+
+def reconciled_entry(row: Any, catalog: TierCatalog) -> LedgerEntry:
+    """The ledger entry of a reservation row whose front is gone: billed at its last recorded
+    progress and tier (today's prices of that tier; the admission's when it is unknown)."""
+    name = row.tier_so_far if row.tier_so_far in catalog else row.tier_requested
+    prices = (row.input_price, row.cached_input_price, row.output_price)
+    if name in catalog:
+        t = catalog[name]
+        prices = (t.input_price, t.cached_input_price, t.output_price)
+    probe = Tier(name, 0, "", *prices, 1.0, 1.0, False)
+    cached = min(row.cached_tokens, row.prompt_tokens)
+    return LedgerEntry(
+        request_id=row.request_id,
+        created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+        finished_at=as_utc(row.updated_at),  # type: ignore[arg-type]
+        account=row.account,
+        key_id=row.key_id,
+        model=row.model,
+        tier_requested=row.tier_requested,
+        tier_delivered=name,
+        prompt_tokens=row.prompt_tokens,
+        cached_tokens=cached,
+        completion_tokens=row.completion_tokens,
+        input_price=prices[0],
+        cached_input_price=prices[1],
+        output_price=prices[2],
+        amount_micro_usd=probe.cost_micro_usd(row.prompt_tokens, cached, row.completion_tokens),
+        queue_time_s=None,
+        ttft_s=None,
+        decode_tokens_per_s=None,
+        finish_reason=INTERRUPTED,
+        client_disconnected=False,
+        error="the server stopped before this request was settled; billed at its last "
+        "recorded progress",
+        status=RECONCILED,
+        task_id=row.task_id,
+    )
 
 
 def now_utc() -> datetime:

@@ -3,13 +3,24 @@
 A bucket holds up to `capacity` units and refills at capacity/60 per second. Admission takes
 one request and prompt + max_completion tokens; settlement gives back the tokens not used.
 The clock is injectable so tests can move time.
+
+`MemoryRateLimits` keeps the buckets in this process (the embedded SQLite ledger: one
+process); `shared_limits.DatabaseRateLimits` keeps them in PostgreSQL rows that every front
+updates. Both answer the same `RateLimits` protocol and raise the same errors.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.engine import Connection
+
+from tokenfactory.billing.errors import RateLimitExceededError
+from tokenfactory.billing.keys import ApiKey
 
 
 @dataclass
@@ -51,6 +62,12 @@ class TokenBucket:
 class KeyLimits:
     requests: TokenBucket | None
     tokens: TokenBucket | None
+
+    def take(self, tokens: int) -> None:
+        if self.requests is not None:
+            self.requests.take(1)
+        if self.tokens is not None:
+            self.tokens.take(tokens)
 
     @classmethod
     def for_key(cls, rpm: int | None, tpm: int | None, now: float) -> KeyLimits:
@@ -97,3 +114,96 @@ def retry_after_headers(seconds: float) -> dict[str, str]:
 
 
 Clock = Callable[[], float]
+
+
+def check_rate(limits: KeyLimits, tokens: int) -> None:
+    """Raise RateLimitExceededError when the (refilled) buckets cannot take one request of
+    `tokens` tokens now."""
+    if limits.requests is not None and (wait := limits.requests.wait_for(1)) > 0:
+        raise RateLimitExceededError(
+            f"Rate limit reached for requests: limit {int(limits.requests.capacity)} per "
+            f"minute. Please try again in {wait:.3g}s.",
+            limit_type="requests",
+            retry_after_s=wait,
+            headers={**limits.headers(), **retry_after_headers(wait)},
+        )
+    if limits.tokens is None:
+        return
+    if tokens > limits.tokens.capacity:
+        wait = 60.0
+        raise RateLimitExceededError(
+            f"Request too large: it may use {tokens} tokens (prompt + max completion), more "
+            f"than this key's limit of {int(limits.tokens.capacity)} tokens per minute. "
+            "Send a shorter prompt or a smaller max_tokens.",
+            limit_type="tokens",
+            retry_after_s=wait,
+            headers={**limits.headers(), **retry_after_headers(wait)},
+        )
+    if (wait := limits.tokens.wait_for(tokens)) > 0:
+        raise RateLimitExceededError(
+            f"Rate limit reached for tokens: limit {int(limits.tokens.capacity)} per minute, "
+            f"this request may use {tokens}. Please try again in {wait:.3g}s.",
+            limit_type="tokens",
+            retry_after_s=wait,
+            headers={**limits.headers(), **retry_after_headers(wait)},
+        )
+
+
+class RateLimits(Protocol):
+    """Where a key's buckets live. `conn` is the admission's (or settlement's) transaction;
+    `undo` puts back what `take` took when that transaction did not commit."""
+
+    def take(self, conn: Connection, key: ApiKey, tokens: int) -> dict[str, str]:
+        """Take one request and `tokens` tokens or raise RateLimitExceededError; returns the
+        x-ratelimit-* headers after the take."""
+        ...
+
+    def undo(self, key: ApiKey, tokens: int) -> None: ...
+
+    def give_back(self, conn: Connection, key: ApiKey, tokens: int) -> None: ...
+
+    def headers(self, key: ApiKey) -> dict[str, str]: ...
+
+
+class MemoryRateLimits:
+    """Buckets in this process's memory: exact while one process admits on the database."""
+
+    def __init__(self, clock: Clock):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._limits: dict[str, KeyLimits] = {}
+
+    def _refilled(self, key: ApiKey) -> KeyLimits:
+        now = self._clock()
+        limits = self._limits.get(key.key_id)
+        if limits is None:
+            limits = self._limits[key.key_id] = KeyLimits.for_key(key.rpm, key.tpm, now)
+        limits.refill(now)
+        return limits
+
+    def take(self, conn: Connection, key: ApiKey, tokens: int) -> dict[str, str]:
+        with self._lock:
+            limits = self._refilled(key)
+            check_rate(limits, tokens)
+            limits.take(tokens)
+            return limits.headers()
+
+    def undo(self, key: ApiKey, tokens: int) -> None:
+        with self._lock:
+            limits = self._limits.get(key.key_id)
+            if limits is None:
+                return
+            if limits.requests is not None:
+                limits.requests.give_back(1)
+            if limits.tokens is not None:
+                limits.tokens.give_back(tokens)
+
+    def give_back(self, conn: Connection, key: ApiKey, tokens: int) -> None:
+        with self._lock:
+            limits = self._limits.get(key.key_id)
+            if limits is not None and limits.tokens is not None and tokens > 0:
+                limits.tokens.give_back(tokens)
+
+    def headers(self, key: ApiKey) -> dict[str, str]:
+        with self._lock:
+            return self._refilled(key).headers()

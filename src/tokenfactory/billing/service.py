@@ -1,10 +1,21 @@
 """`Billing`: admission (rate limits + budget reservations), progress, settlement,
 reconciliation and reports over one database; key operations come from `keystore.KeyMethods`.
 
-Budget and rate state lives in memory under one lock (loaded from the database at open:
-spent per key is the sum of its ledger amounts, plus every reservation still open) and is
-written through to the database, so admission is a few dictionary operations plus one INSERT.
-One server process per database: its memory is the authority for budgets and buckets.
+The database is the authority, so several fronts (server processes, on one host or many) can
+share one PostgreSQL ledger and stay exact:
+
+- budgets: `holds` counters per key and per (key, task), moved in the same transaction as the
+  reservation or ledger row that moves them; a reservation is one conditional upsert;
+- rate limits: in PostgreSQL rows every front updates (`shared_limits`), or in this process's
+  memory on SQLite, the embedded single-process default (`limits.MemoryRateLimits`);
+- each reservation names the front holding it; a front heartbeats its row, and reservations
+  of a front that is gone are reconciled by another, each exactly once (the DELETE of the
+  reservation row decides who does it);
+- a database that cannot be reached turns into `LedgerUnavailableError` (HTTP 503); a
+  settlement that cannot be written waits in memory and is written when the database is back.
+
+This process's memory only keeps its own open reservations (their progress, written about
+once a second) and settlements waiting for the database.
 """
 
 from __future__ import annotations
@@ -16,20 +27,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from tokenfactory.billing import keys as keymod
-from tokenfactory.billing import reports
+from tokenfactory.billing import fronts, holds, reports
 from tokenfactory.billing.db import (
-    KeyRow,
     LedgerRow,
     ReservationRow,
-    as_utc,
     make_engine,
     migrate,
     table,
@@ -38,13 +47,12 @@ from tokenfactory.billing.db import (
 from tokenfactory.billing.errors import (
     BillingInputError,
     InsufficientQuotaError,
-    RateLimitExceededError,
+    LedgerUnavailableError,
 )
+from tokenfactory.billing.fronts import FrontIdentity
 from tokenfactory.billing.keys import ApiKey
 from tokenfactory.billing.keystore import KeyMethods
 from tokenfactory.billing.ledger import (
-    INTERRUPTED,
-    RECONCILED,
     SETTLED,
     LedgerEntry,
     Reservation,
@@ -52,13 +60,15 @@ from tokenfactory.billing.ledger import (
     ledger_row,
     max_cost,
     now_utc,
+    reconciled_entry,
     reservation_row,
 )
-from tokenfactory.billing.limits import KeyLimits, retry_after_headers
-from tokenfactory.billing.tasks import TaskMoney, check_task_id
+from tokenfactory.billing.limits import MemoryRateLimits, RateLimits
+from tokenfactory.billing.tasks import check_task_id
 from tokenfactory.tiers import Tier, TierCatalog
 
 log = logging.getLogger("tokenfactory.billing")
+
 
 def default_data_dir() -> Path:
     """$TOKENFACTORY_DATA_DIR, else ~/.local/share/tokenfactory."""
@@ -83,6 +93,13 @@ class BudgetState:
         return max(0, self.budget_micro_usd - self.committed_micro_usd)
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means "cannot reach the database now" (rather than a bug)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 class Billing(KeyMethods):
     def __init__(
         self,
@@ -90,38 +107,57 @@ class Billing(KeyMethods):
         engine: Engine,
         data_dir: Path,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], datetime] = utcnow,
         progress_interval_s: float = 1.0,
         auth_cache_ttl_s: float = 5.0,
+        lease_s: float = 30.0,
     ):
+        """`clock`: seconds for the rate-limit buckets (monotonic in memory, the epoch when
+        they are shared); `wall_clock`: naive UTC now, for heartbeats and leases; `lease_s`:
+        how long a front may miss its heartbeats before its reservations are reconciled."""
         self.catalog = catalog
         self.engine = engine
         self.data_dir = data_dir
-        self._clock = clock
+        self._wall = wall_clock
         self._progress_interval_s = progress_interval_s
         self._auth_ttl = auth_cache_ttl_s
+        self.lease = timedelta(seconds=lease_s)
         self._lock = threading.RLock()
         self._settled_cv = threading.Condition(self._lock)
         # SQLite has one writer: queue this process's writers here rather than in busy-waits.
-        sqlite = engine.dialect.name == "sqlite"
+        self.shared = engine.dialect.name == "postgresql"
         self._write_lock: contextlib.AbstractContextManager = (
-            threading.Lock() if sqlite else contextlib.nullcontext()
+            contextlib.nullcontext() if self.shared else threading.Lock()
         )
+        self.rate_limits: RateLimits
+        if self.shared:
+            from tokenfactory.billing.shared_limits import DatabaseRateLimits
+
+            self.rate_limits = DatabaseRateLimits(engine, clock or time.time)
+        else:
+            self.rate_limits = MemoryRateLimits(clock or time.monotonic)
+        self._clock = clock or time.monotonic
         self._auth: dict[str, tuple[ApiKey, float]] = {}  # sha256 -> (key, valid until)
-        self._spent: dict[str, int] = {}
-        self._held: dict[str, int] = {}
-        self._limits: dict[str, KeyLimits] = {}
-        self._open: dict[str, Reservation] = {}
+        self._headers: dict[str, dict[str, str]] = {}  # key id -> after its last admission
+        self._open: dict[str, Reservation] = {}  # this front's admitted, unsettled requests
         self._settling: set[str] = set()
         self._dirty: set[str] = set()
+        # settled, but the database was gone: (entry, reservation) written when it is back
+        self._unwritten: dict[str, tuple[LedgerEntry, Reservation]] = {}
+        # admissions whose commit failed without an answer: cancelled when the database is back
+        self._doubtful: dict[str, Reservation] = {}
         self._closed = False
-        self._tasks = TaskMoney(self._settled_cv, self._task_spent_in_ledger)
-        self._load_state()
+        self.front = FrontIdentity.of_this_process()
+        with self._write() as conn:
+            fronts.register(conn, self.front, self._wall())
+        self._connected_since: datetime | None = self._wall()
+        self._next_heartbeat = 0.0
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         if progress_interval_s > 0:
             self._flusher = threading.Thread(
-                target=self._flush_loop, name="billing-progress", daemon=True
+                target=self._upkeep_loop, name="billing-upkeep", daemon=True
             )
             self._flusher.start()
 
@@ -133,11 +169,12 @@ class Billing(KeyMethods):
         catalog: TierCatalog,
         database_url: str | None = None,
         data_dir: Path | None = None,
-        **options,
+        **options: Any,
     ) -> Billing:
-        """Create the data directory (0700) and database if needed, migrate to head, load state.
+        """Create the data directory (0700) and database if needed, migrate to head, register
+        this process as a front.
 
-        `options`: clock (for rate limits), progress_interval_s, auth_cache_ttl_s.
+        `options`: clock, wall_clock, progress_interval_s, auth_cache_ttl_s, lease_s.
         """
         data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         if not data_dir.exists():
@@ -149,7 +186,8 @@ class Billing(KeyMethods):
         return cls(catalog, engine, data_dir, **options)
 
     def close(self) -> None:
-        """Write pending progress and release the database (open reservations stay open)."""
+        """Write pending progress and settlements, leave the fronts table and release the
+        database. Reservations still open are reconciled by the next front that looks."""
         if self._closed:
             return
         self._closed = True
@@ -158,6 +196,10 @@ class Billing(KeyMethods):
             self._flusher.join(timeout=5)
         with contextlib.suppress(Exception):
             self.flush_progress()
+        with contextlib.suppress(Exception):
+            self.write_unwritten()
+        with contextlib.suppress(Exception), self._write() as conn:
+            fronts.unregister(conn, self.front)
         self.engine.dispose()
 
     def __enter__(self) -> Billing:
@@ -166,61 +208,23 @@ class Billing(KeyMethods):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _load_state(self) -> None:
-        with self.engine.connect() as conn:
-            for key_id, spent in conn.execute(
-                select(LedgerRow.key_id, func.sum(LedgerRow.amount_micro_usd)).group_by(
-                    LedgerRow.key_id
-                )
-            ):
-                self._spent[key_id] = int(spent or 0)
-            rows = conn.execute(select(table(ReservationRow))).all()
-            key_rows = {
-                r.key_id: keymod.key_from_row(r)
-                for r in self._keys_where(conn, KeyRow.key_id.in_({row.key_id for row in rows}))
-            }
-        for row in rows:
-            key = key_rows.get(row.key_id) or ApiKey(
-                row.key_id, "", "", row.account, row.tier_requested, None, None, None, True
-            )
-            res = Reservation(
-                request_id=row.request_id,
-                key=key,
-                model=row.model,
-                tier_requested=row.tier_requested,
-                reserved_micro_usd=row.reserved_micro_usd,
-                reserved_tokens=row.reserved_tokens,
-                created_monotonic=self._clock(),
-                created_at=as_utc(row.created_at),  # type: ignore[arg-type]
-                prompt_tokens=row.prompt_tokens,
-                cached_tokens=row.cached_tokens,
-                completion_tokens=row.completion_tokens,
-                tier_so_far=row.tier_so_far,
-                task_id=row.task_id,
-                recovered=True,
-            )
-            self._open[row.request_id] = res
-            self._held[row.key_id] = self._held.get(row.key_id, 0) + row.reserved_micro_usd
-            if row.task_id is not None:
-                self._tasks.hold(row.key_id, row.task_id, row.reserved_micro_usd)
-
-    def _task_spent_in_ledger(self, key_id: str, task_id: str) -> int:
-        with self.engine.connect() as conn:
-            spent = conn.execute(
-                select(func.coalesce(func.sum(LedgerRow.amount_micro_usd), 0))
-                .where(LedgerRow.key_id == key_id)
-                .where(LedgerRow.task_id == task_id)
-            ).scalar()
-        return int(spent or 0)
+    @contextlib.contextmanager
+    def _unavailable_as_503(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            if isinstance(exc, IntegrityError) or not is_unavailable(exc):
+                raise
+            raise LedgerUnavailableError() from exc
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._unavailable_as_503(), self.engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._write_lock, self.engine.begin() as conn:
+        with self._unavailable_as_503(), self._write_lock, self.engine.begin() as conn:
             yield conn
 
     # ---- admission -----------------------------------------------------------------------
@@ -237,7 +241,8 @@ class Billing(KeyMethods):
         task_id: str | None = None,
     ) -> Reservation:
         """Take the rate limits and reserve the request's maximum cost against the key's
-        budget and, for a request with a task id, against the key's budget per task."""
+        budget and, for a request with a task id, against the key's budget per task: one
+        transaction, so a refusal takes nothing and two fronts never share a last dollar."""
         if not request_id or len(request_id) > 128:
             raise BillingInputError("a request id has 1 to 128 characters")
         if task_id is not None:
@@ -247,141 +252,108 @@ class Billing(KeyMethods):
         self.check_tier(key, tier.name)
         cost = max_cost(tier, prompt_tokens, max_completion_tokens)
         tokens = prompt_tokens + max_completion_tokens
-        now = self._clock()
+        res = Reservation(
+            request_id=request_id,
+            key=key,
+            model=model,
+            tier_requested=tier.name,
+            reserved_micro_usd=cost,
+            reserved_tokens=tokens,
+            created_monotonic=self._clock(),
+            created_at=now_utc(),
+            admitted_prompt_tokens=prompt_tokens,
+            max_completion_tokens=max_completion_tokens,
+            task_id=task_id,
+        )
         with self._lock:
-            if request_id in self._open:
+            if request_id in self._open or request_id in self._settling:
                 raise BillingInputError(f"request id {request_id!r} is already admitted")
-            limits = self._limits_for(key, now)
-            self._check_rate(limits, tokens)
-            if key.budget_micro_usd is not None:
-                committed = self._spent.get(key.key_id, 0) + self._held.get(key.key_id, 0)
-                if committed + cost > key.budget_micro_usd:
-                    raise InsufficientQuotaError(
-                        budget_micro_usd=key.budget_micro_usd,
-                        committed_micro_usd=committed,
-                        needed_micro_usd=cost,
-                    )
-            if task_id is not None and key.task_budget_micro_usd is not None:
-                committed = self._tasks.committed(key.key_id, task_id)
-                if committed + cost > key.task_budget_micro_usd:
-                    raise InsufficientQuotaError(
-                        budget_micro_usd=key.task_budget_micro_usd,
-                        committed_micro_usd=committed,
-                        needed_micro_usd=cost,
-                        task_id=task_id,
-                    )
-            if limits.requests is not None:
-                limits.requests.take(1)
-            if limits.tokens is not None:
-                limits.tokens.take(tokens)
-            self._held[key.key_id] = self._held.get(key.key_id, 0) + cost
-            if task_id is not None:
-                self._tasks.hold(key.key_id, task_id, cost)
-            res = Reservation(
-                request_id=request_id,
-                key=key,
-                model=model,
-                tier_requested=tier.name,
-                reserved_micro_usd=cost,
-                reserved_tokens=tokens,
-                created_monotonic=now,
-                created_at=now_utc(),
-                admitted_prompt_tokens=prompt_tokens,
-                max_completion_tokens=max_completion_tokens,
-                task_id=task_id,
-            )
-            self._open[request_id] = res
+            self._settling.add(request_id)  # no second admission of this id meanwhile
+        took = False
         try:
             with self._write() as conn:
-                row = reservation_row(res, tier)
+                headers = self.rate_limits.take(conn, key, tokens)
+                took = True
+                self._reserve(conn, key, task_id, cost)
+                row = reservation_row(res, tier, self.front.front_id)
                 conn.execute(
                     table(ReservationRow).insert().values(
                         **{c.name: getattr(row, c.name) for c in table(ReservationRow).c}
                     )
                 )
         except BaseException as exc:
-            with self._lock:
-                self._release(res, refund_tokens=res.reserved_tokens)
+            if took:
+                self.rate_limits.undo(key, tokens)
+            if isinstance(exc, LedgerUnavailableError):
+                # The commit may have happened with its answer lost: cancel it once the
+                # database is back (a no-op when nothing was written).
+                with self._lock:
+                    self._doubtful[request_id] = res
             if isinstance(exc, IntegrityError):
                 raise BillingInputError(f"request id {request_id!r} is already admitted") from None
             raise
+        finally:
+            with self._lock:
+                self._settling.discard(request_id)
+        with self._lock:
+            self._open[request_id] = res
+            if headers and self.shared:
+                self._headers[key.key_id] = headers
         return res
 
-    def _limits_for(self, key: ApiKey, now: float) -> KeyLimits:
-        limits = self._limits.get(key.key_id)
-        if limits is None:
-            limits = self._limits[key.key_id] = KeyLimits.for_key(key.rpm, key.tpm, now)
-        limits.refill(now)
-        return limits
-
-    def _check_rate(self, limits: KeyLimits, tokens: int) -> None:
-        if limits.requests is not None and (wait := limits.requests.wait_for(1)) > 0:
-            raise RateLimitExceededError(
-                f"Rate limit reached for requests: limit {int(limits.requests.capacity)} per "
-                f"minute. Please try again in {wait:.3g}s.",
-                limit_type="requests",
-                retry_after_s=wait,
-                headers={**limits.headers(), **retry_after_headers(wait)},
+    def _reserve(self, conn: Connection, key: ApiKey, task_id: str | None, cost: int) -> None:
+        if not holds.try_reserve(conn, key.key_id, holds.WHOLE_KEY, cost, key.budget_micro_usd):
+            assert key.budget_micro_usd is not None
+            raise InsufficientQuotaError(
+                budget_micro_usd=key.budget_micro_usd,
+                committed_micro_usd=holds.read(conn, key.key_id).committed_micro_usd,
+                needed_micro_usd=cost,
             )
-        if limits.tokens is None:
+        if task_id is None:
             return
-        if tokens > limits.tokens.capacity:
-            wait = 60.0
-            raise RateLimitExceededError(
-                f"Request too large: it may use {tokens} tokens (prompt + max completion), more "
-                f"than this key's limit of {int(limits.tokens.capacity)} tokens per minute. "
-                "Send a shorter prompt or a smaller max_tokens.",
-                limit_type="tokens",
-                retry_after_s=wait,
-                headers={**limits.headers(), **retry_after_headers(wait)},
+        if not holds.try_reserve(conn, key.key_id, task_id, cost, key.task_budget_micro_usd):
+            assert key.task_budget_micro_usd is not None
+            raise InsufficientQuotaError(
+                budget_micro_usd=key.task_budget_micro_usd,
+                committed_micro_usd=holds.read(conn, key.key_id, task_id).committed_micro_usd,
+                needed_micro_usd=cost,
+                task_id=task_id,
             )
-        if (wait := limits.tokens.wait_for(tokens)) > 0:
-            raise RateLimitExceededError(
-                f"Rate limit reached for tokens: limit {int(limits.tokens.capacity)} per minute, "
-                f"this request may use {tokens}. Please try again in {wait:.3g}s.",
-                limit_type="tokens",
-                retry_after_s=wait,
-                headers={**limits.headers(), **retry_after_headers(wait)},
-            )
-
-    def _release(self, res: Reservation, refund_tokens: int) -> None:
-        """Drop an open reservation's hold (caller holds the lock)."""
-        if self._open.pop(res.request_id, None) is None:
-            return
-        self._dirty.discard(res.request_id)
-        key_id = res.key.key_id
-        self._held[key_id] = self._held.get(key_id, 0) - res.reserved_micro_usd
-        if res.task_id is not None:
-            self._tasks.release(key_id, res.task_id, res.reserved_micro_usd)
-        limits = self._limits.get(key_id)
-        if limits is not None and refund_tokens > 0 and limits.tokens is not None:
-            limits.tokens.give_back(refund_tokens)
 
     def rate_limit_headers(self, key: ApiKey) -> dict[str, str]:
+        """The key's x-ratelimit-* headers. Shared buckets: as this front's last admission for
+        the key left them (the server asks right after admitting; this keeps SQL off its event
+        loop), read from the database when there is none. {} when they cannot be read now:
+        they are advice, never a reason to fail a request already admitted."""
         if not key.limited:
             return {}
         with self._lock:
-            return self._limits_for(key, self._clock()).headers()
+            if (cached := self._headers.get(key.key_id)) is not None:
+                return dict(cached)
+        try:
+            with self._unavailable_as_503():
+                return self.rate_limits.headers(key)
+        except LedgerUnavailableError:
+            return {}
 
     def budget_state(self, key: ApiKey) -> BudgetState:
-        with self._lock:
-            return BudgetState(
-                key.budget_micro_usd,
-                self._spent.get(key.key_id, 0),
-                self._held.get(key.key_id, 0),
-            )
+        with self._session() as conn:
+            counter = holds.read(conn, key.key_id)
+        return BudgetState(
+            key.budget_micro_usd, counter.spent_micro_usd, counter.reserved_micro_usd
+        )
 
     def task_budget_state(self, key: ApiKey, task_id: str) -> BudgetState:
         """What one task id has spent and holds with this key, against its budget per task."""
         check_task_id(task_id)
-        with self._lock:
-            return BudgetState(
-                key.task_budget_micro_usd,
-                self._tasks.spent(key.key_id, task_id),
-                self._tasks.held(key.key_id, task_id),
-            )
+        with self._session() as conn:
+            counter = holds.read(conn, key.key_id, task_id)
+        return BudgetState(
+            key.task_budget_micro_usd, counter.spent_micro_usd, counter.reserved_micro_usd
+        )
 
     def open_reservations(self) -> list[Reservation]:
+        """This front's admitted requests not settled yet."""
         with self._lock:
             return list(self._open.values())
 
@@ -445,12 +417,66 @@ class Billing(KeyMethods):
             raise
         return len(batch)
 
-    def _flush_loop(self) -> None:
+    # ---- upkeep: progress, heartbeats, the database coming back, fronts that are gone -----
+
+    def _upkeep_loop(self) -> None:
+        failing = False
         while not self._stop.wait(self._progress_interval_s):
             try:
-                self.flush_progress()
+                self.upkeep()
+                if failing:
+                    log.warning("the billing database is reachable again")
+                failing = False
+            except LedgerUnavailableError:
+                if not failing:
+                    log.warning("the billing database is unreachable; retrying every %.3gs",
+                                self._progress_interval_s)
+                failing = True
+                self._connected_since = None
             except Exception:  # keep going: the next tick retries
-                log.exception("could not write billing progress")
+                log.exception("billing upkeep failed")
+
+    def upkeep(self) -> None:
+        """One tick of the background thread: write progress, put right what the database
+        missed while it was gone, heartbeat, and every few heartbeats reconcile fronts that
+        are gone."""
+        self.flush_progress()
+        self.write_unwritten()
+        now_s = time.monotonic()
+        if now_s < self._next_heartbeat:
+            return
+        self._next_heartbeat = now_s + self.lease.total_seconds() / 3
+        now = self._wall()
+        with self._write() as conn:
+            fronts.heartbeat(conn, self.front, now)
+        if self._connected_since is None:
+            self._connected_since = now
+        # Judge another front by its heartbeat only after this one has been connected for a
+        # whole lease: after an outage every front's heartbeat is old, the live ones' too.
+        trust_lease = now - self._connected_since >= self.lease
+        if self._reconcile_gone(self.catalog, trust_lease=trust_lease):
+            log.warning("reconciled reservations of fronts that are gone")
+
+    def write_unwritten(self) -> int:
+        """Write the settlements and cancellations the database missed; returns how many."""
+        with self._lock:
+            doubtful = list(self._doubtful.values())
+            unwritten = list(self._unwritten.values())
+        done = 0
+        for res in doubtful:
+            with self._write() as conn:
+                self._delete_reservation(conn, res.request_id, billed=0)
+            with self._lock:
+                self._doubtful.pop(res.request_id, None)
+            done += 1
+        for entry, res in unwritten:
+            self._write_settlement(entry, res)
+            with self._lock:
+                self._unwritten.pop(entry.request_id, None)
+                self._open.pop(entry.request_id, None)
+                self._dirty.discard(entry.request_id)
+            done += 1
+        return done
 
     # ---- settlement ----------------------------------------------------------------------
 
@@ -470,19 +496,18 @@ class Billing(KeyMethods):
         error: str | None = None,
     ) -> LedgerEntry:
         """Bill what was delivered, once. A second call for the same request id returns the
-        existing row and bills nothing."""
+        existing row and bills nothing. When the database cannot be reached the entry is
+        kept here and written when it is back (or, if this process dies first, the
+        reservation is reconciled at this final progress by another front)."""
         rid = reservation.request_id
         with self._lock:
             while rid in self._settling:
                 self._settled_cv.wait()
-            held = rid in self._open
             self._settling.add(rid)
-            if reservation.task_id is not None:
-                self._tasks.begin_settle(reservation.key.key_id, reservation.task_id)
-        newly_billed = 0  # what this call added to the ledger
         try:
-            if not held and (existing := self.get_entry(rid)) is not None:
-                return existing
+            with self._lock:
+                if rid in self._unwritten:
+                    return self._unwritten[rid][0]
             cached = max(0, min(cached_tokens, prompt_tokens))
             entry = LedgerEntry(
                 request_id=rid,
@@ -511,131 +536,153 @@ class Billing(KeyMethods):
                 status=SETTLED,
                 task_id=reservation.task_id,
             )
-            billed = self._write_entry(entry)
+            try:
+                billed = self._write_settlement(entry, reservation)
+            except LedgerUnavailableError:
+                with self._lock:
+                    self._unwritten[rid] = (entry, reservation)
+                    if rid in self._open:  # what a reconciliation bills if this front dies
+                        self.record_progress(
+                            reservation,
+                            prompt_tokens=prompt_tokens,
+                            cached_tokens=cached,
+                            completion_tokens=completion_tokens,
+                            tier_so_far=tier_delivered.name,
+                        )
+                log.warning("the ledger is unreachable: %s is written when it is back", rid)
+                return entry
             with self._lock:
-                if billed is entry:
-                    key_id = entry.key_id
-                    self._spent[key_id] = self._spent.get(key_id, 0) + entry.amount_micro_usd
-                    newly_billed = entry.amount_micro_usd
-                used = prompt_tokens + completion_tokens
-                self._release(reservation, refund_tokens=reservation.reserved_tokens - used)
+                self._open.pop(rid, None)
+                self._dirty.discard(rid)
             return billed
         finally:
             with self._lock:
                 self._settling.discard(rid)
-                if reservation.task_id is not None:
-                    self._tasks.end_settle(
-                        reservation.key.key_id, reservation.task_id, newly_billed
-                    )
                 self._settled_cv.notify_all()
 
-    def _write_entry(self, entry: LedgerEntry) -> LedgerEntry:
-        """Insert the ledger row and delete the reservation in one transaction; when the request
-        is already in the ledger, only delete the reservation and return the existing row."""
-        reservations = table(ReservationRow)
+    def _write_settlement(self, entry: LedgerEntry, reservation: Reservation) -> LedgerEntry:
+        """In one transaction: delete the reservation, insert the ledger row, move the money
+        and give back unused tokens. When the request is already in the ledger (settled
+        before, or reconciled by another front), bill nothing and return that row."""
+        rid = entry.request_id
         try:
             with self._write() as conn:
-                row = ledger_row(entry)
-                conn.execute(
-                    table(LedgerRow).insert().values(
-                        **{c.name: getattr(row, c.name) for c in table(LedgerRow).c
-                           if c.name != "id"}
+                gone = self._delete_reservation(conn, rid, billed=None)
+                if gone is None and (existing := self._entry_in(conn, rid)) is not None:
+                    return existing
+                self._insert_entry(conn, entry)
+                if gone is not None:
+                    used = entry.prompt_tokens + entry.completion_tokens
+                    self.rate_limits.give_back(
+                        conn, reservation.key, int(gone.reserved_tokens) - used
                     )
-                )
-                conn.execute(delete(reservations).where(
-                    reservations.c.request_id == entry.request_id))
+                released = 0 if gone is None else int(gone.reserved_micro_usd)
+                self._move_money(conn, entry, released=released)
             return entry
-        except IntegrityError:
-            with self._write() as conn:
-                conn.execute(delete(reservations).where(
-                    reservations.c.request_id == entry.request_id))
-            existing = self.get_entry(entry.request_id)
+        except IntegrityError:  # a concurrent settlement of the same id won
+            existing = self.get_entry(rid)
             if existing is None:  # pragma: no cover - an integrity error of another kind
                 raise
             return existing
 
-    def get_entry(self, request_id: str) -> LedgerEntry | None:
-        with self._session() as conn:
-            row = conn.execute(
-                select(table(LedgerRow)).where(LedgerRow.request_id == request_id)
-            ).first()
+    def _delete_reservation(
+        self, conn: Connection, rid: str, *, billed: int | None, front_id: Any = ...
+    ) -> Any:
+        """Delete a reservation row (only if `front_id` holds it, when given; None: rows with no
+        front) and return it as it was; None when it is not there (another front or call took
+        it). `billed` not None: also release its hold and bill that much, no ledger row."""
+        res = table(ReservationRow)
+        query = delete(res).where(res.c.request_id == rid)
+        if front_id is not ...:
+            query = query.where(
+                res.c.front_id.is_(None) if front_id is None else res.c.front_id == front_id
+            )
+        row = conn.execute(query.returning(*res.c)).first()
+        if row is not None and billed is not None:
+            for task in self._scopes(row.task_id):
+                holds.settle(
+                    conn, row.key_id, task, released=row.reserved_micro_usd, billed=billed
+                )
+        return row
+
+    @staticmethod
+    def _scopes(task_id: str | None) -> list[str]:
+        return [holds.WHOLE_KEY] if task_id is None else [holds.WHOLE_KEY, task_id]
+
+    def _move_money(self, conn: Connection, entry: LedgerEntry, *, released: int) -> None:
+        for task in self._scopes(entry.task_id):
+            holds.settle(
+                conn, entry.key_id, task, released=released, billed=entry.amount_micro_usd
+            )
+
+    @staticmethod
+    def _insert_entry(conn: Connection, entry: LedgerEntry) -> None:
+        row = ledger_row(entry)
+        ledger = table(LedgerRow)
+        conn.execute(
+            ledger.insert().values(
+                **{c.name: getattr(row, c.name) for c in ledger.c if c.name != "id"}
+            )
+        )
+
+    @staticmethod
+    def _entry_in(conn: Connection, request_id: str) -> LedgerEntry | None:
+        row = conn.execute(
+            select(table(LedgerRow)).where(LedgerRow.request_id == request_id)
+        ).first()
         return entry_from_row(row) if row is not None else None  # type: ignore[arg-type]
 
-    def reconcile_open_reservations(self, catalog: TierCatalog | None = None) -> int:
-        """Bill every reservation a crash left open at its last recorded progress and tier
-        (finish_reason "interrupted", status "reconciled"); returns how many rows it added.
-
-        Reservations admitted by this process are left alone.
-        """
-        catalog = catalog or self.catalog
-        with self._lock:
-            live = {rid for rid, r in self._open.items() if not r.recovered}
-            live |= self._settling
+    def get_entry(self, request_id: str) -> LedgerEntry | None:
         with self._session() as conn:
-            rows = [
-                r for r in conn.execute(select(table(ReservationRow))).all()
-                if r.request_id not in live
-            ]
+            return self._entry_in(conn, request_id)
+
+    # ---- reconciliation ------------------------------------------------------------------
+
+    def reconcile_open_reservations(self, catalog: TierCatalog | None = None) -> int:
+        """Bill every reservation held by a front that is gone (closed, killed, or silent for
+        longer than the lease) at its last recorded progress and tier (finish_reason
+        "interrupted", status "reconciled"); returns how many rows it added. Run at start;
+        a running front also does it in the background. This front's own requests are left
+        alone, and of two fronts reconciling at once each reservation goes to exactly one."""
+        return self._reconcile_gone(catalog or self.catalog, trust_lease=True)
+
+    def _reconcile_gone(self, catalog: TierCatalog, *, trust_lease: bool) -> int:
+        res = table(ReservationRow)
         added = 0
-        for row in rows:
-            name = row.tier_so_far if row.tier_so_far in catalog else row.tier_requested
-            prices = (row.input_price, row.cached_input_price, row.output_price)
-            if name in catalog:
-                t = catalog[name]
-                prices = (t.input_price, t.cached_input_price, t.output_price)
-            probe = Tier(name, 0, "", *prices, 1.0, 1.0, False)
-            cached = min(row.cached_tokens, row.prompt_tokens)
-            entry = LedgerEntry(
-                request_id=row.request_id,
-                created_at=as_utc(row.created_at),  # type: ignore[arg-type]
-                finished_at=as_utc(row.updated_at),  # type: ignore[arg-type]
-                account=row.account,
-                key_id=row.key_id,
-                model=row.model,
-                tier_requested=row.tier_requested,
-                tier_delivered=name,
-                prompt_tokens=row.prompt_tokens,
-                cached_tokens=cached,
-                completion_tokens=row.completion_tokens,
-                input_price=prices[0],
-                cached_input_price=prices[1],
-                output_price=prices[2],
-                amount_micro_usd=probe.cost_micro_usd(
-                    row.prompt_tokens, cached, row.completion_tokens
-                ),
-                queue_time_s=None,
-                ttft_s=None,
-                decode_tokens_per_s=None,
-                finish_reason=INTERRUPTED,
-                client_disconnected=False,
-                error="the server stopped before this request was settled; billed at its last "
-                "recorded progress",
-                status=RECONCILED,
-                task_id=row.task_id,
+        with self._session() as conn:
+            gone = fronts.gone_fronts(
+                conn, self.front, self._wall(), self.lease, trust_lease=trust_lease
             )
-            with self._lock:
-                if row.task_id is not None:
-                    self._tasks.begin_settle(row.key_id, row.task_id)
-            billed: LedgerEntry | None = None
-            try:
-                billed = self._write_entry(entry)
-            finally:
-                with self._lock:
-                    if row.task_id is not None:
-                        billed_now = entry.amount_micro_usd if billed is entry else 0
-                        self._tasks.end_settle(row.key_id, row.task_id, billed_now)
-            with self._lock:
-                if billed is entry:
-                    added += 1
-                    self._spent[row.key_id] = (
-                        self._spent.get(row.key_id, 0) + entry.amount_micro_usd
-                    )
-                res = self._open.get(row.request_id)
-                if res is not None:
-                    self._release(res, refund_tokens=0)
+        for front_id in gone:
+            held_by = res.c.front_id.is_(None) if front_id is None else res.c.front_id == front_id
+            with self._session() as conn:
+                rids = [r[0] for r in conn.execute(select(res.c.request_id).where(held_by))]
+            for rid in rids:
+                added += self._reconcile_one(rid, front_id, catalog)
+            if front_id is not None:
+                with self._write() as conn:
+                    fronts.forget(conn, front_id)
         if added:
-            log.warning("reconciled %d reservations left open by an earlier run", added)
+            log.warning("reconciled %d reservations left open by fronts that are gone", added)
         return added
+
+    def _reconcile_one(self, rid: str, front_id: str | None, catalog: TierCatalog) -> int:
+        """1 when this call billed the reservation, 0 when someone else had it first."""
+        with self._write() as conn:
+            # the DELETE is the claim: of two fronts, the second finds nothing to delete (and
+            # RETURNING hands over the progress as last written)
+            row = self._delete_reservation(conn, rid, billed=None, front_id=front_id)
+            if row is None:
+                return 0
+            if self._entry_in(conn, rid) is not None:  # billed already: only release
+                for task in self._scopes(row.task_id):
+                    holds.settle(conn, row.key_id, task, released=row.reserved_micro_usd,
+                                 billed=0)
+                return 0
+            entry = reconciled_entry(row, catalog)
+            self._insert_entry(conn, entry)
+            self._move_money(conn, entry, released=row.reserved_micro_usd)
+        return 1
 
     # ---- reports -------------------------------------------------------------------------
 

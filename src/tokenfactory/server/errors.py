@@ -96,6 +96,12 @@ def overloaded(message: str, retry_after_s: float | None = None) -> APIError:
     return APIError(503, message, "server_error", "overloaded", None, headers)
 
 
+def ledger_unavailable(message: str, retry_after_s: float) -> APIError:
+    """The billing database cannot be reached: refused before anything ran or was billed."""
+    headers = {"retry-after": str(max(1, int(retry_after_s + 0.999)))}
+    return APIError(503, message, "server_error", "ledger_unavailable", None, headers)
+
+
 def server_error(message: str) -> APIError:
     return APIError(500, message, "server_error", "internal_error")
 

@@ -27,6 +27,7 @@ from tokenfactory.billing import (
     BillingInputError,
     InsufficientQuotaError,
     InvalidApiKeyError,
+    LedgerUnavailableError,
     RateLimitExceededError,
     Reservation,
     TierNotAllowedError,
@@ -148,6 +149,8 @@ class Factory:
             return self.billing.authenticate(raw)
         except InvalidApiKeyError:
             raise errors.invalid_api_key(f"Incorrect API key provided: {_redact(raw)}.") from None
+        except LedgerUnavailableError as exc:
+            raise errors.ledger_unavailable(exc.message, exc.retry_after_s) from None
 
     def choose_tier(self, key: ApiKey, service_tier: str | None) -> Tier:
         """The tier a request runs at: what it asked for, mapped, allowed and open here."""
@@ -214,6 +217,9 @@ class Factory:
         except InsufficientQuotaError as exc:
             self.metrics.requests.labels(self.model_label, tier.name, "insufficient_quota").inc()
             raise errors.insufficient_quota(str(exc)) from None
+        except LedgerUnavailableError as exc:
+            self.metrics.requests.labels(self.model_label, tier.name, "ledger_unavailable").inc()
+            raise errors.ledger_unavailable(exc.message, exc.retry_after_s) from None
         gen = Generation(self, key, tier, prepared, reservation, request_id, received_at)
         self.in_flight[request_id] = gen
         try:
