@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from tokenfactory.billing import Billing
+from tokenfactory.billing.db import make_engine
 from tokenfactory.tiers import TierCatalog, load_tiers
 
 
@@ -59,3 +63,24 @@ def settle_simple(billing, res, tier, *, prompt=0, cached=0, completion=0, reaso
         client_disconnected=kw.pop("client_disconnected", False),
         **kw,
     )
+
+
+PG_URL = os.environ.get("TOKENFACTORY_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A throwaway schema on the PostgreSQL of TOKENFACTORY_TEST_POSTGRES_URL (e.g.
+    postgresql://postgres@127.0.0.1:5432/postgres), dropped after the test."""
+    if not PG_URL:
+        pytest.skip("set TOKENFACTORY_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    pytest.importorskip("psycopg", reason="pip install 'tokenfactory[postgres]'")
+    schema = f"tf_test_{secrets.token_hex(4)}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

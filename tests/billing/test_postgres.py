@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -15,30 +12,14 @@ from sqlalchemy import text
 from tokenfactory.billing import Billing, InsufficientQuotaError
 from tokenfactory.billing.db import make_engine, utcnow
 
-from .conftest import settle_simple
+from .conftest import PG_URL, settle_simple
 
-PG_URL = os.environ.get("TOKENFACTORY_TEST_POSTGRES_URL")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         not PG_URL, reason="set TOKENFACTORY_TEST_POSTGRES_URL to run the PostgreSQL tests"
     ),
 ]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    pytest.importorskip("psycopg", reason="pip install 'tokenfactory[postgres]'")
-    assert PG_URL is not None
-    schema = f"tf_test_{secrets.token_hex(4)}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def test_postgres_ledger_end_to_end(pg_url: str, catalog, data_dir):
