@@ -311,6 +311,13 @@ def serve(
         int, typer.Option(help="Queued requests beyond this are refused with 503")
     ] = 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TOKENFACTORY_ADMIN_KEY",
+            help="Opens /dashboard beyond loopback to whoever has this key",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     kv_cache_gb: KvOpt = None,
@@ -344,6 +351,7 @@ def serve(
         probe_batches=_batches(probe_batches),
         max_waiting=max_waiting,
         log_level=log_level,
+        admin_key=admin_key,
         engine=config,
     )
     try:
@@ -619,6 +627,11 @@ bench_app.command("compare")(compare_command)
 from tokenfactory.agent.command import agent_app  # noqa: E402
 
 app.add_typer(agent_app, name="agent")
+
+# The planner (the `plan` extra): its commands live with it in planner/cli.py.
+from tokenfactory.planner.cli import plan_app  # noqa: E402
+
+app.add_typer(plan_app, name="plan")
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
