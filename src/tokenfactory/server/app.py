@@ -23,6 +23,7 @@ from tokenfactory.server import errors
 from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.chat_route import run_chat, run_completion
 from tokenfactory.server.completion_shapes import ChatCompletionShaper
+from tokenfactory.server.dashboard import DashboardAccess, dashboard_router
 from tokenfactory.server.errors import APIError
 from tokenfactory.server.factory import Factory, remember_task_id_header
 from tokenfactory.server.messages_api.errors import anthropic_body, speaks_anthropic
@@ -36,7 +37,7 @@ from tokenfactory.tiers import OPENAI_ALIASES
 log = logging.getLogger(__name__)
 
 
-def create_app(factory: Factory) -> FastAPI:
+def create_app(factory: Factory, dashboard: DashboardAccess | None = None) -> FastAPI:
     app = FastAPI(
         title="tokenfactory",
         description="An OpenAI-compatible token factory with priced speed tiers.",
@@ -48,6 +49,7 @@ def create_app(factory: Factory) -> FastAPI:
     app.state.factory = factory
     _install_error_handlers(app)
     _document_served_models(app, factory.model_names)
+    app.include_router(dashboard_router(factory, dashboard or DashboardAccess()))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:

@@ -21,6 +21,7 @@ from tokenfactory.engine.health import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from tokenfactory.gc_heap import GcPauseWatch, freeze_heap
 from tokenfactory.server.app import create_app
 from tokenfactory.server.capacity import load_or_measure
+from tokenfactory.server.dashboard import DashboardAccess
 from tokenfactory.server.factory import Factory, FactoryConfig
 from tokenfactory.tiers import TierCatalog, load_tiers
 
@@ -44,6 +45,7 @@ class ServeOptions:
     probe_batches: tuple[int, ...] | None = None  # batch sizes the hardware probe measures
     max_waiting: int = 1024
     log_level: str = "info"
+    admin_key: str | None = None  # beyond loopback, the dashboard needs it
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -146,7 +148,7 @@ def serve(opts: ServeOptions) -> None:
     # keeps the event loop's bursts (a step's worth of chunks) from stalling the model.
     sys.setswitchinterval(0.001)
     factory = build_factory(opts, console)
-    app = create_app(factory)
+    app = create_app(factory, DashboardAccess(opts.host, opts.admin_key))
     # What start-up built lives as long as the process: exempt it from collections (a full
     # one over it stops the engine for 160-190 ms here; see gc_heap).
     factory.metrics.gc_frozen_objects.set(freeze_heap())
@@ -166,10 +168,20 @@ def serve(opts: ServeOptions) -> None:
         f"{factory.engine.scheduler.policy.name}  (Ctrl-C stops; in-flight requests "
         f"get {opts.grace_period_s:g} s to finish and are all settled)"
     )
+    console.print(_dashboard_line(opts, sock.getsockname()[1]))
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
         gc_watch.remove()
+
+
+def _dashboard_line(opts: ServeOptions, port: int) -> str:
+    access = DashboardAccess(opts.host, opts.admin_key)
+    if access.open:
+        return f"dashboard: http://{opts.host}:{port}/dashboard"
+    if opts.admin_key is None:
+        return "dashboard: off beyond loopback until --admin-key (or TOKENFACTORY_ADMIN_KEY) is set"
+    return f"dashboard: http://{opts.host}:{port}/dashboard?key=<admin key>"
 
 
 class _FactoryServer(uvicorn.Server):
