@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch; a plain `pip install torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: serve test test-fast test-timing install lint bench clean
+.PHONY: serve test test-fast test-timing test-postgres install lint bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ test-fast: $(STAMP)
 
 test-timing: $(STAMP)
 	$(BIN)/python -m pytest -m timing
+
+# The ledger's tests on a real local PostgreSQL, started as CI starts it (.ci/postgres.sh:
+# Debian's package, installed as root when missing), including a stop/start of that server.
+test-postgres: $(STAMP)
+	. .ci/postgres.sh && \
+	TOKENFACTORY_TEST_POSTGRES_CTL="pg_ctlcluster $$(pg_lsclusters --no-header | awk 'NR==1 {print $$1}') main" \
+	$(BIN)/python -m pytest tests/billing -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

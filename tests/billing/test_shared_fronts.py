@@ -194,8 +194,10 @@ def test_rate_limits_are_shared_by_the_fronts(pg_url, catalog, data_dir):
 
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(one, range(30))) == 10  # one bucket of 10, not 10 per front
-    headers = fronts[1].rate_limit_headers(key)
-    assert headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(RateLimitExceededError) as refused:
+        fronts[1].admit(key, request_id="over", model="m", tier=catalog["high"],
+                        prompt_tokens=1, max_completion_tokens=1)
+    assert refused.value.headers["x-ratelimit-remaining-requests"] == "0"
     clock.advance(6)  # 10 per minute: one more after 6 s, from either front
     assert one(31) and not one(32)
     for front in fronts:

@@ -1,0 +1,100 @@
+"""What admission costs on a ledger database: `python -m tokenfactory.billing.bench --database-url
+URL [--requests N]`. Uses a throwaway PostgreSQL schema (dropped after) or a temporary SQLite
+file, and prints milliseconds per operation, one thread, for:
+
+- rate check: one key's buckets taken and written back in one transaction (PostgreSQL rows,
+  or this process's memory on SQLite) — the price of sharing the buckets;
+- admission: rate limits + budget hold + reservation row (one transaction);
+- settlement: reservation deleted, ledger row written, money moved (one transaction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import text
+
+from tokenfactory.billing.db import make_engine
+from tokenfactory.billing.service import Billing
+from tokenfactory.tiers import load_tiers
+
+
+def _ms_per_op(fn: Callable[[int], object], n: int) -> tuple[float, float]:
+    """(median, p99) milliseconds of `fn(i)` over n calls."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return statistics.median(times), times[min(n - 1, int(n * 0.99))]
+
+
+def run(url: str, data_dir: Path, n: int) -> dict[str, tuple[float, float]]:
+    catalog = load_tiers(None, "cpu")
+    b = Billing.open(catalog, url, data_dir, progress_interval_s=0)
+    try:
+        tier = catalog["high"]
+        key, _ = b.create_key("bench", "high", budget_micro_usd=10**15, rpm=10**9, tpm=10**12)
+        out: dict[str, tuple[float, float]] = {}
+
+        def rate_check(_i: int) -> None:
+            with b._write() as conn:
+                b.rate_limits.take(conn, key, 100)
+
+        out["rate check"] = _ms_per_op(rate_check, n)
+        held = []
+        out["admission"] = _ms_per_op(
+            lambda i: held.append(
+                b.admit(key, request_id=f"bench-{i}", model="m", tier=tier, prompt_tokens=50,
+                        max_completion_tokens=50)
+            ),
+            n,
+        )
+        out["settlement"] = _ms_per_op(
+            lambda i: b.settle(
+                held[i], tier_delivered=tier, prompt_tokens=50, cached_tokens=0,
+                completion_tokens=20, finish_reason="stop", queue_time_s=None, ttft_s=None,
+                decode_tokens_per_s=None, client_disconnected=False,
+            ),
+            n,
+        )
+        return out
+    finally:
+        b.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite)")
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        url, schema = args.database_url, None
+        if url is not None and url.startswith("postgres"):
+            schema = f"tf_bench_{secrets.token_hex(4)}"
+            admin = make_engine(url)
+            with admin.begin() as conn:
+                conn.execute(text(f"CREATE SCHEMA {schema}"))
+            url = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+        try:
+            results = run(url or f"sqlite:///{tmp}/ledger.db", Path(tmp), args.requests)
+        finally:
+            if schema is not None:
+                with admin.begin() as conn:
+                    conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+                admin.dispose()
+    where = "PostgreSQL" if schema else "SQLite"
+    print(f"{where}, {args.requests} operations each, one thread:")
+    for name, (median, p99) in results.items():
+        print(f"  {name:<11} median {median:.3f} ms   p99 {p99:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
