@@ -122,6 +122,15 @@ function renderCards(state) {
   $("updated").textContent = "updated " + new Date(state.time * 1000).toLocaleTimeString();
 }
 
+// An axis step of 1, 2 or 5 times a power of ten, giving about four ticks up to `max`.
+function niceStep(max) {
+  const raw = max / 4, power = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 5]) if (m * power >= raw) return m * power;
+  return 10 * power;
+}
+
+function tick(v) { return String(Number(v.toPrecision(6))); }
+
 function renderFrontier(state) {
   const f = state.frontier, plot = $("frontier");
   const W = 640, H = 320, L = 50, R = 15, T = 15, B = 35;
@@ -131,15 +140,18 @@ function renderFrontier(state) {
   const xs = f.points.map((p) => p.tokens_per_s).concat([op.tokens_per_s || 0]);
   const ys = f.points.map((p) => p.tokens_per_s_per_user)
     .concat([op.tokens_per_s_per_user || 0], openTiers.map((t) => t.promise.tokens_per_s));
-  const xMax = Math.max(...xs, 1) * 1.1, yMax = Math.max(...ys, 1) * 1.1;
+  const xStep = niceStep(Math.max(...xs, 1) * 1.05), yStep = niceStep(Math.max(...ys, 1) * 1.05);
+  const xMax = xStep * Math.ceil((Math.max(...xs, 1) * 1.05) / xStep);
+  const yMax = yStep * Math.ceil((Math.max(...ys, 1) * 1.05) / yStep);
   const x = (v) => L + ((W - L - R) * v) / xMax;
   const y = (v) => H - B - ((H - T - B) * v) / yMax;
   plot.appendChild(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#2a3540" }));
   plot.appendChild(svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#2a3540" }));
-  for (let i = 0; i <= 4; i++) {
-    const xv = (xMax * i) / 4, yv = (yMax * i) / 4;
-    plot.appendChild(svg("text", { x: x(xv), y: H - B + 14, "text-anchor": "middle" }, fmt(xv, 0)));
-    plot.appendChild(svg("text", { x: L - 6, y: y(yv) + 4, "text-anchor": "end" }, fmt(yv, 0)));
+  for (let v = 0; v <= xMax + xStep / 2; v += xStep) {
+    plot.appendChild(svg("text", { x: x(v), y: H - B + 14, "text-anchor": "middle" }, tick(v)));
+  }
+  for (let v = 0; v <= yMax + yStep / 2; v += yStep) {
+    plot.appendChild(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, tick(v)));
   }
   plot.appendChild(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" },
     "total tokens/s"));
