@@ -2,9 +2,11 @@
 URL [--requests N]`. Uses a throwaway PostgreSQL schema (dropped after) or a temporary SQLite
 file, and prints milliseconds per operation, one thread, for:
 
-- rate check: one key's buckets taken and written back in one transaction (PostgreSQL rows,
-  or this process's memory on SQLite) — the price of sharing the buckets;
-- admission: rate limits + budget hold + reservation row (one transaction);
+- rate check: one key's buckets locked, refilled, taken and written back (PostgreSQL rows, or
+  this process's memory on SQLite), rolled back: the statements an admission adds, without
+  the commit it shares with the budget hold;
+- admission: rate limits + budget hold + reservation row (one transaction), and the same for
+  a key without rate limits: the difference is what the shared buckets add to an admission;
 - settlement: reservation deleted, ledger row written, money moved (one transaction).
 """
 
@@ -42,11 +44,13 @@ def run(url: str, data_dir: Path, n: int) -> dict[str, tuple[float, float]]:
     try:
         tier = catalog["high"]
         key, _ = b.create_key("bench", "high", budget_micro_usd=10**15, rpm=10**9, tpm=10**12)
+        free, _ = b.create_key("bench-free", "high", budget_micro_usd=10**15)
         out: dict[str, tuple[float, float]] = {}
 
         def rate_check(_i: int) -> None:
-            with b._write() as conn:
+            with b.engine.connect() as conn, conn.begin() as tx:
                 b.rate_limits.take(conn, key, 100)
+                tx.rollback()
 
         out["rate check"] = _ms_per_op(rate_check, n)
         held = []
@@ -55,6 +59,11 @@ def run(url: str, data_dir: Path, n: int) -> dict[str, tuple[float, float]]:
                 b.admit(key, request_id=f"bench-{i}", model="m", tier=tier, prompt_tokens=50,
                         max_completion_tokens=50)
             ),
+            n,
+        )
+        out["admission, no rate limits"] = _ms_per_op(
+            lambda i: b.admit(free, request_id=f"free-{i}", model="m", tier=tier,
+                              prompt_tokens=50, max_completion_tokens=50),
             n,
         )
         out["settlement"] = _ms_per_op(
@@ -91,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
                     conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
                 admin.dispose()
     where = "PostgreSQL" if schema else "SQLite"
-    print(f"{where}, {args.requests} operations each, one thread:")
+    print(f"{where}, {args.requests} operations each, one thread (milliseconds):")
     for name, (median, p99) in results.items():
-        print(f"  {name:<11} median {median:.3f} ms   p99 {p99:.3f} ms")
+        print(f"  {name:<25} median {median:.3f} ms   p99 {p99:.3f} ms")
 
 
 if __name__ == "__main__":

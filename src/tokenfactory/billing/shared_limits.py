@@ -31,6 +31,9 @@ class DatabaseRateLimits:
         now = self._clock()
         query = select(buckets).where(buckets.c.key_id == key.key_id)
         if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None and lock:  # the key's first admission anywhere: a full pair
             conn.execute(
                 pg_insert(buckets)
                 .values(
@@ -41,8 +44,7 @@ class DatabaseRateLimits:
                 )
                 .on_conflict_do_nothing(index_elements=[buckets.c.key_id])
             )
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+            row = conn.execute(query).first()  # ours, or the one a front inserted first
         limits = KeyLimits.for_key(key.rpm, key.tpm, now)
         if row is not None:
             # capacities follow the key (its rpm/tpm may have been changed); levels the row
