@@ -10,7 +10,7 @@ Other chips come as presets (`tokenfactory plan hardware`); `plan fleet` sizes a
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +43,7 @@ HardwareOpt = Annotated[
     str, typer.Option("--hardware", help="cpu, h100, h200, b200, or local (`plan measure`)")
 ]
 WeightsOpt = Annotated[str, typer.Option(help="Weight format: bf16 or fp8")]
+KvOpt = Annotated[str, typer.Option("--kv", help="KV-cache format: bf16 (the engine's) or fp8")]
 AcceptOpt = Annotated[
     float | None,
     typer.Option(
@@ -105,6 +106,8 @@ def _setup(
     output_len: str | None,
     tiers: Path | None,
     calibration: Path | None,
+    kv: str = "bf16",
+    efficiencies: tuple[float | None, float | None] = (None, None),
 ) -> tuple[Any, Any, Any, Any]:
     """The machine, its workload, the lengths and the tiers; a clear error for bad input."""
     from tokenfactory.planner.demand import PREFILL_CHUNK, DemandError, lengths_for
@@ -115,11 +118,19 @@ def _setup(
 
     try:
         hw = hardware(hardware_name, calibration)
-        shape = model_shape(model, weights)
+        shape = model_shape(model, weights, kv)
         catalog = load_tiers(tiers, preset=hw.tier_preset)
         lengths = lengths_for(hw.tier_preset, input_len, output_len)
     except (UnknownHardwareError, UnknownModelError, TierError, DemandError) as exc:
         raise _fail(str(exc)) from None
+    memory_eff, compute_eff = efficiencies
+    if memory_eff is not None or compute_eff is not None:  # a what-if on the fitted model
+        params = replace(
+            hw.params,
+            memory_efficiency=memory_eff or hw.params.memory_efficiency,
+            compute_efficiency=compute_eff or hw.params.compute_efficiency,
+        )
+        hw = replace(hw, params=params)
     workload = lengths.workload(PREFILL_CHUNK.get(hw.tier_preset, 2048))
     machine = Machine(shape, hw, weights)
     if machine.max_batch(workload) < 1:
@@ -161,6 +172,7 @@ def _describe(machine: Any, workload: Any) -> dict:
     return {
         "model": machine.shape.name,
         "weights": machine.weights,
+        "kv_bytes_per_token": machine.shape.kv_bytes_per_token,
         "hardware": hw.name,
         "hardware_description": hw.description,
         "hardware_sources": list(hw.sources),
@@ -199,6 +211,7 @@ def frontier_command(
     model: ModelOpt = "llama-3.1-8b",
     hardware_name: HardwareOpt = "h200",
     weights: WeightsOpt = "bf16",
+    kv: KvOpt = "bf16",
     speculation_acceptance: AcceptOpt = None,
     input_len: InputOpt = None,
     output_len: OutputOpt = None,
@@ -207,6 +220,14 @@ def frontier_command(
     ),
     tiers: TiersOpt = None,
     calibration: CalibrationOpt = None,
+    memory_efficiency: Annotated[
+        float | None,
+        typer.Option(min=0.01, max=1.0, help="What if: share of peak bandwidth (default: fitted)"),
+    ] = None,
+    compute_efficiency: Annotated[
+        float | None,
+        typer.Option(min=0.01, max=1.0, help="What if: share of peak FLOP rate (default: fitted)"),
+    ] = None,
 ) -> None:
     """Tokens/s per chip and per megawatt against tokens/s per user, over batch sizes (and
     draft depths), with each tier placed at the most throughput that keeps its promise."""
@@ -215,7 +236,8 @@ def frontier_command(
     from tokenfactory.planner.references import for_model
 
     machine, workload, _lengths, catalog = _setup(
-        model, hardware_name, weights, input_len, output_len, tiers, calibration
+        model, hardware_name, weights, input_len, output_len, tiers, calibration, kv,
+        (memory_efficiency, compute_efficiency),
     )
     hw = machine.hardware
     curves = {"plain": frontier(machine, workload)}
@@ -261,7 +283,9 @@ def frontier_command(
         out.print(
             f"published: {escape(r.label)}: {r.output_tokens_per_s:,.0f} ({escape(r.workload)})"
         )
-    base = out_dir / f"frontier-{machine.shape.name}-{hw.name}-{weights}"  # .png, .svg, .json
+    kv_part = "" if kv == "bf16" else f"-kv-{kv}"
+    # BASE.png, BASE.svg, BASE.json
+    base = out_dir / f"frontier-{machine.shape.name}-{hw.name}-{weights}{kv_part}"
     title = (
         f"{machine.shape.name} ({weights}) on {hw.name}, prompt {workload.input_tokens:.0f} / "
         f"completion {workload.output_tokens:.0f} tokens"
@@ -440,6 +464,103 @@ def fleet_command(
         "policy": policy,
         "fleet": asdict(fleet),
     })
+
+
+@plan_app.command("simulate")
+def simulate_command(
+    rate: Annotated[float, typer.Option(min=0.0, help="Requests/s (Poisson arrivals)")],
+    mix: Annotated[
+        str, typer.Option(help="Tier shares, as `bench policies` takes them")
+    ] = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02",
+    model: ModelOpt = "smollm2-135m",
+    hardware_name: HardwareOpt = "cpu",
+    weights: WeightsOpt = "bf16",
+    input_len: InputOpt = None,
+    output_len: OutputOpt = None,
+    policy: PolicyOpt = "tier",
+    duration: Annotated[float, typer.Option(min=1.0, help="Seconds of arrivals")] = 60.0,
+    seeds: SeedsOpt = "0",
+    max_num_seqs: Annotated[
+        int, typer.Option(min=1, help="Sequences per step (the server's default: 256)")
+    ] = 256,
+    tiers: TiersOpt = None,
+    calibration: CalibrationOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """One load on one simulated chip whose steps take what the planner's model says: the
+    twin of a `tokenfactory bench policies` point (same rate, mix, lengths and seeds)."""
+    from tokenfactory.bench.serve.tiers_info import parse_mix
+    from tokenfactory.planner.validate import simulate_mix
+
+    machine, workload, lengths, catalog = _setup(
+        model, hardware_name, weights, input_len, output_len, tiers, calibration
+    )
+    try:
+        unknown = [t for t in parse_mix(mix) if t not in catalog]
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if unknown:
+        raise _fail(f"unknown tier {unknown[0]!r} in --mix; known: {', '.join(catalog.names)}")
+    if rate <= 0:
+        raise _fail("--rate must be > 0")
+    check = simulate_mix(
+        machine, workload, lengths, catalog, rate, mix, _policy(policy), duration,
+        _seeds(seeds), max_num_seqs,
+    )
+    table = Table(title=f"{rate:g} requests/s, {policy}, {duration:g} s, seeds {seeds}")
+    for col in ("tier", "promises kept"):
+        table.add_column(col, justify="right")
+    for tier in catalog.names:
+        if tier in check.attainment:
+            table.add_row(tier, f"{check.attainment[tier]:.1%}")
+    out.print(table)
+    fit = check.step_fit
+    out.print(
+        f"revenue {check.usd_per_hour:,.4f} $/hour, {check.output_tokens_per_s:,.1f} output "
+        f"tokens/s; errors {check.errors or 'none'}; step costs {fit.cost} (the line is "
+        f"within {fit.median_error:.1%} of the model, median)"
+    )
+    _write_json(json_out, _describe(machine, workload) | {
+        "schema": "tokenfactory.plan.simulate/1", "simulated": asdict(check),
+    })
+
+
+@plan_app.command("offline")
+def offline_command(
+    bench_json: Annotated[
+        Path, typer.Option(help="A `tokenfactory bench engine` JSON result with its offline part")
+    ],
+    model: ModelOpt = "smollm2-135m",
+    hardware_name: HardwareOpt = "cpu",
+    weights: WeightsOpt = "bf16",
+    max_num_seqs: Annotated[int, typer.Option(min=1, help="The run's max_num_seqs")] = 512,
+    calibration: CalibrationOpt = None,
+) -> None:
+    """The offline run of a `bench engine` result as the planner's model predicts it: the same
+    number of requests, lengths drawn from the same ranges, all queued at once."""
+    import random
+
+    from tokenfactory.planner.offline import offline_run
+
+    try:
+        doc = json.loads(bench_json.read_text())
+        measured = doc["offline"]
+        opts = doc["options"]
+        (i0, i1), (o0, o1) = opts["input_len"], opts["output_len"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"{bench_json} holds no offline run of `bench engine`: {exc}") from None
+    machine, _workload, _lengths, _catalog = _setup(
+        model, hardware_name, weights, None, None, None, calibration
+    )
+    rng = random.Random(opts.get("seed", 0))
+    requests = [(rng.randint(i0, i1), rng.randint(o0, o1)) for _ in range(measured["num_requests"])]
+    est = offline_run(machine, requests, max_num_seqs)
+    got, want = est.output_tokens_per_s, measured["output_tokens_per_s"]
+    out.print(
+        f"{measured['num_requests']} requests, prompts {i0}..{i1}, outputs {o0}..{o1}: "
+        f"predicted {got:,.1f} output tokens/s ({est.steps} steps, {est.elapsed_s:.1f} s), "
+        f"measured {want:,.1f} ({got / want - 1:+.1%}) on {doc.get('machine', '?')}"
+    )
 
 
 @plan_app.command("calibrate")

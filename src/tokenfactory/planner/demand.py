@@ -15,7 +15,7 @@ DEFAULT_LENGTHS = {
     "cpu": ("lognormal:160,0.6", "lognormal:48,0.5"),
     "gpu": ("lognormal:1000,0.5", "lognormal:250,0.5"),
 }
-PREFILL_CHUNK = {"cpu": 512, "gpu": 2048}
+PREFILL_CHUNK = {"cpu": 2048, "gpu": 2048}  # the engine's max_num_batched_tokens
 
 
 class DemandError(ValueError):

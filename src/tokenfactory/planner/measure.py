@@ -18,7 +18,7 @@ from tokenfactory.planner.hardware import (
     presets,
     write_local,
 )
-from tokenfactory.planner.measurements import decode_sample
+from tokenfactory.planner.measurements import decode_sample, prefill_sample
 from tokenfactory.planner.perf_model import Peak, Sample
 from tokenfactory.planner.shapes import shape_of
 
@@ -47,13 +47,17 @@ def measure_here(
     # round can catch someone else's work.
     best: dict[tuple[int, int], tuple[float, float]] = {}
     roofs = []
+    prefill: tuple[int, float] | None = None  # prompt tokens, fastest seconds
     for r in range(rounds):
-        for ctx in contexts:
-            opts = BenchOptions(
-                batch_sizes=batches, sweep_context=ctx, skip={"offline", "prefill"}, seed=r
-            )
+        for i, ctx in enumerate(contexts):
+            # One prompt's prefill per round pins the arithmetic rate.
+            skip = {"offline"} | ({"prefill"} if i else set())
+            opts = BenchOptions(batch_sizes=batches, sweep_context=ctx, skip=skip, seed=r)
             result = run_engine_bench(engine, opts, console)
             roofs.append(result["roofline"])
+            pre = result.get("prefill")
+            if pre and (prefill is None or pre["time_ms"] / 1e3 < prefill[1]):
+                prefill = (pre["prompt_tokens"], pre["time_ms"] / 1e3)
             for row in result.get("decode_sweep", []):
                 if "skipped" in row:
                     continue
@@ -63,6 +67,8 @@ def measure_here(
     samples: list[Sample] = [
         decode_sample(b, seen_ctx, ms / 1e3) for (b, _), (ms, seen_ctx) in sorted(best.items())
     ]
+    if prefill is not None:
+        samples.append(prefill_sample(*prefill))
     # The machine's peaks: the best roofline any round measured.
     bandwidth = max(r["copy_bandwidth_gbs"] for r in roofs)
     tflops = max(r["matmul_tflops"] for r in roofs)
@@ -71,6 +77,9 @@ def measure_here(
     shape = shape_of(engine.model_config)
     peak = Peak(bandwidth * 1e9, tflops * 1e12)
     report = fit_report(shape, peak, samples, base.params, "batch")
+    by_context = (
+        fit_report(shape, peak, samples, base.params, "context") if len(contexts) > 1 else None
+    )
     from tokenfactory.bench.engine_bench import machine_description
 
     machine = machine_description(engine)
@@ -110,7 +119,25 @@ def measure_here(
              "predicted_ms": h.predicted_s * 1e3}
             for h in report.held_out
         ],
+        "held_out_by_context_median_abs_error": (
+            None if by_context is None else by_context.median_abs_held_out
+        ),
+        "held_out_by_context": [] if by_context is None else [
+            {"label": h.label, "measured_ms": h.measured_s * 1e3,
+             "predicted_ms": h.predicted_s * 1e3}
+            for h in by_context.held_out
+        ],
     })
+    for name, rep in (("batch", report), ("context", by_context)):
+        if rep is None:
+            continue
+        console.print(f"each {name} held out in turn (predicted by a fit on the others):")
+        for h in rep.held_out:
+            console.print(
+                f"  {h.label}: measured {h.measured_s * 1e3:.2f} ms, predicted "
+                f"{h.predicted_s * 1e3:.2f} ms ({h.error:+.1%})"
+            )
+        console.print(f"  median absolute error {rep.median_abs_held_out:.1%}")
     console.print(
         f"fitted: memory {hw.params.memory_efficiency:.0%} and compute "
         f"{hw.params.compute_efficiency:.0%} of the measured peaks, {hw.params.base_s * 1e3:.1f} "

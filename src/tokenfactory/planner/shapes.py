@@ -9,8 +9,7 @@ from tokenfactory.models.config import ModelConfig
 
 # The embedded model answers to its file's name too.
 ALIASES = {"embedded": "smollm2-135m", "smollm2": "smollm2-135m"}
-WEIGHT_BYTES = {"bf16": 2, "fp8": 1}  # bytes per weight
-KV_BYTES = 2  # the KV cache stays bf16 in either weight format
+WEIGHT_BYTES = {"bf16": 2, "fp8": 1}  # bytes per weight, or per KV element
 
 
 class UnknownModelError(ValueError):
@@ -30,18 +29,20 @@ class ModelShape:
         return self.matmul_flops_per_token + self.attention_flops_per_context_token * context
 
 
-def model_shape(name: str, weights: str = "bf16") -> ModelShape:
-    """The shape of a named architecture (see models/architectures.py) at a weight format."""
+def model_shape(name: str, weights: str = "bf16", kv: str = "bf16") -> ModelShape:
+    """The shape of a named architecture (see models/architectures.py) at a weight format and
+    a KV-cache format."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in ARCHITECTURES:
         known = ", ".join(sorted([*ARCHITECTURES, *ALIASES]))
         raise UnknownModelError(f"unknown model {name!r}; known: {known}")
-    if weights not in WEIGHT_BYTES:
-        raise UnknownModelError(f"unknown weight format {weights!r}; known: bf16, fp8")
-    return shape_of(ARCHITECTURES[key], weights)
+    for what, fmt in (("weight", weights), ("KV-cache", kv)):
+        if fmt not in WEIGHT_BYTES:
+            raise UnknownModelError(f"unknown {what} format {fmt!r}; known: bf16, fp8")
+    return shape_of(ARCHITECTURES[key], weights, kv)
 
 
-def shape_of(cfg: ModelConfig, weights: str = "bf16") -> ModelShape:
+def shape_of(cfg: ModelConfig, weights: str = "bf16", kv_format: str = "bf16") -> ModelShape:
     assert cfg.head_dim is not None
     params = cfg.num_parameters()
     emb = cfg.vocab_size * cfg.hidden_size
@@ -49,7 +50,8 @@ def shape_of(cfg: ModelConfig, weights: str = "bf16") -> ModelShape:
     streamed = params - (0 if cfg.tie_word_embeddings else emb)
     matmul = 2 * streamed  # a multiply and an add per streamed weight
     attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim
-    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * KV_BYTES
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+    kv *= WEIGHT_BYTES[kv_format]
     return ModelShape(
         name=cfg.name,
         weight_bytes=float(streamed * WEIGHT_BYTES[weights]),

@@ -52,11 +52,29 @@ def simulate_load(
     if total <= 0:
         raise ValueError("nothing to simulate: every rate is zero")
     mix = ",".join(f"{t}={r / total:.6g}" for t, r in rates.items() if r > 0)
-    max_seqs = max(1, machine.max_batch(workload))
+    return simulate_mix(machine, workload, lengths, catalog, total, mix, policy, duration_s, seeds)
+
+
+def simulate_mix(
+    machine: Machine,
+    workload: Workload,
+    lengths: Lengths,
+    catalog: TierCatalog,
+    rate: float,
+    mix: str,
+    policy: str = "tier",
+    duration_s: float = 60.0,
+    seeds: Sequence[int] = (0,),
+    max_num_seqs: int | None = None,
+) -> SimCheck:
+    """Run `rate` requests/s of the tier `mix` (as `bench policies` writes it, so the same
+    seeds draw the same requests) through `policy` on one simulated chip of at most
+    `max_num_seqs` sequences a step (default: as many as its memory holds)."""
+    max_seqs = max_num_seqs or max(1, machine.max_batch(workload))
     fit = linear_step_costs(machine, workload, max_seqs)
     loads = [
         SimLoad(
-            rate=total,
+            rate=rate,
             duration_s=duration_s,
             mix=mix,
             input_len=lengths.input_len,
@@ -76,7 +94,7 @@ def simulate_load(
     )
     return SimCheck(
         policy=policy,
-        rate_rps=total,
+        rate_rps=rate,
         mix=mix,
         duration_s=duration_s,
         seeds=tuple(seeds),
