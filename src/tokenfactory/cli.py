@@ -80,6 +80,24 @@ DraftModelOpt = Annotated[
 ]
 
 
+def _quantization(value: str | None) -> str | None:
+    from tokenfactory.engine.config import QUANTIZATIONS
+
+    if value not in QUANTIZATIONS:
+        raise typer.BadParameter(f"--quantization must be fp8, not {value!r}")
+    return value
+
+
+QuantizationOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Weight quantization at load: fp8 (float8 e4m3 weights with per-channel scales, "
+        "activations per token; CPU, or CUDA compute capability >= 8.9)",
+        callback=_quantization,
+    ),
+]
+
+
 def _speculation(
     speculation: str | None, num_tokens: int, draft_model: str | None
 ) -> dict[str, object]:
@@ -226,11 +244,16 @@ def generate(
     speculation: SpeculationOpt = None,
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
+    quantization: QuantizationOpt = None,
 ) -> None:
     """Complete prompts offline and print the results."""
     spec = _speculation(speculation, num_speculative_tokens, draft_model)
     engine = _load_engine(
-        model, None, _engine_config(device, dtype, kv_cache_gb, max_model_len, threads, **spec)
+        model,
+        None,
+        _engine_config(
+            device, dtype, kv_cache_gb, max_model_len, threads, quantization=quantization, **spec
+        ),
     )
     try:
         params = SamplingParams(
@@ -326,6 +349,7 @@ def serve(
     speculation: SpeculationOpt = None,
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
+    quantization: QuantizationOpt = None,
 ) -> None:
     """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
     from tokenfactory.server.run import ServeOptions
@@ -334,7 +358,8 @@ def serve(
 
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=max_num_seqs,
-        policy=policy, **_speculation(speculation, num_speculative_tokens, draft_model),
+        policy=policy, quantization=quantization,
+        **_speculation(speculation, num_speculative_tokens, draft_model),
     )
     opts = ServeOptions(
         model=model,
@@ -397,6 +422,7 @@ def bench_engine(
     speculation: SpeculationOpt = None,
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
+    quantization: QuantizationOpt = None,
 ) -> None:
     """Offline throughput, a decode sweep over batch sizes, prefill speed, against the roofline;
     with --speculation, the chat and agent workloads with speculation off and on."""
@@ -405,7 +431,7 @@ def bench_engine(
 
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=512, seed=seed,
-        **_speculation(speculation, num_speculative_tokens, draft_model),
+        quantization=quantization, **_speculation(speculation, num_speculative_tokens, draft_model),
     )
     engine = _load_engine(model, random_weights, config)
     cpu = engine.device.type == "cpu"
@@ -439,6 +465,49 @@ def bench_engine(
         result["speculation"] = run_speculation_bench(engine, spec_opts, err, save_spec)
     save(result)
     if out:
+        err.print(f"wrote {out}")
+
+
+@bench_app.command("perplexity")
+def bench_perplexity(
+    model: ModelOpt = None,
+    quantization: QuantizationOpt = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=2, help="Score only the text's first N tokens")
+    ] = None,
+    window: Annotated[int, typer.Option(min=2, help="Tokens per scored window")] = 1024,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
+    threads: ThreadsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
+) -> None:
+    """Perplexity on the shipped English text, with the weights as loaded and, with
+    --quantization, quantized: what the quantization costs in quality."""
+    from tokenfactory.bench.perplexity import compare
+    from tokenfactory.models.loader import load_model_files
+
+    config = _engine_config(device, dtype, None, None, threads)
+    try:
+        with err.status("loading model..."):
+            loaded = load_model_files(model)
+        with err.status("scoring the text..."):
+            result = compare(loaded, config, quantization, max_tokens, window)
+    except (ModelLoadError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for run in (result.baseline, result.quantized):
+        if run is not None:
+            err.print(
+                f"{result.model} {run.dtype} {run.quantization or 'unquantized'}: perplexity "
+                f"[bold]{run.perplexity:.4f}[/bold] over {run.tokens_scored} tokens, weights "
+                f"{run.weight_bytes / 2**20:.1f} MiB ({run.seconds:.1f} s)"
+            )
+    if result.relative_difference is not None:
+        err.print(f"relative difference: {result.relative_difference:+.2%}")
+    print(json.dumps(result.to_dict(), indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2))
         err.print(f"wrote {out}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+QUANTIZATIONS = (None, "fp8")
+
 
 @dataclass
 class EngineConfig:
@@ -44,6 +46,9 @@ class EngineConfig:
     speculation: str | None = None
     num_speculative_tokens: int = 4
     draft_model: str | None = None  # a GGUF file or Hugging Face directory, like --model
+    # Weight quantization at load (docs/engine.md): None keeps the dtype's weights; "fp8" stores
+    # the layer linears (and an untied lm_head) as float8 e4m3 with per-channel scales.
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -64,5 +69,7 @@ class EngineConfig:
             raise ValueError("speculation must be ngram or draft (or None: off)")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError("quantization must be fp8 (or None: the dtype's weights)")
         if self.speculation == "draft" and not self.draft_model:
             raise ValueError("speculation='draft' needs draft_model (a model path)")

@@ -125,7 +125,11 @@ class Engine:
 
         config = config or EngineConfig()
         # Q4_1 weights as stored only where CPU decode steps could read them.
-        q4 = config.q4_decode and resolve_device(config.device).type == "cpu"
+        q4 = (
+            config.q4_decode
+            and config.quantization is None  # FP8 weights replace what the Q4_1 kernels read
+            and resolve_device(config.device).type == "cpu"
+        )
         loaded = load_model_files(path, q4_weights=q4)
         model = build_model(loaded.config, config, state_dict=loaded.state_dict)
         if q4:

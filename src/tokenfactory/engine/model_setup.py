@@ -45,6 +45,8 @@ def build_model(
         model.init_random_weights(seed=config.seed)
     else:
         model.load_hf_state_dict(state_dict)
+    if config.quantization == "fp8":
+        model.quantize_fp8()
     return model.eval()
 
 

@@ -3,7 +3,8 @@
 - `TorchOps` (defined with the model, its default): PyTorch ops plus the native CPU kernels
   (fused add+RMSNorm, the skinny and Q4_1 matmuls), each falling back to PyTorch itself.
 - `TritonOps`: one Triton launch each for add+RMSNorm, SiLU-mul and RoPE (in place on the
-  q/k view of the qkv output, reading the float32 tables by position); matmuls are cuBLAS.
+  q/k view of the qkv output, reading the float32 tables by position); matmuls are cuBLAS
+  (FP8 weights: `torch._scaled_mm`, through the layer).
   They round once from float32 where PyTorch rounds bf16 intermediates (within bf16
   tolerance of TorchOps; tests compare them).
 """
@@ -32,6 +33,8 @@ class TritonOps:
         return self._k.add_rms_norm(x, residual, norm.weight, norm.eps)
 
     def linear(self, layer: Linear, x: torch.Tensor, decode: bool) -> torch.Tensor:
+        if layer.fp8 is not None:  # FP8 weights: the scaled e4m3 matmul (kernels.fp8_linear)
+            return layer.forward(x, decode)
         return F.linear(x, layer.weight, layer.bias)
 
     def rope_tables(

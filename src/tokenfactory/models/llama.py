@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenfactory.kernels import q4_linear, q8_linear
+from tokenfactory.kernels import fp8_linear, q4_linear, q8_linear
 from tokenfactory.kernels.fused_ops import add_rms_norm
 from tokenfactory.kernels.skinny import MAX_M, should_use, skinny_linear
 from tokenfactory.models.config import ModelConfig
@@ -50,11 +50,23 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 class Linear(nn.Linear):
     """nn.Linear, plus optionally the same weight as stored in a GGUF file (Q4_1), which
     decode steps of the row counts `q4_linear.reads_q4` names read instead: ~2.7x fewer bytes,
-    and each row's result that of the bf16 kernel's one-row path."""
+    and each row's result that of the bf16 kernel's one-row path. Or, after `use_fp8`, the
+    weight in FP8 (e4m3 codes and per-channel scales) for every step."""
 
     q4: q4_linear.Q4Weight | None = None
+    fp8: fp8_linear.Fp8Weight | None = None
+
+    def use_fp8(self) -> None:
+        """Quantize the weight to FP8 in place: the codes take the weight's place (the
+        high-precision copy is freed), so the parameters count the bytes a step reads."""
+        fp8 = fp8_linear.Fp8Weight.quantize(self.weight)
+        self.weight = nn.Parameter(fp8.codes, requires_grad=False)
+        self.weight_scale = nn.Parameter(fp8.scale, requires_grad=False)
+        self.fp8, self.q4 = fp8, None
 
     def forward(self, x: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        if self.fp8 is not None:
+            return fp8_linear.fp8_linear(x, self.fp8, self.bias)
         if batched and self.q4 is not None and q4_linear.reads_q4(x.shape[0]):
             y = q4_linear.q4_linear(x, self.q4, self.bias)
             if y is not None:
@@ -256,8 +268,9 @@ class LlamaForCausalLM(nn.Module):
             y = q8_linear.q8_linear(hidden, q8)
             if y is not None:
                 return y
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight, batched=decode)
+        if self.lm_head is not None:
+            return self.lm_head.forward(hidden, decode)
+        return linear(hidden, self.embed_tokens.weight, batched=decode)
 
     @torch.inference_mode()
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -274,6 +287,27 @@ class LlamaForCausalLM(nn.Module):
             return None
         return q4_linear.decode_max_rows() or None
 
+    def quantize_fp8(self) -> int:
+        """Put every layer linear (q/k/v, o, gate/up, down) and an untied lm_head in FP8
+        (kernels.fp8_linear); a tied lm_head stays in the model's dtype, since the embedding
+        lookups need that table anyway and a second, FP8 copy would add bytes, not save them.
+        Raises Fp8UnsupportedError (naming the requirement) where FP8 cannot run. Returns how
+        many linears were quantized."""
+        fp8_linear.check_supported(self.device, self.dtype)
+        linears = [
+            m
+            for layer in self.decoder_layers
+            for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
+        ]
+        if self.lm_head is not None:
+            linears.append(self.lm_head)
+        for m in linears:  # every shape checked before any weight changes
+            fp8_linear.check_shape(m.out_features, m.in_features, self.device)
+        for m in linears:
+            m.use_fp8()
+        self.lm_head_q8 = None
+        return len(linears)
+
     def attach_q4_weights(self, weights: dict[str, q4_linear.Q4Weight | q8_linear.Q8Weight]) -> int:
         """Give the layer linears their Q4_1 form (HF names, as `load_hf_state_dict` takes
         the dequantized weights), fusing q/k/v and gate/up alike; a linear whose parts are
@@ -282,6 +316,8 @@ class LlamaForCausalLM(nn.Module):
         many layer linears read Q4_1 from now on."""
         if self.device.type != "cpu" or self.dtype is not torch.bfloat16:
             return 0
+        if any(isinstance(m, Linear) and m.fp8 is not None for m in self.modules()):
+            return 0  # FP8 weights are what the linears read
         if not weights or not q4_linear.available():
             return 0
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
