@@ -193,53 +193,67 @@ function renderFrontier(state) {
   }
 }
 
+// Two stacked bars: requests by the tier asked for, tokens by the tier billed at (a request
+// that missed its promise is billed at a slower tier, so the two can differ).
 function renderMix(state) {
   const plot = $("mix"), legend = $("mix-legend");
   plot.replaceChildren();
   legend.replaceChildren();
-  let left = 0;
-  for (const t of state.tiers) {
-    const share = t.recent.token_share || 0;
-    const color = TIER_COLORS[t.rank % TIER_COLORS.length];
-    if (share > 0) {
-      plot.appendChild(svg("rect", { x: 480 * left, y: 10, width: 480 * share, height: 40,
-        fill: color }));
+  const requests = state.tiers.reduce((n, t) => n + t.recent.requests, 0);
+  const bars = [
+    { label: "requests, by tier asked", y: 4, share: (t) => requests ? t.recent.requests / requests : 0 },
+    { label: "tokens, by tier billed", y: 52, share: (t) => t.recent.token_share || 0 },
+  ];
+  const X = 150, Wbar = 480 - X;
+  for (const bar of bars) {
+    plot.appendChild(svg("text", { x: 0, y: bar.y + 24 }, bar.label));
+    let left = 0;
+    for (const t of state.tiers) {
+      const share = bar.share(t);
+      if (share <= 0) continue;
+      plot.appendChild(svg("rect", { x: X + Wbar * left, y: bar.y, width: Wbar * share,
+        height: 36, fill: TIER_COLORS[t.rank % TIER_COLORS.length] }));
       left += share;
     }
+    if (left === 0) {
+      plot.appendChild(svg("text", { x: X + Wbar / 2, y: bar.y + 24, "text-anchor": "middle" },
+        "none in the window"));
+    }
+  }
+  for (const t of state.tiers) {
     const li = document.createElement("li");
     const sw = document.createElement("span");
     sw.className = "swatch";
-    sw.style.background = color;
+    sw.style.background = TIER_COLORS[t.rank % TIER_COLORS.length];
     li.appendChild(sw);
-    li.appendChild(document.createTextNode(`${t.name} ${pct(t.recent.token_share)}`));
+    li.appendChild(document.createTextNode(
+      `${t.name}: ${t.recent.requests} req, ${pct(t.recent.token_share)} of tokens`));
     li.dataset.tier = t.name;
     legend.appendChild(li);
   }
-  if (left === 0) {
-    plot.appendChild(svg("text", { x: 240, y: 35, "text-anchor": "middle" }, "no tokens yet"));
-  }
 }
 
-function spark(id, values) {
+function spark(id, values, digits = true) {
   const plot = $(id);
   plot.replaceChildren();
   if (values.length < 2) return;
-  const max = Math.max(...values, 1e-9);
+  const top = Math.max(...values), max = top > 0 ? top : 1;
   const pts = values.map((v, i) =>
     `${(300 * i) / (HISTORY - 1)},${38 - (34 * v) / max}`).join(" ");
   plot.appendChild(svg("polyline", { points: pts, fill: "none", stroke: "#58a6ff",
     "stroke-width": 1.5 }));
-  plot.appendChild(svg("text", { x: 296, y: 12, "text-anchor": "end" }, fmt(max, 2) + " max"));
+  plot.appendChild(svg("text", { x: 296, y: 12, "text-anchor": "end" },
+    (digits ? top.toPrecision(3) : fmt(top, 0)) + " max"));
 }
 
 function remember(state) {
   const push = (arr, v) => { arr.push(v || 0); if (arr.length > HISTORY) arr.shift(); };
   push(history.tokens, state.recent.completion_tokens_per_s);
-  push(history.revenue, (state.recent.revenue_micro_usd_per_s || 0) / 1e6);
+  push(history.revenue, (state.recent.revenue_micro_usd_per_s || 0) / 1e6); // dollars
   push(history.waiting, state.engine.waiting);
   spark("spark-tokens", history.tokens);
   spark("spark-revenue", history.revenue);
-  spark("spark-waiting", history.waiting);
+  spark("spark-waiting", history.waiting, false);
 }
 
 async function poll() {
