@@ -12,9 +12,10 @@ import time
 from tokenfactory.server.dashboard.readings import Change, Reading
 from tokenfactory.server.factory import Factory
 
-# Outcomes of tokenfactory_requests_total that are refusals, by the HTTP status they got.
+# Outcomes of tokenfactory_requests_total that are refusals, by the HTTP status they got
+# ("overloaded": a full queue or a server shutting down, counted once the factory counts it).
 REFUSED_429 = ("rate_limited", "insufficient_quota", "shed")
-REFUSED_503 = ("engine_unavailable",)
+REFUSED_503 = ("engine_unavailable", "overloaded")
 SECONDS_PER_HOUR = 3600
 
 _REQUESTS = "tokenfactory_requests_total"
