@@ -26,15 +26,19 @@ CLOSED = "super"  # promised faster than any machine: closed at start
 PAGE_WAIT_S = 120  # the page polls every 1.5 s; the server shares a busy machine
 
 
-def chromium_path() -> str:
+@pytest.fixture(scope="module")
+def chromium() -> str:
     """Chromium and Playwright, or a skip that says which is missing (a failure in CI)."""
     missing = []
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         missing.append("Playwright for Python (pip install playwright)")
-    path = os.environ.get("TOKENFACTORY_CHROMIUM") or shutil.which("chromium")
-    if path is None:
+    named = os.environ.get("TOKENFACTORY_CHROMIUM")
+    path = named or shutil.which("chromium")
+    if named and not os.access(named, os.X_OK):
+        missing.append(f"Chromium at TOKENFACTORY_CHROMIUM={named}, which is not a program")
+    elif path is None:
         missing.append("Chromium (apt-get install chromium, or .ci/chromium.sh)")
     if missing:
         reason = "the dashboard's browser test needs " + " and ".join(missing)
@@ -46,7 +50,7 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> ServerProcess:
+def server(chromium, tmp_path_factory) -> ServerProcess:  # no browser: skip before the start
     data_dir = tmp_path_factory.mktemp("dashboard-browser")
     data_dir.mkdir(parents=True, exist_ok=True)
     tiers = data_dir / "tiers.toml"
@@ -88,8 +92,7 @@ def _stream(server: ServerProcess, tier: str, done: list[int]) -> None:
     done.append(1)
 
 
-def test_the_dashboard_shows_every_tier_and_moves_under_load(server):
-    executable = chromium_path()
+def test_the_dashboard_shows_every_tier_and_moves_under_load(chromium, server):
     from playwright.sync_api import sync_playwright
 
     tiers = httpx.get(server.base_url + "/v1/tiers").json()["data"]
@@ -97,7 +100,7 @@ def test_the_dashboard_shows_every_tier_and_moves_under_load(server):
     assert CLOSED not in open_tiers and len(open_tiers) == 4
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page()
             errors: list[str] = []
