@@ -72,13 +72,17 @@ def simulate_tally(
     stall_share: float = 0.0,
     stall_s: float = 0.0,
     step_prior: StepCoefficients | None = None,
+    max_draft_tokens: int = 0,
+    acceptance: float = 0.5,
     **policy_args: Any,
 ) -> PointTally:
     """Run `load` through `policy`: what it measured, poolable with other runs.
 
     `stall_share` of the steps take `stall_s` longer (pauses that are not work);
     `step_prior` is what the hardware probe would tell the policy before any step; `cost`
-    defaults to the embedded model on the reference VM (calibration "embedded-cpu")."""
+    defaults to the embedded model on the reference VM (calibration "embedded-cpu");
+    `max_draft_tokens` > 0 lets the policy speculate, each draft token accepted with chance
+    `acceptance`."""
     scheduling = make_policy(policy, **policy_args)
     if step_prior is not None:
         scheduling.set_step_prior(step_prior)
@@ -91,6 +95,8 @@ def simulate_tally(
         seed=load.seed,
         stall_share=stall_share,
         stall_s=stall_s,
+        max_draft_tokens=max_draft_tokens,
+        acceptance=acceptance,
     )
     for req in load_requests(load, catalog):
         engine.run_until(req.at_s)

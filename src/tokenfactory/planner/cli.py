@@ -321,7 +321,7 @@ def _demand(text: str, catalog: Any) -> dict[str, float]:
 
 def _check_table(title: str, shares: Any, check: Any) -> Table:
     table = Table(title=title)
-    for col in ("tier", "demand req/s", "taken req/s", "share", "batch", "promise tok/s",
+    for col in ("tier", "demand req/s", "taken req/s", "share", "batch", "tok/s/user",
                 "planned $/h", "simulated kept"):
         table.add_column(col, justify="right")
     for s in shares:
@@ -366,7 +366,7 @@ def revenue_command(
     try:
         got = validated_mix(
             machine, workload, lengths, catalog, offered, asked, target, _policy(policy),
-            run_s, _seeds(seeds),
+            run_s, _seeds(seeds), speculation_acceptance,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -431,7 +431,7 @@ def fleet_command(
     offered = _offers(machine, workload, catalog, speculation_acceptance)
     fleet = plan_fleet(
         machine, workload, lengths, catalog, offered, asked, target, _policy(policy), run_s,
-        _seeds(seeds),
+        _seeds(seeds), speculation_acceptance,
     )
     hw = machine.hardware
     table = Table(title=f"{machine.shape.name} ({weights}) on {hw.name}: a pool per tier")

@@ -60,6 +60,7 @@ def plan_fleet(
     policy: str = "tier",
     duration_s: float = 60.0,
     seeds: Sequence[int] = (0,),
+    acceptance: float | None = None,
 ) -> FleetPlan:
     paid = set(paid_tiers(catalog))
     pools = []
@@ -73,7 +74,7 @@ def plan_fleet(
         pools.append(
             _size_pool(
                 machine, workload, lengths, catalog, offer, want, target if offer.tier in paid
-                else 0.0, policy, duration_s, seeds,
+                else 0.0, policy, duration_s, seeds, acceptance,
             )
         )
     chips = sum(p.chips for p in pools)
@@ -93,6 +94,7 @@ def _size_pool(
     policy: str,
     duration_s: float,
     seeds: Sequence[int],
+    acceptance: float | None,
 ) -> Pool:
     """Derate the per-chip load until one chip of the pool keeps the target, then size the
     pool; its chips share the demand evenly, a load no higher than the one accepted."""
@@ -101,7 +103,8 @@ def _size_pool(
     for scale in DERATINGS:
         per_chip = min(want, offer.capacity_rps * scale)
         check = simulate_load(
-            machine, workload, lengths, catalog, {offer.tier: per_chip}, policy, duration_s, seeds
+            machine, workload, lengths, catalog, {offer.tier: per_chip}, policy, duration_s, seeds,
+            acceptance,
         )
         if check.attainment.get(offer.tier, 1.0) >= target:
             break
@@ -111,7 +114,8 @@ def _size_pool(
     per_chip = want / chips
     if per_chip < offer.capacity_rps * scale * 0.999:  # the even split is lighter: run it
         check = simulate_load(
-            machine, workload, lengths, catalog, {offer.tier: per_chip}, policy, duration_s, seeds
+            machine, workload, lengths, catalog, {offer.tier: per_chip}, policy, duration_s, seeds,
+            acceptance,
         )
         met = check.attainment.get(offer.tier, 1.0) >= target
     return Pool(

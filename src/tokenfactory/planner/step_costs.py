@@ -21,9 +21,10 @@ class LinearFit:
 
 
 def linear_step_costs(machine: Machine, load: Workload, max_batch: int) -> LinearFit:
-    """Fit base, per-decode, per-prompt-token, per-KV-token and mixed-step costs to the
-    model's step times over batches up to `max_batch`, contexts around the workload's and
-    prompt chunks up to the chunk size (each step weighted by its own time: relative error)."""
+    """Fit base, per-decode, per-prompt-token, per-KV-token, mixed-step and per-draft costs
+    to the model's step times over batches up to `max_batch`, contexts around the workload's,
+    prompt chunks up to the chunk size and drafts of none or two a sequence (each step
+    weighted by its own time: relative error)."""
     from scipy.optimize import nnls  # the plan extra
 
     rows, times = [], []
@@ -31,10 +32,13 @@ def linear_step_costs(machine: Machine, load: Workload, max_batch: int) -> Linea
     for batch in batch_grid(max(1, max_batch)):
         for context in (0.25 * ctx, ctx, 2 * ctx):
             for prompt in (0.0, load.prefill_chunk / 8, load.prefill_chunk):
-                work = StepWork(batch, context, prompt, prefill_context=load.input_tokens / 2)
-                t = step_seconds(machine.shape, machine.peak, machine.hardware.params, work)
-                rows.append([1.0, batch, prompt, batch * context, 1.0 if prompt else 0.0])
-                times.append(t)
+                for drafts in (0, 2 * batch):
+                    work = StepWork(batch, context, prompt, drafts, load.input_tokens / 2)
+                    t = step_seconds(machine.shape, machine.peak, machine.hardware.params, work)
+                    rows.append(
+                        [1.0, batch, prompt, batch * context, 1.0 if prompt else 0.0, drafts]
+                    )
+                    times.append(t)
     a, y = np.array(rows), np.array(times)
     coef, _ = nnls(a / y[:, None], np.ones_like(y))
     ratio = (a @ coef) / y - 1
@@ -44,6 +48,6 @@ def linear_step_costs(machine: Machine, load: Workload, max_batch: int) -> Linea
         per_prefill_token_s=float(coef[2]),
         per_kv_token_s=float(coef[3]),
         prefill_step_s=float(coef[4]),
-        per_draft_token_s=machine.hardware.params.per_draft_token_s or None,
+        per_draft_token_s=float(coef[5]),
     )
     return LinearFit(cost, float(np.median(np.abs(ratio))), float(np.max(np.abs(ratio))))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from tokenfactory.bench.policy_sim import SimLoad, simulate_pooled
 from tokenfactory.planner.demand import Lengths
-from tokenfactory.planner.frontier import KV_MEMORY_SHARE, Machine, Workload
+from tokenfactory.planner.frontier import KV_MEMORY_SHARE, MAX_DRAFT, Machine, Workload
 from tokenfactory.planner.revenue import RevenuePlan, TierOffer, best_mix
 from tokenfactory.planner.step_costs import LinearFit, linear_step_costs
 from tokenfactory.tiers import TierCatalog
@@ -46,13 +46,18 @@ def simulate_load(
     policy: str = "tier",
     duration_s: float = 60.0,
     seeds: Sequence[int] = (0,),
+    acceptance: float | None = None,
 ) -> SimCheck:
-    """Run `rates` (requests/s per tier) through `policy` on one simulated chip."""
+    """Run `rates` (requests/s per tier) through `policy` on one simulated chip (speculating,
+    with an acceptance rate)."""
     total = sum(rates.values())
     if total <= 0:
         raise ValueError("nothing to simulate: every rate is zero")
     mix = ",".join(f"{t}={r / total:.6g}" for t, r in rates.items() if r > 0)
-    return simulate_mix(machine, workload, lengths, catalog, total, mix, policy, duration_s, seeds)
+    return simulate_mix(
+        machine, workload, lengths, catalog, total, mix, policy, duration_s, seeds,
+        acceptance=acceptance,
+    )
 
 
 def simulate_mix(
@@ -66,10 +71,12 @@ def simulate_mix(
     duration_s: float = 60.0,
     seeds: Sequence[int] = (0,),
     max_num_seqs: int | None = None,
+    acceptance: float | None = None,
 ) -> SimCheck:
     """Run `rate` requests/s of the tier `mix` (as `bench policies` writes it, so the same
     seeds draw the same requests) through `policy` on one simulated chip of at most
-    `max_num_seqs` sequences a step (default: as many as its memory holds)."""
+    `max_num_seqs` sequences a step (default: as many as its memory holds); with an
+    `acceptance` rate the policy may verify up to MAX_DRAFT draft tokens a request a step."""
     max_seqs = max_num_seqs or max(1, machine.max_batch(workload))
     fit = linear_step_costs(machine, workload, max_seqs)
     loads = [
@@ -91,6 +98,8 @@ def simulate_mix(
         step_prior=fit.cost,
         max_num_seqs=max_seqs,
         num_blocks=kv_blocks(machine),
+        max_draft_tokens=0 if acceptance is None else MAX_DRAFT,
+        acceptance=0.5 if acceptance is None else acceptance,
     )
     return SimCheck(
         policy=policy,
@@ -139,6 +148,7 @@ def validated_mix(
     policy: str = "tier",
     duration_s: float = 60.0,
     seeds: Sequence[int] = (0,),
+    acceptance: float | None = None,
 ) -> Validated:
     """The best one-chip mix whose simulated run keeps `target` of every paid tier's
     promises taken: the program's plan, derated step by step until the simulator agrees."""
@@ -148,7 +158,7 @@ def validated_mix(
         plan = best_mix(tier_offers, demand, 1.0, machine.hardware.power_w, "shared", scale)
         rates = {s.tier: s.served_rps for s in plan.shares if s.served_rps > 0}
         check = simulate_load(
-            machine, workload, lengths, catalog, rates, policy, duration_s, seeds
+            machine, workload, lengths, catalog, rates, policy, duration_s, seeds, acceptance
         )
         if first is None:
             first = (plan, check)
