@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# The GPU check in one go: correctness of the CUDA path, the GPU tests, then
-# `bench engine --device cuda --random-weights llama-3.1-8b` (sweep at context ~1k, 2k-token
-# prefill, offline 256 requests). Needs only PyTorch with CUDA, Triton and numpy/rich (none
-# of our other dependencies, no network). JSON and logs go to the directory given (or $OUT).
+# The GPU check in one go, about 9 minutes on one H100/H200, no network. Parts, each with its
+# own time limit and its own JSON in the output directory; a part that fails or runs out of
+# time is recorded in parts.json and the next one runs anyway:
 #
-#   bash tools/gpu_check.sh [OUT_DIR] [extra gpu_check args, e.g. --budget-s 420]
+#   1. gpu_check   CUDA correctness (logits vs CPU float32, batch invariance, prefix cache,
+#                  CUDA graphs vs eager), then `bench engine --device cuda --random-weights
+#                  llama-3.1-8b`: decode sweep at batch 1, 16, 64, 128, 256 (context ~1k)
+#                  beside the memory roofline measured in the same run, prefill of 2k-token
+#                  prompts, offline 256 requests with input and output uniform in 100..1024
+#                  (gpu_check.json, engine-cuda.json)
+#   2. fp8_decode  single-user decode, FP8 weights against bf16, and both weight sizes
+#                  (fp8_decode.json; target 1.7x)
+#   3. tier_check  fcfs, priority and tier on one engine in process, gpu tier preset
+#                  (gpu_tier_check.json)
+#   4. pytest_gpu  the GPU tests (pytest/gpu_check.json, pytest/pytest_gpu.log)
 #
-# Runs in about 3-8 minutes on an H100/H200 (budget 450 s by default: the benchmark gets what
-# the checks leave). Exit status 0 when every correctness check passed.
+# Needs only PyTorch with CUDA, Triton and numpy/rich/pydantic (none of the server's
+# dependencies). Limits in seconds can be changed through the environment (GPU_CHECK_S,
+# FP8_DECODE_S, TIER_CHECK_S, PYTEST_GPU_S), and FP8_DECODE_ARGS / TIER_CHECK_ARGS add
+# arguments to those parts (e.g. "--model embedded --device cpu" for a dry run on a CPU).
+#
+#   bash tools/gpu_check.sh [OUT_DIR]
+#
+# Exit status 0 when every part exited 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-check-out}}"
-shift || true
 mkdir -p "$out"
 # Wheels carried for a missing package (e.g. gguf for a --model GGUF file), if any.
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -20,7 +34,54 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+parts="$out/parts.jsonl"
+: >"$parts"
+failed=0
+
+# run_part NAME LIMIT_S COMMAND...: the command's output to NAME.log, its exit status and
+# time to parts.jsonl; never stops the script.
+run_part() {
+    local name="$1" limit="$2"
+    shift 2
+    local t0=$SECONDS
+    echo "== $name (limit ${limit} s)"
+    timeout --kill-after=15 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$out/$name.log"
+    local took=$((SECONDS - t0))
+    local timed_out=false
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then timed_out=true; fi
+    printf '{"part": "%s", "rc": %d, "seconds": %d, "limit_s": %d, "timed_out": %s}\n' \
+        "$name" "$rc" "$took" "$limit" "$timed_out" >>"$parts"
+    echo "== $name: exit $rc after ${took} s"
+    [ "$rc" -eq 0 ] || failed=1
+}
+
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 \
     | tee "$out/nvidia-smi.txt"
-python3 -m tokenfactory.bench.gpu_check --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
-exit "${PIPESTATUS[0]}"
+
+gpu_check_s="${GPU_CHECK_S:-270}"  # correctness ~70 s, the 8B benchmark the rest
+run_part gpu_check "$((gpu_check_s + 30))" \
+    "$PY" -m tokenfactory.bench.gpu_check --out "$out" --skip pytest --budget-s "$gpu_check_s"
+run_part fp8_decode "${FP8_DECODE_S:-90}" \
+    "$PY" tools/fp8_decode_check.py --out "$out" --context 1024 --steps 32 \
+    ${FP8_DECODE_ARGS:-}
+tier_s="${TIER_CHECK_S:-120}"
+run_part tier_check "$((tier_s + 30))" \
+    "$PY" tools/gpu_tier_check.py --out "$out" --preset gpu \
+    --crowd-policies fcfs,priority,tier --policies fcfs,priority,tier \
+    --crowd 128 --rates 16 --duration 10 --budget-s "$tier_s" ${TIER_CHECK_ARGS:-}
+pytest_s="${PYTEST_GPU_S:-75}"
+run_part pytest_gpu "$((pytest_s + 15))" \
+    "$PY" -m tokenfactory.bench.gpu_check --out "$out/pytest" --skip small --skip real \
+    --skip bench --budget-s "$pytest_s"
+
+"$PY" - "$parts" "$out/parts.json" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+json.dump({"parts": rows, "all_passed": all(r["rc"] == 0 for r in rows)},
+          open(sys.argv[2], "w"), indent=2)
+EOF
+echo "== parts: $(tr '\n' ' ' <"$parts")"
+exit "$failed"
