@@ -177,11 +177,12 @@ def serve(opts: ServeOptions) -> None:
 
 def _dashboard_line(opts: ServeOptions, port: int) -> str:
     access = DashboardAccess(opts.host, opts.admin_key)
+    host = f"[{opts.host}]" if ":" in opts.host else opts.host
     if access.open:
-        return f"dashboard: http://{opts.host}:{port}/dashboard"
+        return f"dashboard: http://{host}:{port}/dashboard"
     if opts.admin_key is None:
         return "dashboard: off beyond loopback until --admin-key (or TOKENFACTORY_ADMIN_KEY) is set"
-    return f"dashboard: http://{opts.host}:{port}/dashboard?key=<admin key>"
+    return f"dashboard: http://{host}:{port}/dashboard?key=<admin key>"
 
 
 class _FactoryServer(uvicorn.Server):
