@@ -10,36 +10,18 @@ import contextlib
 import httpx
 import pytest
 
-from tests.engine.engine_fixtures import tiny_engine
-from tokenfactory.billing import Billing
+from tests.server.test_dashboard_state import tiny_factory
 from tokenfactory.server.app import create_app
-from tokenfactory.server.capacity import Capacity, CapacityPoint
 from tokenfactory.server.dashboard import DashboardAccess, is_loopback
 from tokenfactory.server.dashboard.access import COOKIE
-from tokenfactory.server.factory import Factory, FactoryConfig
-from tokenfactory.tiers import load_tiers
+from tokenfactory.server.factory import Factory
 
 ADMIN_KEY = "admin-0123456789abcdef"
-# One user gets 10 tokens/s here: under the cpu preset free, standard and high open
-# (1, 4 and 8 tokens/s promised), ultra and super (15 and 25) are closed.
-POINTS = [
-    CapacityPoint(batch=1, step_s=0.1, tokens_per_s_per_user=10.0, tokens_per_s=10.0),
-    CapacityPoint(batch=4, step_s=0.16, tokens_per_s_per_user=6.25, tokens_per_s=25.0),
-]
 
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("dashboard")
-    catalog = load_tiers(None, "cpu")
-    capacity = Capacity("tiny", "cpu", "test machine", "2026-12-07T00:00:00+00:00", POINTS, 32, 0.5)
-    f = Factory(
-        tiny_engine(max_num_seqs=8),
-        catalog,
-        Billing.open(catalog, None, data_dir),
-        capacity,
-        FactoryConfig("tiny", data_dir),
-    )
+    f = tiny_factory(tmp_path_factory.mktemp("dashboard"))
     yield f
     asyncio.run(f.shutdown())
 
