@@ -614,9 +614,30 @@ def bench_policies(
         str | None,
         typer.Option(
             help="With --simulate: step seconds BASE,PER_DECODE,PER_PREFILL,PER_KV"
-            "[,PREFILL_STEP] (the last: fixed cost of a step that computes prompt tokens)"
+            "[,PREFILL_STEP] (the last: fixed cost of a step that computes prompt tokens), "
+            "or a name from data/step_costs.toml (e.g. h200-llama-8b)"
         ),
     ] = None,
+    step_prior: Annotated[
+        str | None,
+        typer.Option(
+            help="With --simulate: what the hardware probe tells the policies before any "
+            "step, as --step-cost (e.g. h200-llama-8b-probe)"
+        ),
+    ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(help="With --simulate: the tiers file's preset whose promises apply"),
+    ] = "cpu",
+    mix: Annotated[
+        str, typer.Option(help="Tier mix of the load, TIER=WEIGHT,... (the open tiers)")
+    ] = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02",
+    max_num_seqs: Annotated[
+        int, typer.Option(help="With --simulate: the engine's sequence slots", min=1)
+    ] = 64,
+    num_kv_blocks: Annotated[
+        int, typer.Option(help="With --simulate: KV blocks of 16 tokens", min=1)
+    ] = 4096,
     early_stop_share: Annotated[
         float,
         typer.Option(
@@ -659,25 +680,46 @@ def bench_policies(
         ignore_eos=ignore_eos,
         out_dir=out_dir,
         tiers_file=tiers,
+        mix=mix,
+        preset=preset,
+        max_num_seqs=max_num_seqs,
+        num_kv_blocks=num_kv_blocks,
     )
-    if tiers is not None:
-        from tokenfactory.tiers import TierError, load_tiers
+    from tokenfactory.bench.serve.tiers_info import parse_mix
+    from tokenfactory.tiers import TierError, load_tiers
 
-        try:
-            load_tiers(tiers, preset="cpu")  # fail before any server starts
-        except TierError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--tiers") from None
+    try:
+        catalog = load_tiers(tiers, preset=preset)  # fail before any server starts
+    except TierError as exc:
+        hint = "--tiers" if tiers is not None else "--preset"
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
+    try:
+        unknown = [t for t in parse_mix(mix) if t not in catalog.names]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from None
+    if unknown:
+        raise typer.BadParameter(f"unknown tier {unknown[0]!r}", param_hint="--mix")
     if simulate:
         if ignore_eos and early_stop_share:
             raise typer.BadParameter(
                 "--ignore-eos means no request stops early; drop --early-stop-share",
                 param_hint="--ignore-eos",
             )
-        result = run_simulated(opts, _step_cost(step_cost), log=err.print)
+        result = run_simulated(
+            opts, _step_cost(step_cost), log=err.print, step_prior=_step_cost(step_prior)
+        )
         print(markdown(result))
         return
-    if step_cost is not None:
-        raise typer.BadParameter("--step-cost applies only with --simulate")
+    simulated_only = {
+        "--step-cost": step_cost is not None,
+        "--step-prior": step_prior is not None,
+        "--preset": preset != "cpu",
+        "--max-num-seqs": max_num_seqs != 64,
+        "--num-kv-blocks": num_kv_blocks != 4096,
+    }
+    for option, given in simulated_only.items():
+        if given:
+            raise typer.BadParameter(f"{option} applies only with --simulate")
     if early_stop_share:
         raise typer.BadParameter("--early-stop-share applies only with --simulate")
     result = run(opts, log=err.print)
@@ -737,18 +779,21 @@ def _policies(text: str) -> tuple[str, ...]:
 
 
 def _step_cost(text: str | None):
+    from tokenfactory.scheduling.calibration import calibrations, step_cost
     from tokenfactory.scheduling.step_model import StepCoefficients
 
     if text is None:
         return None
+    if text in calibrations():
+        return step_cost(text)
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
         values = []
     if len(values) not in (4, 5) or any(not v >= 0 for v in values) or values[0] <= 0:
         raise typer.BadParameter(
-            "expected BASE,PER_DECODE,PER_PREFILL,PER_KV[,PREFILL_STEP] seconds (BASE > 0), "
-            f"got {text!r}"
+            "expected BASE,PER_DECODE,PER_PREFILL,PER_KV[,PREFILL_STEP] seconds (BASE > 0) "
+            f"or one of {', '.join(calibrations())}, got {text!r}"
         )
     return StepCoefficients(*values)
 

@@ -12,6 +12,7 @@ from tokenfactory.bench.policy_compare import MIX, PolicyBenchOptions, markdown,
 from tokenfactory.bench.policy_sim import SimLoad, simulate, simulate_tally
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import FinishReason, Sequence
+from tokenfactory.scheduling.calibration import step_cost
 from tokenfactory.scheduling.policy import make_policy
 from tokenfactory.scheduling.simulator import SimulatedEngine
 from tokenfactory.scheduling.step_model import StepCoefficients
@@ -149,6 +150,24 @@ def test_bench_policies_simulate_from_the_command_line(tmp_path):
     assert res.exit_code == 2, res.output
     res = CliRunner().invoke(app, [*args, "--ignore-eos", "--early-stop-share", "0.2"])
     assert res.exit_code == 2 and "--ignore-eos means no request stops early" in res.output
+    gpu = CliRunner().invoke(app, [
+        *args, "--step-cost", "h200-llama-8b", "--step-prior", "h200-llama-8b-probe",
+        "--preset", "gpu", "--mix", "free=0.5,high=0.5", "--max-num-seqs", "128",
+        "--sweep", "4", "--duration", "5",
+    ])
+    assert gpu.exit_code == 0, gpu.output
+    assert "| tier |" in gpu.output
+    result = json.loads((tmp_path / "policies-simulated.json").read_text())
+    assert result["step_cost"]["base_s"] == step_cost("h200-llama-8b").base_s
+    assert result["step_prior"]["base_s"] == step_cost("h200-llama-8b-probe").base_s
+    res = CliRunner().invoke(app, ["bench", "policies", "--preset", "gpu"])
+    assert res.exit_code == 2 and "only with --simulate" in res.output
+    for opt, bad, says in (("--mix", "free=1,gold=1", "unknown tier 'gold'"),
+                           ("--mix", "free=x", "NAME=SHARE"),
+                           ("--preset", "tpu", "tpu"),
+                           ("--step-prior", "nope", "h200-llama-8b")):
+        res = CliRunner().invoke(app, [*args, opt, bad])
+        assert res.exit_code == 2 and says in res.output, (opt, res.output)
     for opt, bad, says in (("--levels", "x", "numbers > 0"), ("--sweep", "0,1", "numbers > 0"),
                            ("--policies", "fcfs,bogus", "unknown policy 'bogus'"),
                            ("--seeds", "1,1", "distinct whole numbers"),

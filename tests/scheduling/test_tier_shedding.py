@@ -32,6 +32,7 @@ from tokenfactory.scheduling.tier.shedding import (
     shed_behind_queue,
     shed_on_arrival,
     shed_on_arrival_due,
+    shed_overdue,
 )
 
 
@@ -190,7 +191,7 @@ def test_in_deep_overload_free_arrivals_behind_the_queue_are_refused_and_paid_wo
     load = SimLoad(rate=8, duration_s=60, mix=MIX, seed=0)
     runs = {
         share: simulate("tier", load, TIERS, cost=SLOWER_CPU_COST,
-                        config=TierPolicyConfig(queue_shed_share=share))
+                        config=TierPolicyConfig(queue_shed_share=share, overdue_share=None))
         for share in (0.0, 1.0)
     }
     off, on = runs[0.0], runs[1.0]
@@ -198,3 +199,34 @@ def test_in_deep_overload_free_arrivals_behind_the_queue_are_refused_and_paid_wo
     assert on["revenue_usd_per_s"] >= 1.1 * off["revenue_usd_per_s"]
     for tier in ("standard", "high", "ultra", "super"):
         assert on["attainment"][tier] >= off["attainment"][tier] - 0.03, tier
+
+
+def test_a_free_request_still_queued_past_its_ttft_is_refused():
+    # The cpu preset's free TTFT is 30 s. Past it, the promise is lost: served late it would
+    # only lengthen the queue behind it, so it is refused with how long it waited past it.
+    policy = TierPolicy(step_model=fitted())
+    free = _waiting("f", "free", 100, received_at=0.0)
+    paid = _waiting("s", "standard", 100, received_at=0.0)
+    for now, expected in ((29.0, []), (30.5, [("f", 1)]), (45.0, [("f", 15)])):
+        ctx = context(policy, now, (), [free, paid])
+        refused = shed_overdue(ctx, [free, paid])
+        assert [(r.request.request_id, round(r.retry_after_s)) for r in refused] == expected
+
+
+def test_a_preempted_or_started_free_request_is_never_refused_as_overdue():
+    policy = TierPolicy(step_model=fitted())
+    preempted = _waiting("p", "free", 100)
+    preempted.num_preemptions = 1
+    started = _waiting("r", "free", 100)
+    started.first_scheduled_time = 1.0
+    ctx = context(policy, 100.0, (), [preempted, started])
+    assert shed_overdue(ctx, [preempted, started]) == []
+
+
+def test_overdue_shedding_waits_its_share_and_can_be_turned_off():
+    free = _waiting("f", "free", 100)
+    late = TierPolicy(step_model=fitted(), config=TierPolicyConfig(overdue_share=0.5))
+    assert shed_overdue(context(late, 40.0, (), [free]), [free]) == []
+    assert len(shed_overdue(context(late, 46.0, (), [free]), [free])) == 1
+    never = TierPolicy(step_model=fitted(), config=TierPolicyConfig(overdue_share=None))
+    assert shed_overdue(context(never, 1000.0, (), [free]), [free]) == []

@@ -159,8 +159,9 @@ def test_on_a_gpu_the_probe_prior_and_the_capped_fit_keep_free_work_admitted():
     # The gpu preset's open tiers at 12 requests/s, with one step in 1,000 stalled 0.5 s (a
     # kernel compiled on first use: the H200 runs saw 0.5-1.2 s). Starting from the CPU
     # guess (2 ms per decoding sequence), the first H200 run refused nearly every free
-    # request; with the probe's figures and stalls kept out of the fit, none is refused, and
-    # high keeps its 100 tokens/s where fcfs lets it fall below.
+    # request; with the probe's figures and stalls kept out of the fit, few are (only free
+    # requests still queued past their TTFT: 12/s is past fcfs's capacity), and high keeps
+    # its 100 tokens/s where fcfs lets it fall below.
     from tokenfactory.bench.policy_sim import SimLoad, simulate_tally
 
     gpu = load_tiers(preset="gpu")
@@ -176,8 +177,33 @@ def test_on_a_gpu_the_probe_prior_and_the_capped_fit_keep_free_work_admitted():
         )
         runs["cpu guess"].append(simulate_tally("tier", load, gpu, **engine).summary())
     for run in runs["tier"]:
-        assert run["errors"] == {}, run["errors"]
         assert run["attainment"]["high"] >= 0.95
         assert min(run["attainment"]["free"], run["attainment"]["standard"]) >= 0.85
     assert max(run["attainment"]["high"] for run in runs["fcfs"]) < 0.8
-    assert sum(run["errors"].get("429", 0) for run in runs["cpu guess"]) > 20
+    refused = {name: sum(run["errors"].get("429", 0) for run in runs[name]) for name in runs}
+    assert refused["cpu guess"] > 20
+    assert refused["tier"] * 4 <= refused["cpu guess"], refused
+
+
+def test_on_the_h200_tier_earns_more_than_fcfs_once_fcfs_loses_high_and_never_less_before():
+    # The gpu preset's open tiers (ultra and super need more than one H200 user gets), 100%
+    # load ~9/s (fcfs keeps every paid promise there). Past it fcfs lets high fall below its
+    # 100 tokens/s for everyone; tier keeps high and sheds free work that waited past its
+    # TTFT. A 20 s run is dominated by its drain (1.06x here, 0.99x without the overdue
+    # shedding); the benchmark's 60 s, two-seed runs (docs/performance.md) give 1.26x.
+    from tokenfactory.bench.policy_sim import SimLoad, simulate
+
+    gpu = load_tiers(preset="gpu")
+    engine = {"cost": H200_8B_COST, "max_num_seqs": 256, "num_blocks": 65_536}
+    revenue: dict[tuple[str, float], float] = {}
+    for rate in (4.5, 18):
+        load = SimLoad(rate=rate, duration_s=20, mix="free=0.4,standard=0.3,high=0.2",
+                       input_len="lognormal:512,0.6", output_len="lognormal:256,0.5")
+        for policy in ("fcfs", "tier"):
+            prior = {"step_prior": H200_8B_PROBE} if policy == "tier" else {}
+            result = simulate(policy, load, gpu, **engine, **prior)
+            revenue[policy, rate] = result["revenue_usd_per_s"]
+            if policy == "tier":
+                assert result["attainment"]["high"] >= 0.99, (rate, result["attainment"])
+    assert revenue["tier", 4.5] >= 0.99 * revenue["fcfs", 4.5]
+    assert revenue["tier", 18] >= 1.04 * revenue["fcfs", 18]

@@ -39,6 +39,11 @@ class PolicyBenchOptions:
     seeds: tuple[int, ...] = (0,)
     # Simulator only: share of requests that stop by themselves before max_tokens.
     early_stop_share: float = 0.0
+    # Simulator only: whose promises judge the load (the servers pick theirs by device), and
+    # the simulated engine's sequence slots and KV blocks (16 tokens each).
+    preset: str = "cpu"
+    max_num_seqs: int = 64
+    num_kv_blocks: int = 4096
     # Every request runs to its max_tokens: the same output under every policy, so revenue
     # differs only by the tiers delivered (the model's own stops otherwise differ per run).
     ignore_eos: bool = False
@@ -141,19 +146,25 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
 
 
 def run_simulated(
-    opts: PolicyBenchOptions, cost: StepCoefficients | None = None, log=print
+    opts: PolicyBenchOptions,
+    cost: StepCoefficients | None = None,
+    log=print,
+    step_prior: StepCoefficients | None = None,
 ) -> dict:
     """The same comparison on a simulated engine (`bench.policy_sim`): no model, no HTTP, the
-    step time from `cost` (default: the embedded model on the 2-core reference machine).
-    Seconds instead of half an hour; a preview and a regression check, not a measurement."""
+    step time from `cost` (default: the embedded model on the 2-core reference machine), and
+    `step_prior` what the hardware probe tells the policies before any step (default: the
+    policies' own prior). Seconds instead of half an hour; a preview and a regression check,
+    not a measurement."""
     from tokenfactory.bench.policy_sim import SimLoad, simulate_pooled
     from tokenfactory.scheduling.calibration import step_cost
     from tokenfactory.tiers import load_tiers
 
     cost = cost or step_cost("embedded-cpu")
-    catalog = load_tiers(opts.tiers_file, preset="cpu")
+    catalog = load_tiers(opts.tiers_file, preset=opts.preset)
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
-                    "levels": {}, "simulated": True, "step_cost": vars(cost)}
+                    "levels": {}, "simulated": True, "step_cost": vars(cost),
+                    "step_prior": vars(step_prior) if step_prior else None}
 
     def one(policy: str, rate: float) -> dict:
         loads = (
@@ -161,7 +172,10 @@ def run_simulated(
                     opts.early_stop_share)
             for seed in opts.seeds
         )
-        return simulate_pooled(policy, loads, catalog, cost=cost)
+        return simulate_pooled(
+            policy, loads, catalog, cost=cost, step_prior=step_prior,
+            max_num_seqs=opts.max_num_seqs, num_blocks=opts.num_kv_blocks,
+        )
 
     for rate in opts.sweep_rates:
         s = one("fcfs", rate)

@@ -39,6 +39,9 @@ class TierPolicyConfig:
     # queued prompts were computed lately, would take more than this share of its TTFT
     # (0: never; see `shed_queued`).
     queue_shed_share: float = 1.0
+    # A sheddable request still queued, never run, this share of its TTFT past its TTFT is
+    # refused (None: never; see `shed_overdue`).
+    overdue_share: float | None = 0.0
     # Speculative decoding: the share of a step's expected throughput that the drafts of paying
     # requests behind their promise may cost (drafts that pay for themselves cost nothing).
     speculation_throughput_cost: float = 0.05

@@ -31,7 +31,7 @@ from tokenfactory.scheduling.tier.admission import plan_admission
 from tokenfactory.scheduling.tier.config import TierPolicyConfig
 from tokenfactory.scheduling.tier.context import PlanContext
 from tokenfactory.scheduling.tier.running import plan_running
-from tokenfactory.scheduling.tier.shedding import shed_behind_queue
+from tokenfactory.scheduling.tier.shedding import shed_behind_queue, shed_overdue
 from tokenfactory.scheduling.tier.speculation import plan_drafts
 from tokenfactory.scheduling.view import (
     RequestView,
@@ -73,6 +73,8 @@ class TierPolicy(SchedulingPolicy):
             gone.update(f.request.request_id for f in refusals)
             queued = [r for r in view.waiting if r.request_id not in gone]
             refusals += shed_behind_queue(ctx, queued, admission.running, self.prompt_rate)
+            gone.update(f.request.request_id for f in refusals)
+            refusals += shed_overdue(ctx, [r for r in queued if r.request_id not in gone])
         drafts = plan_drafts(ctx, view, running)
         return StepPlan(
             run=(*running.decodes, *running.prompts),

@@ -5,7 +5,9 @@ On arrival (`shed_on_arrival`): a sheddable request that cannot be admitted is r
 dearer work already waits for capacity, or when it could not start within `shed_wait_share`
 of its TTFT. Behind a queue (`shed_behind_queue`): admission weighs running work only, so a
 new sheddable arrival is also refused when the prompts queued ahead of it, at the rate queued
-prompts were computed lately, would take more than `queue_shed_share` of its TTFT.
+prompts were computed lately, would take more than `queue_shed_share` of its TTFT. Overdue
+(`shed_overdue`): a sheddable request still queued, never run, once its TTFT has passed: its
+promise is lost, and served late it would only lengthen the queue behind it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from tokenfactory.scheduling.queued_prompt_rate import QueuedPromptRate
 from tokenfactory.scheduling.tier.context import PlanContext
 from tokenfactory.scheduling.tier.load import Load
+from tokenfactory.scheduling.tier.terms import received_at
 from tokenfactory.scheduling.view import (
     Refusal,
     RequestView,
@@ -114,4 +117,24 @@ def shed_behind_queue(
             retry = min(max(wait, 1.0), ctx.config.max_retry_after_s)
             refused.append(Refusal(r, retry))
             ahead -= r.num_uncomputed_tokens  # refused: no longer ahead of anyone
+    return refused
+
+
+def shed_overdue(ctx: PlanContext, waiting: Sequence[RequestView]) -> list[Refusal]:
+    """Sheddable requests in `waiting` that never ran and whose TTFT deadline has passed by
+    `overdue_share` of their TTFT (None turns this off): refused now, told to retry after the
+    time they have already waited (capped), a measure of how long capacity has been gone."""
+    share = ctx.config.overdue_share
+    if share is None:
+        return []
+    refused = []
+    for r in waiting:
+        terms = ctx.terms(r)
+        if not terms.sheddable or r.first_scheduled_time is not None or r.num_preemptions:
+            continue
+        ttft = ctx.level(r).ttft_s or ctx.config.best_effort_ttft_s
+        waited = ctx.now - received_at(r, terms)
+        if waited > (1.0 + share) * ttft:
+            retry = min(max(waited - ttft, 1.0), ctx.config.max_retry_after_s)
+            refused.append(Refusal(r, retry))
     return refused
