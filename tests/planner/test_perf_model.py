@@ -64,12 +64,25 @@ def _synthetic(shape, truth: PerfParams) -> list[Sample]:
 
 def test_the_fit_recovers_steps_made_by_known_parameters(shape):
     truth = PerfParams(base_s=0.002, per_seq_s=1e-5, memory_efficiency=0.6,
-                       compute_efficiency=0.4)
+                       compute_efficiency=0.4, kv_efficiency=0.1)
     samples = _synthetic(shape, truth)
     got = fit(shape, PEAK, samples)
     for s in samples:
         assert step_seconds(shape, PEAK, got, s.work) == pytest.approx(s.step_s, rel=0.02)
-    assert got.memory_efficiency == pytest.approx(0.6, rel=0.1)
+    # The fixed cost and the weights' read are both paid once a step: only their sum shows.
+    def fixed(p: PerfParams) -> float:
+        return p.base_s + shape.weight_bytes / (p.memory_efficiency * PEAK.bandwidth)
+
+    assert fixed(got) == pytest.approx(fixed(truth), rel=0.1)
+    assert got.kv_share == pytest.approx(0.1, rel=0.1)  # two contexts tell KV from weights
+
+
+def test_kv_read_at_its_own_efficiency(shape):
+    slow_kv = PerfParams(base_s=0.0, memory_efficiency=1.0, compute_efficiency=1.0,
+                         kv_efficiency=0.25)
+    # 1 GB of weights at 1 TB/s (1 ms) + 1 GB of KV at a quarter of it (4 ms).
+    t = step_seconds(shape, PEAK, slow_kv, StepWork(seqs=1, context=1000))
+    assert t == pytest.approx(math.hypot(5e-3, 2e-6))
 
 
 def test_held_out_predicts_each_batch_from_the_others(shape):

@@ -128,6 +128,7 @@ def _setup(
         params = replace(
             hw.params,
             memory_efficiency=memory_eff or hw.params.memory_efficiency,
+            kv_efficiency=memory_eff or hw.params.kv_efficiency,
             compute_efficiency=compute_eff or hw.params.compute_efficiency,
         )
         hw = replace(hw, params=params)
@@ -190,14 +191,15 @@ def hardware_list() -> None:
     from tokenfactory.planner.hardware import presets
 
     table = Table(title="hardware presets (data/hardware.toml)")
-    for col in ("name", "GB/s", "bf16 TFLOP/s", "fp8 TFLOP/s", "GB", "W", "mem eff", "flop eff"):
+    for col in ("name", "GB/s", "bf16 TFLOP/s", "fp8 TFLOP/s", "GB", "W", "weights eff",
+                "KV eff", "flop eff"):
         table.add_column(col, justify="right")
     for hw in presets().values():
         p = hw.params
         table.add_row(
             hw.name, f"{hw.memory_bandwidth_gbs:g}", f"{hw.bf16_tflops:g}", f"{hw.fp8_tflops:g}",
             f"{hw.memory_gb:g}", f"{hw.power_w:g}", f"{p.memory_efficiency:.2f}",
-            f"{p.compute_efficiency:.2f}",
+            f"{p.kv_share:.2f}", f"{p.compute_efficiency:.2f}",
         )
     out.print(table)
     for hw in presets().values():
@@ -222,7 +224,10 @@ def frontier_command(
     calibration: CalibrationOpt = None,
     memory_efficiency: Annotated[
         float | None,
-        typer.Option(min=0.01, max=1.0, help="What if: share of peak bandwidth (default: fitted)"),
+        typer.Option(
+            min=0.01, max=1.0,
+            help="What if: share of peak bandwidth, weights and KV (default: fitted)",
+        ),
     ] = None,
     compute_efficiency: Annotated[
         float | None,
@@ -629,6 +634,7 @@ def calibrate_command(
     out.print(
         f"fit on all {len(data.samples)} samples: base_s = {p.base_s:.3g}, per_seq_s = "
         f"{p.per_seq_s:.3g}, memory_efficiency = {p.memory_efficiency:.3f}, "
+        f"kv_efficiency = {p.kv_share:.3f}, "
         f"compute_efficiency = {p.compute_efficiency:.3f} (prefill_step_s and "
         f"per_draft_token_s kept at {hw.name}'s)"
     )

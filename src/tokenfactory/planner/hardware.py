@@ -46,6 +46,7 @@ _PARAM_FIELDS = (
     "per_seq_s",
     "memory_efficiency",
     "compute_efficiency",
+    "kv_efficiency",
     "prefill_step_s",
     "per_draft_token_s",
 )

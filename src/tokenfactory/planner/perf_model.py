@@ -28,6 +28,13 @@ class PerfParams:
     compute_efficiency: float = 0.5
     prefill_step_s: float = 0.0  # paid once by a step that computes any prompt token
     per_draft_token_s: float = 0.0  # beside the draft row's arithmetic (the CPU's row cost)
+    # Share of peak bandwidth at which attention reads the KV cache (paged, per sequence: far
+    # below the weights' streaming on a CPU); None: the weights' memory_efficiency.
+    kv_efficiency: float | None = None
+
+    @property
+    def kv_share(self) -> float:
+        return self.memory_efficiency if self.kv_efficiency is None else self.kv_efficiency
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ def step_seconds(shape: ModelShape, peak: Peak, p: PerfParams, w: StepWork) -> f
     pctx = w.context if w.prefill_context is None else w.prefill_context
     flops = (w.seqs + w.draft_tokens) * shape.flops_per_token(w.context)
     flops += w.prefill_tokens * shape.flops_per_token(pctx)
-    memory_s = (shape.weight_bytes + kv_read) / (p.memory_efficiency * peak.bandwidth)
+    memory_s = shape.weight_bytes / (p.memory_efficiency * peak.bandwidth)
+    memory_s += kv_read / (p.kv_share * peak.bandwidth)
     compute_s = flops / (p.compute_efficiency * peak.flops)
     return (
         p.base_s
@@ -72,16 +80,16 @@ class Sample:
     label: str = ""  # e.g. "batch 16, context 1032"
 
 
-_FITTED = ("base_s", "per_seq_s", "memory_efficiency", "compute_efficiency")
-_LOWER = (0.0, 0.0, 0.02, 0.01)
-_UPPER = (1.0, 1.0, 1.0, 1.0)
+_FITTED = ("base_s", "per_seq_s", "memory_efficiency", "compute_efficiency", "kv_efficiency")
+_LOWER = (0.0, 0.0, 0.02, 0.01, 0.002)
+_UPPER = (1.0, 1.0, 1.0, 1.0, 1.0)
 
 
 def fit(
     shape: ModelShape, peak: Peak, samples: Sequence[Sample], fixed: PerfParams | None = None
 ) -> PerfParams:
-    """Fit base, per-sequence cost and both efficiencies to `samples` (least squares on the
-    log of the ratio, so a 1 ms step counts as much as a 100 ms one); the prefill-step and
+    """Fit base, per-sequence cost and the three efficiencies to `samples` (least squares on
+    the log of the ratio, so a 1 ms step counts as much as a 100 ms one); the prefill-step and
     draft costs stay as in `fixed`."""
     from scipy.optimize import least_squares  # the plan extra
 
@@ -96,6 +104,7 @@ def fit(
             per_seq_s=x[1],
             memory_efficiency=x[2],
             compute_efficiency=x[3],
+            kv_efficiency=x[4],
             prefill_step_s=base.prefill_step_s,
             per_draft_token_s=base.per_draft_token_s,
         )
@@ -103,14 +112,18 @@ def fit(
     def residuals(x: Sequence[float]) -> list[float]:
         p = params(x)
         res = [math.log(step_seconds(shape, peak, p, s.work) / s.step_s) for s in samples]
-        # A faint pull toward no per-sequence cost: with few points it trades off against the
-        # compute efficiency, and the roofline should explain what it can.
+        # Faint pulls toward no fixed or per-sequence cost and toward KV read like the
+        # weights. The fixed cost and the weights' read are both paid once a step, so decode
+        # steps show only their sum; the per-sequence cost trades off against the KV read
+        # when there is one context. The roofline explains first what it can.
+        res.append(0.05 * x[0] / max(quickest, 1e-9))
         res.append(0.05 * x[1] / max(quickest, 1e-9))
+        res.append(0.05 * math.log(x[4] / x[2]))
         return res
 
     best = None
     # A few starting points: the efficiencies trade off against the fixed costs.
-    for start_eff in ((0.7, 0.5), (0.4, 0.2), (0.9, 0.8)):
+    for start_eff in ((0.7, 0.5, 0.7), (0.4, 0.2, 0.1), (0.9, 0.8, 0.9)):
         x0 = [0.3 * quickest, 0.0, *start_eff]
         got = least_squares(residuals, x0, bounds=(_LOWER, _UPPER))
         if best is None or got.cost < best.cost:
