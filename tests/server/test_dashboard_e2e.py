@@ -61,7 +61,10 @@ def test_the_state_is_the_metrics_numbers_after_requests(factory_server):
         "refused_429": sum(
             _sum(requests, outcome=o) for o in ("rate_limited", "insufficient_quota", "shed")
         ),
-        "refused_503": sum(_sum(requests, outcome=o) for o in ("engine_unavailable", "overloaded")),
+        "refused_503": sum(
+            _sum(requests, outcome=o)
+            for o in ("engine_unavailable", "ledger_unavailable", "overloaded")
+        ),
     }
     for t in state["tiers"]:
         name = t["name"]

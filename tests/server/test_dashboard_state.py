@@ -63,17 +63,18 @@ def test_the_state_reads_each_tiers_service_and_money_from_the_metrics(factory):
     m.completion_tokens.labels("tiny", "standard").inc(10)
     m.revenue.labels("tiny", "high").inc(180)
     m.revenue.labels("tiny", "standard").inc(30)
-    # refusals: 429 for shed, rate-limited and out of budget; 503 for a dead engine
+    # refusals: 429 for shed, rate-limited and out of budget; 503 for a dead engine or ledger
     m.requests.labels("tiny", "free", "shed").inc(2)
     m.requests.labels("tiny", "standard", "rate_limited").inc()
     m.requests.labels("tiny", "standard", "insufficient_quota").inc()
     m.requests.labels("tiny", "high", "engine_unavailable").inc()
+    m.requests.labels("tiny", "high", "ledger_unavailable").inc()
 
     state = dashboard_state(factory, window.change())
     tiers = {t["name"]: t for t in state["tiers"]}
     high = tiers["high"]["recent"]
     assert state["window_s"] == 20
-    assert high["served"] == 4 and high["requests"] == 5
+    assert high["served"] == 4 and high["requests"] == 6
     assert high["attainment"] == 0.75
     assert high["tokens_per_s_mean"] == pytest.approx(7.625)
     assert 8 <= high["tokens_per_s_p50"] <= 15  # the (8, 15] bucket holds the median
@@ -82,9 +83,9 @@ def test_the_state_reads_each_tiers_service_and_money_from_the_metrics(factory):
     assert tiers["free"]["recent"]["token_share"] == 0.0
     assert tiers["free"]["recent"]["attainment"] is None  # none served: nothing to judge
     assert [tiers[n]["totals"]["refused_429"] for n in ("free", "standard", "high")] == [2, 2, 0]
-    assert tiers["high"]["totals"]["refused_503"] == 1
-    assert tiers["high"]["totals"]["requests"] == 9 + 4 + 1
-    assert state["totals"]["refused_429"] == 4 and state["totals"]["refused_503"] == 1
+    assert tiers["high"]["totals"]["refused_503"] == 2
+    assert tiers["high"]["totals"]["requests"] == 9 + 4 + 2
+    assert state["totals"]["refused_429"] == 4 and state["totals"]["refused_503"] == 2
     recent = state["recent"]
     assert recent["revenue_micro_usd"] == 210 and state["totals"]["revenue_micro_usd"] == 210
     assert recent["revenue_micro_usd_per_s"] == 10.5

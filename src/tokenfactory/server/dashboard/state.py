@@ -15,7 +15,7 @@ from tokenfactory.server.factory import Factory
 # Outcomes of tokenfactory_requests_total that are refusals, by the HTTP status they got
 # ("overloaded": a full queue or a server shutting down, counted once the factory counts it).
 REFUSED_429 = ("rate_limited", "insufficient_quota", "shed")
-REFUSED_503 = ("engine_unavailable", "overloaded")
+REFUSED_503 = ("engine_unavailable", "ledger_unavailable", "overloaded")
 SECONDS_PER_HOUR = 3600
 
 _REQUESTS = "tokenfactory_requests_total"
