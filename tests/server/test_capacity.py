@@ -93,6 +93,9 @@ def test_remeasure_ignores_the_cache(engine, tmp_path):
     again = load_or_measure(engine, tmp_path, "tiny", batches=(1, 2), remeasure=True)
     assert not again.cached and again.recheck_step_s is None
     assert again.measured_at >= first.measured_at
+    # Both idle TTFTs are timed: a prompt an eighth as long as the main one, too.
+    assert again.short_ttft_prompt_tokens == again.ttft_prompt_tokens // 8
+    assert again.short_ttft_s is not None and again.short_ttft_s > 0
 
 
 def test_the_probe_gives_the_step_model_a_starting_point_for_this_hardware():
@@ -106,6 +109,14 @@ def test_the_probe_gives_the_step_model_a_starting_point_for_this_hardware():
     assert prior.per_decode_s == pytest.approx(2.1e-5, rel=0.1)  # not the CPU guess's 2 ms
     assert prior.per_prefill_token_s == pytest.approx((0.012 - 0.005) / 256, rel=0.1)
     assert prior.per_kv_token_s == 0.0 and prior.prefill_step_s == 0.0
+    # With a 32-token prompt's TTFT too (8 ms), a prompt token is the difference over the
+    # 224 tokens between them, and a step with prompt tokens pays the rest of the short one.
+    both = Capacity("m", "cuda:0", "x", "t", points, 256, 0.012,
+                    short_ttft_prompt_tokens=32, short_ttft_s=0.008).step_prior()
+    assert both.per_prefill_token_s == pytest.approx(0.004 / 224)
+    step = both.base_s + both.per_decode_s
+    assert both.prefill_step_s == pytest.approx(0.008 - step - 32 * 0.004 / 224)
+    assert both.prefill_step_s > 0.002
     # One batch size: no slope to read, the whole step is the fixed cost.
     alone = Capacity("m", "cpu", "x", "t", points[:1], 256, 0.2).step_prior()
     assert alone.per_decode_s == 0.0 and alone.base_s == pytest.approx(0.00505)

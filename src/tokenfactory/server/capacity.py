@@ -28,7 +28,9 @@ from tokenfactory.tiers import Tier, TierCatalog
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 2  # 2: speculative speed measured beside plain decoding
+# 2: speculative speed measured beside plain decoding; 3: a short prompt's TTFT beside the long
+# one's, so the fixed cost of a step with prompt tokens is told apart from a token's
+PROBE_VERSION = 3
 # A tier opens when one user gets this much more than its promised speed: the margin leaves
 # room for the small batches and prompt chunks that share steps with it in real traffic.
 SPEED_MARGIN = 1.15
@@ -63,6 +65,9 @@ class Capacity:
     version: int = PROBE_VERSION
     extra: dict = field(default_factory=dict)
     speculation: SpeculativeCapacity | None = None  # None: no proposer configured
+    # The idle TTFT of a short prompt too (None on probes that did not time one).
+    short_ttft_prompt_tokens: int | None = None
+    short_ttft_s: float | None = None
 
     @property
     def best_speed(self) -> float:
@@ -85,10 +90,11 @@ class Capacity:
     def step_prior(self) -> StepCoefficients:
         """A starting point for the step-time model from this probe, before any step of real
         traffic: the fixed cost and the cost per decoding sequence from a line through the
-        decode steps, a prompt token from the idle TTFT less one step. KV reads and the mixed
-        step's extra cost are left at zero for the fit to learn: the probe's short prompts
-        cannot show them. Without this the model starts from a CPU guess, ~400x off per
-        decoding sequence on a GPU."""
+        decode steps; a prompt token from the two idle TTFTs' difference over their lengths,
+        and what a step with prompt tokens pays beyond a decode step from the short one (a
+        probe with one TTFT charges it all per token). KV reads are left at zero for the fit
+        to learn: the probe's short prompts cannot show them. Without this the model starts
+        from a CPU guess, ~400x off per decoding sequence on a GPU."""
         xs = [float(p.batch) for p in self.points]
         ys = [p.step_s for p in self.points]
         if len(xs) > 1 and max(xs) > min(xs):
@@ -101,9 +107,20 @@ class Capacity:
             slope = 0.0
         smallest = self.smallest_batch
         base = max(smallest.step_s - slope * smallest.batch, 0.1 * smallest.step_s)
-        prefill = max(self.ttft_s - base - slope, 0.0) / max(self.ttft_prompt_tokens, 1)
+        step = base + slope  # the step that samples the first token
+        short, short_s = self.short_ttft_prompt_tokens, self.short_ttft_s
+        if short is not None and short_s is not None and self.ttft_prompt_tokens > short:
+            prefill = max(self.ttft_s - short_s, 0.0) / (self.ttft_prompt_tokens - short)
+            fixed = max(short_s - step - short * prefill, 0.0)
+        else:
+            prefill = max(self.ttft_s - step, 0.0) / max(self.ttft_prompt_tokens, 1)
+            fixed = 0.0
         return StepCoefficients(
-            base_s=base, per_decode_s=slope, per_prefill_token_s=prefill, per_kv_token_s=0.0
+            base_s=base,
+            per_decode_s=slope,
+            per_prefill_token_s=prefill,
+            per_kv_token_s=0.0,
+            prefill_step_s=fixed,
         )
 
     def to_dict(self) -> dict:
@@ -254,6 +271,8 @@ def measure(
             points.append(CapacityPoint(b, step, 1.0 / step, b / step))
         ttft_len = min(ttft_prompt_tokens, engine.max_model_len - 2)
         ttft = _idle_ttft(engine, ttft_len, vocab)
+        short_len = max(1, ttft_len // 8)
+        short_ttft = _idle_ttft(engine, short_len, vocab)
     with probe_policy(engine, drafts=True):
         speculation = measure_speculation(engine)
     return Capacity(
@@ -265,6 +284,8 @@ def measure(
         ttft_prompt_tokens=ttft_len,
         ttft_s=ttft,
         speculation=speculation,
+        short_ttft_prompt_tokens=short_len,
+        short_ttft_s=short_ttft,
     )
 
 
