@@ -118,6 +118,26 @@ def test_a_live_front_reconciles_a_silent_one_once_connected_for_a_lease(catalog
     live.close()
 
 
+def test_silent_fronts_that_hold_nothing_are_forgotten_and_closed_ones_leave(catalog, data_dir):
+    wall = WallClock()
+    opts = {"progress_interval_s": 0, "wall_clock": wall}
+    crash(Billing.open(catalog, data_dir=data_dir, **opts))  # a tool killed before it closed
+    Billing.open(catalog, data_dir=data_dir, **opts).close()
+    live = Billing.open(catalog, data_dir=data_dir, **opts)
+
+    def front_ids() -> int:
+        with live.engine.connect() as conn:
+            return len(conn.execute(select(FrontRow.front_id)).all())
+
+    assert front_ids() == 2  # the crashed one and this one; the closed one left
+    live.reconcile_open_reservations()
+    assert front_ids() == 2  # silent, but not for a whole lease yet
+    wall.advance(31)
+    live.reconcile_open_reservations()
+    assert front_ids() == 1
+    live.close()
+
+
 def test_a_front_whose_request_was_reconciled_meanwhile_bills_nothing_more(catalog, data_dir):
     wall = WallClock()
     slow = Billing.open(catalog, data_dir=data_dir, progress_interval_s=0, wall_clock=wall)

@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, exists, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from tokenfactory.billing.db import FrontRow, ReservationRow, table
@@ -109,3 +109,16 @@ def forget(conn: Connection, front_id: str) -> None:
     left = conn.execute(select(res.c.request_id).where(res.c.front_id == front_id).limit(1))
     if left.first() is None:
         conn.execute(delete(fronts).where(fronts.c.front_id == front_id))
+
+
+def forget_silent(conn: Connection, me: FrontIdentity, now: datetime, lease: timedelta) -> int:
+    """Remove the rows of fronts silent for longer than the lease that hold nothing (a command
+    line tool killed before it closed, say); returns how many."""
+    fronts, res = table(FrontRow), table(ReservationRow)
+    return conn.execute(
+        delete(fronts).where(
+            fronts.c.front_id != me.front_id,
+            fronts.c.heartbeat_at < now - lease,
+            ~exists().where(res.c.front_id == fronts.c.front_id),
+        )
+    ).rowcount

@@ -662,6 +662,9 @@ class Billing(KeyMethods):
             if front_id is not None:
                 with self._write() as conn:
                     fronts.forget(conn, front_id)
+        if trust_lease:
+            with self._write() as conn:
+                fronts.forget_silent(conn, self.front, self._wall(), self.lease)
         if added:
             log.warning("reconciled %d reservations left open by fronts that are gone", added)
         return added
