@@ -37,9 +37,7 @@ test-timing: $(STAMP)
 # The ledger's tests on a real local PostgreSQL, started as CI starts it (.ci/postgres.sh:
 # Debian's package, installed as root when missing), including a stop/start of that server.
 test-postgres: $(STAMP)
-	. .ci/postgres.sh && \
-	TOKENFACTORY_TEST_POSTGRES_CTL="pg_ctlcluster $$(pg_lsclusters --no-header | awk 'NR==1 {print $$1}') main" \
-	$(BIN)/python -m pytest tests/billing -q
+	. .ci/postgres.sh && $(BIN)/python -m pytest tests/billing -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

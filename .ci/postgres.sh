@@ -1,7 +1,7 @@
 # Sourced by .ci/run: a real PostgreSQL for the ledger tests, from Debian's package.
 # Installs it when missing (as root), starts the cluster, and exports
-# TOKENFACTORY_TEST_POSTGRES_URL. Elsewhere (no root, no apt) it says why and the
-# PostgreSQL tests skip.
+# TOKENFACTORY_TEST_POSTGRES_URL and TOKENFACTORY_TEST_POSTGRES_CTL. Elsewhere (no root, no
+# apt) it says why and the PostgreSQL tests skip.
 start_postgres() {
     if ! command -v pg_lsclusters >/dev/null 2>&1; then
         if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -24,6 +24,8 @@ start_postgres() {
     done
     su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'tokenfactory-ci'\"" >/dev/null
     export TOKENFACTORY_TEST_POSTGRES_URL="postgresql://postgres:tokenfactory-ci@127.0.0.1:5432/postgres"
+    # this cluster is CI's own: the ledger's restart tests may stop and start it
+    export TOKENFACTORY_TEST_POSTGRES_CTL="pg_ctlcluster $version main"
     echo "ci: PostgreSQL $version at 127.0.0.1:5432"
 }
 start_postgres
