@@ -230,6 +230,7 @@ def engine_description(engine: Engine) -> dict[str, Any]:
         "kv_cache_tokens": engine.num_kv_blocks * engine.config.block_size,
         "kv_cache_gib": engine.num_kv_blocks * per_block / 2**30,
         "weights_gib": weight_bytes_read_per_step(engine) / 2**30,
+        "quantization": engine.config.quantization,  # None: the weights in the dtype
     }
     runner = engine.runner
     info["attention_backend"] = runner.backend
@@ -251,6 +252,7 @@ def run_engine_bench(
     console.print(
         f"[bold]tokenfactory bench engine[/bold]: {engine.model_name} on "
         f"{machine_description(engine)}, {str(engine.dtype)[6:]}"
+        + (f", {engine.config.quantization} weights" if engine.config.quantization else "")
     )
     with console.status("measuring the roofline..."):
         roof = measure_roofline(engine.device, engine.dtype)
