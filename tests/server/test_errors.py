@@ -185,3 +185,6 @@ def test_overloaded_is_503(strict_server):
     r = _post(strict_server, body)
     _error(r, 503, code="overloaded")
     assert "retry-after" in r.headers
+    # Counted like every other refusal, so /metrics (and the dashboard) see it.
+    metrics = httpx.get(strict_server.base_url + "/metrics").text
+    assert 'outcome="overloaded",tier="high"} 1.0' in metrics, metrics[:2000]

@@ -192,8 +192,10 @@ class Factory:
             self.metrics.requests.labels(self.model_label, tier.name, "engine_unavailable").inc()
             raise errors.engine_unavailable(health.reason or "it stopped")
         if not self.accepting or not self.async_engine.is_running:
+            self.metrics.requests.labels(self.model_label, tier.name, "overloaded").inc()
             raise errors.overloaded("The server is shutting down; retry on another replica.", 1)
         if self.engine.scheduler.num_waiting >= self.config.max_waiting:
+            self.metrics.requests.labels(self.model_label, tier.name, "overloaded").inc()
             raise errors.overloaded(
                 "The server has too many queued requests; retry shortly.",
                 retry_after_s=2.0,
