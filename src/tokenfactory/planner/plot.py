@@ -45,7 +45,7 @@ def plot_frontier(
             colour = _TIER_COLOURS.get(t.tier, "black")
             ax.axvline(t.promise_tokens_per_s, color=colour, linestyle="--", linewidth=0.8)
             ax.text(
-                t.promise_tokens_per_s, 0.02, f" {t.tier}", color=colour, rotation=90,
+                t.promise_tokens_per_s, 0.16, f" {t.tier}", color=colour, rotation=90,
                 va="bottom", transform=ax.get_xaxis_transform(), fontsize=8,
             )
             if t.point is not None:
