@@ -187,3 +187,9 @@ def test_config_and_command_line_refuse_unknown_quantizations() -> None:
     result = CliRunner().invoke(app, ["generate", "--quantization", "int4", "hello"])
     assert result.exit_code == 2
     assert "--quantization must be fp8" in result.output
+
+
+def test_random_weights_cannot_overwrite_fp8_codes() -> None:
+    model, _ = _tiny("fp8")
+    with pytest.raises(ValueError, match="before FP8 quantization"):
+        model.init_random_weights()

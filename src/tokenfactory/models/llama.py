@@ -408,6 +408,8 @@ class LlamaForCausalLM(nn.Module):
 
     def init_random_weights(self, seed: int = 0, std: float = 0.02) -> None:
         """Random weights for benchmarks: speed does not depend on weight values."""
+        if any(isinstance(m, Linear) and m.fp8 is not None for m in self.modules()):
+            raise ValueError("random weights go in before FP8 quantization (build_model's order)")
         gen = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad():
             for name, param in self.named_parameters():
