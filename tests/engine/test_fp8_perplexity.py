@@ -11,11 +11,11 @@ from tokenfactory.models.loader import load_model_files
 
 pytestmark = pytest.mark.e2e
 
-# The quality bound this test holds FP8 to, relative to bf16 perplexity. Measured: +9-12% on
-# the first 256-512 tokens, +6.0% on the whole text (docs/performance.md). The aim was 1%;
-# SmolLM2-135M does not meet it with e4m3 weights and per-token e4m3 activations, so the
-# bound here is what the implementation does, with room for the slice's noise: a wrong scale
-# or a broken matmul lands far outside it.
+# The quality bound this test holds FP8 to, relative to bf16 perplexity. Measured on this
+# slice (the text's first 1,024 tokens): 18.89 -> 20.55, +8.8%; +6.0% on the whole text
+# (docs/performance.md). The aim was 1%; SmolLM2-135M does not meet it with e4m3 weights
+# and per-token e4m3 activations, so the bound is what the implementation does, with room
+# for another CPU's roundings: a wrong scale or a broken matmul lands far outside it.
 MAX_RELATIVE_INCREASE = 0.15
 
 
@@ -30,10 +30,10 @@ def test_shipped_text_is_a_few_thousand_tokens(loaded) -> None:
 
 
 def test_fp8_perplexity_stays_within_the_bound(loaded) -> None:
-    result = compare(loaded, EngineConfig(dtype="bfloat16"), "fp8", max_tokens=384)
+    result = compare(loaded, EngineConfig(dtype="bfloat16"), "fp8", max_tokens=1024)
     base, fp8 = result.baseline, result.quantized
     assert fp8 is not None and fp8.quantization == "fp8" and base.quantization is None
-    assert base.tokens_scored == fp8.tokens_scored == 383
+    assert base.tokens_scored == fp8.tokens_scored == 1023
     assert 1 < base.perplexity < 100  # the model reads English: a sanity floor for the pair
     rel = result.relative_difference
     assert rel is not None and rel != 0.0  # FP8 did run
