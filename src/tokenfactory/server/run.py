@@ -22,6 +22,7 @@ from tokenfactory.gc_heap import GcPauseWatch, freeze_heap
 from tokenfactory.server.app import create_app
 from tokenfactory.server.capacity import load_or_measure
 from tokenfactory.server.dashboard import DashboardAccess
+from tokenfactory.server.engine_protocol import EngineView
 from tokenfactory.server.factory import Factory, FactoryConfig
 from tokenfactory.tiers import TierCatalog, load_tiers
 
@@ -47,9 +48,11 @@ class ServeOptions:
     log_level: str = "info"
     admin_key: str | None = None  # beyond loopback, the dashboard needs it
     engine: EngineConfig = field(default_factory=EngineConfig)
+    replicas: int = 1  # above 1: engine replicas on Ray behind this front (tokenfactory.fleet)
+    ray_address: str | None = None  # join this Ray cluster instead of starting one
 
 
-def served_names(engine: Engine, requested: list[str]) -> tuple[str, tuple[str, ...]]:
+def served_names(engine: EngineView, requested: list[str]) -> tuple[str, tuple[str, ...]]:
     """The model's public name and aliases: the file name without its quantization suffix."""
     if requested:
         return requested[0], tuple(requested[1:])
@@ -58,7 +61,7 @@ def served_names(engine: Engine, requested: list[str]) -> tuple[str, tuple[str, 
     return short, ((name,) if short != name else ())
 
 
-def pick_preset(preset: str, engine: Engine) -> str:
+def pick_preset(preset: str, engine: EngineView) -> str:
     if preset != "auto":
         return preset
     return "gpu" if engine.device.type == "cuda" else "cpu"
@@ -69,6 +72,8 @@ def build_factory(
 ) -> Factory:
     console = console or Console(stderr=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else default_data_dir()
+    if opts.replicas > 1 or opts.ray_address:
+        return _build_fleet_factory(opts, console, data_dir)
     # The model is loaded, probed and served on the engine's own thread (AsyncEngine.call).
     with console.status("loading model..."):
         async_engine = AsyncEngine(
@@ -77,16 +82,7 @@ def build_factory(
         )
     engine = async_engine.engine
     catalog: TierCatalog = load_tiers(opts.tiers_file, pick_preset(opts.tier_preset, engine))
-    billing = Billing.open(catalog, opts.database_url, data_dir)
-    reconciled = billing.reconcile_open_reservations(catalog)
-    if reconciled:
-        console.print(f"ledger: settled {reconciled} request(s) left open by an earlier crash")
-    keys = billing.bootstrap_local_keys()
-    if keys:
-        console.print("[bold]First start: one local API key per tier (shown once):[/bold]")
-        for tier, raw in keys.items():
-            console.print(f"  {tier:<9} {raw}")
-        console.print(f"saved, readable only by you, in {data_dir / 'local-keys.json'}")
+    billing = _open_billing(opts, console, catalog, data_dir)
     identity = str(opts.model or "embedded")
     with console.status("measuring what this hardware can promise..."):
         capacity = async_engine.call(
@@ -107,6 +103,65 @@ def build_factory(
     )
     _print_tiers(console, factory)
     return factory
+
+
+def _build_fleet_factory(opts: ServeOptions, console: Console, data_dir: Path) -> Factory:
+    """`opts.replicas` engine replicas on Ray behind this process's HTTP front."""
+    from tokenfactory.fleet.metrics import FleetCollector
+    from tokenfactory.fleet.pools import load_pools
+    from tokenfactory.fleet.replica import ReplicaSpec
+    from tokenfactory.fleet.router import RoutingRules
+    from tokenfactory.fleet.start import import_ray, start_fleet
+
+    import_ray()  # a missing extra is said before anything loads
+    spec = ReplicaSpec(opts.model, opts.engine, opts.max_step_failures)
+    with console.status(f"starting {opts.replicas} engine replica(s) on Ray..."):
+        fleet, view = start_fleet(spec, opts.replicas, opts.ray_address)
+    try:
+        catalog = load_tiers(opts.tiers_file, pick_preset(opts.tier_preset, view))
+        fleet.rules = RoutingRules(pools=load_pools(opts.tiers_file, catalog, opts.replicas))
+        billing = _open_billing(opts, console, catalog, data_dir)
+        identity = str(opts.model or "embedded")
+        with console.status("measuring what this hardware can promise (one replica)..."):
+            # The replicas are identical: one is probed and all start from its figures.
+            capacity = fleet.call(
+                lambda e: load_or_measure(
+                    e, data_dir, identity, remeasure=opts.remeasure, batches=opts.probe_batches
+                )
+            )
+            fleet.set_step_prior(capacity.step_prior())
+    except BaseException:
+        fleet.shutdown()
+        raise
+    name, aliases = served_names(view, opts.served_model_name)
+    factory = Factory(
+        view,
+        catalog,
+        billing,
+        capacity,
+        FactoryConfig(name, data_dir, max_waiting=opts.max_waiting, aliases=aliases),
+        fleet,
+    )
+    factory.metrics.registry.register(FleetCollector(fleet))
+    console.print(f"fleet: {opts.replicas} engine replicas, pools {fleet.rules.pools or 'none'}")
+    _print_tiers(console, factory)
+    return factory
+
+
+def _open_billing(
+    opts: ServeOptions, console: Console, catalog: TierCatalog, data_dir: Path
+) -> Billing:
+    billing = Billing.open(catalog, opts.database_url, data_dir)
+    reconciled = billing.reconcile_open_reservations(catalog)
+    if reconciled:
+        console.print(f"ledger: settled {reconciled} request(s) left open by an earlier crash")
+    keys = billing.bootstrap_local_keys()
+    if keys:
+        console.print("[bold]First start: one local API key per tier (shown once):[/bold]")
+        for tier, raw in keys.items():
+            console.print(f"  {tier:<9} {raw}")
+        console.print(f"saved, readable only by you, in {data_dir / 'local-keys.json'}")
+    return billing
 
 
 def _print_tiers(console: Console, factory: Factory) -> None:

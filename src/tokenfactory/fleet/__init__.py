@@ -1,0 +1,1 @@
+"""Engine replicas on Ray behind one HTTP front: `tokenfactory serve --replicas N`."""
