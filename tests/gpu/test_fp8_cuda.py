@@ -43,6 +43,22 @@ def test_triton_row_quantization_matches_the_torch_form(device, rows, k):
         assert bool(((g / w - 1).abs() <= 0.125).all())  # a tie: one e4m3 step apart
 
 
+@pytest.mark.skipif(HAS_CUDA and not FP8_GPU, reason="this GPU has no FP8 (capability < 8.9)")
+def test_triton_ops_route_fp8_layers_to_the_scaled_matmul(device):
+    from tests.engine.engine_fixtures import TINY
+    from tokenfactory.engine.config import EngineConfig
+    from tokenfactory.engine.model_setup import build_model
+    from tokenfactory.engine.ops_backends import TritonOps
+    from tokenfactory.kernels.fp8_linear import fp8_linear
+
+    config = EngineConfig(device=device.type, dtype="bfloat16", quantization="fp8")
+    model = build_model(TINY, config, state_dict=None)
+    x = torch.randn(3, TINY.hidden_size, device=device).bfloat16()
+    for layer in (model.decoder_layers[0].qkv_proj, model.decoder_layers[1].gate_up_proj):
+        assert layer.fp8 is not None
+        assert torch.equal(TritonOps().linear(layer, x, True), fp8_linear(x, layer.fp8))
+
+
 def _engine(quantization: str | None, graphs: bool = True):
     """The small random config on CUDA, weights set (std 0.1) before they are quantized."""
     from tokenfactory.bench.gpu_check import SMALL

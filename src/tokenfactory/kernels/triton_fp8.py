@@ -43,12 +43,12 @@ if triton is not None:
             mask = start + offs < n
             v = tl.load(x_ptr + row * stride_x + start + offs, mask=mask, other=0.0)
             amax = tl.maximum(amax, tl.abs(v.to(tl.float32)))
-        scale = tl.maximum(tl.max(amax, 0), MIN_SCALE) / FP8_MAX
+        scale = tl.math.div_rn(tl.maximum(tl.max(amax, 0), MIN_SCALE), FP8_MAX)
         tl.store(s_ptr + row, scale)
         for start in range(0, n, BLOCK):
             mask = start + offs < n
             v = tl.load(x_ptr + row * stride_x + start + offs, mask=mask, other=0.0)
-            q = v.to(tl.float32) / scale
+            q = tl.math.div_rn(v.to(tl.float32), scale)  # IEEE division, as torch's
             tl.store(q_ptr + row * stride_q + start + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
