@@ -44,6 +44,8 @@ def test_plan_names_its_extra_when_scipy_is_missing(monkeypatch: pytest.MonkeyPa
         (["revenue", "--demand", "free=1", "--policy", "random"], "unknown policy"),
         (["calibrate", "--sweep", "nope"], "unknown sweep"),
         (["calibrate"], "give one of"),
+        (["simulate", "--rate", "1", "--mix", "gold=1"], "unknown tier 'gold'"),
+        (["simulate", "--rate", "0"], "--rate must be > 0"),
     ],
 )
 def test_bad_input_is_a_clear_error_not_a_traceback(args, message):
@@ -81,3 +83,10 @@ def test_calibrate_reports_held_out_errors():
     assert result.exit_code == 0, result.output
     assert "median absolute held-out error" in result.output
     assert "batch 256" in result.output
+
+
+def test_simulate_prints_each_tiers_promises_kept():
+    result = runner.invoke(app, ["plan", "simulate", "--rate", "0.2", "--duration", "10",
+                                 "--mix", "standard=1"])
+    assert result.exit_code == 0, result.output
+    assert "standard" in result.output and "revenue" in result.output

@@ -112,3 +112,16 @@ def test_named_shapes_match_their_parameter_counts():
     assert smol.weight_bytes == pytest.approx(2 * 134.5e6, rel=0.02)
     with pytest.raises(ValueError, match="unknown model"):
         model_shape("gpt-5")
+
+
+def test_a_loaded_models_shape_finds_its_architecture_name():
+    import copy
+
+    from tokenfactory.models.architectures import ARCHITECTURES
+    from tokenfactory.planner.shapes import architecture_name
+
+    gguf = copy.deepcopy(ARCHITECTURES["smollm2-135m"])
+    gguf.name = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # what the embedded GGUF calls itself
+    assert architecture_name(gguf) == "smollm2-135m"
+    gguf.hidden_size = 1000
+    assert architecture_name(gguf) == gguf.name

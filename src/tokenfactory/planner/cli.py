@@ -36,8 +36,13 @@ out = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[
-    str,
-    typer.Option("--model", "-m", help="Model shape: smollm2-135m (embedded), llama-3.1-8b, ..."),
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model shape: smollm2-135m (embedded), llama-3.1-8b, ... (default: the one "
+        "measured for local, the embedded one on cpu, llama-3.1-8b on a GPU)",
+    ),
 ]
 HardwareOpt = Annotated[
     str, typer.Option("--hardware", help="cpu, h100, h200, b200, or local (`plan measure`)")
@@ -99,7 +104,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _setup(
-    model: str,
+    model: str | None,
     hardware_name: str,
     weights: str,
     input_len: str | None,
@@ -112,12 +117,14 @@ def _setup(
     """The machine, its workload, the lengths and the tiers; a clear error for bad input."""
     from tokenfactory.planner.demand import PREFILL_CHUNK, DemandError, lengths_for
     from tokenfactory.planner.frontier import Machine
-    from tokenfactory.planner.hardware import UnknownHardwareError, hardware
+    from tokenfactory.planner.hardware import UnknownHardwareError, default_model, hardware
     from tokenfactory.planner.shapes import UnknownModelError, model_shape
     from tokenfactory.tiers import TierError, load_tiers
 
     try:
         hw = hardware(hardware_name, calibration)
+        if model is None:
+            model = default_model(hardware_name, hw.tier_preset, calibration)
         shape = model_shape(model, weights, kv)
         catalog = load_tiers(tiers, preset=hw.tier_preset)
         lengths = lengths_for(hw.tier_preset, input_len, output_len)
@@ -210,7 +217,7 @@ def hardware_list() -> None:
 
 @plan_app.command("frontier")
 def frontier_command(
-    model: ModelOpt = "llama-3.1-8b",
+    model: ModelOpt = None,
     hardware_name: HardwareOpt = "h200",
     weights: WeightsOpt = "bf16",
     kv: KvOpt = "bf16",
@@ -343,7 +350,7 @@ def _check_table(title: str, shares: Any, check: Any) -> Table:
 @plan_app.command("revenue")
 def revenue_command(
     demand: DemandOpt,
-    model: ModelOpt = "llama-3.1-8b",
+    model: ModelOpt = None,
     hardware_name: HardwareOpt = "h200",
     weights: WeightsOpt = "bf16",
     speculation_acceptance: AcceptOpt = None,
@@ -410,7 +417,7 @@ def revenue_command(
 @plan_app.command("fleet")
 def fleet_command(
     demand: DemandOpt,
-    model: ModelOpt = "llama-3.1-8b",
+    model: ModelOpt = None,
     hardware_name: HardwareOpt = "h200",
     weights: WeightsOpt = "bf16",
     speculation_acceptance: AcceptOpt = None,
@@ -477,7 +484,7 @@ def simulate_command(
     mix: Annotated[
         str, typer.Option(help="Tier shares, as `bench policies` takes them")
     ] = "free=0.4,standard=0.3,high=0.2,ultra=0.08,super=0.02",
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = None,
     hardware_name: HardwareOpt = "cpu",
     weights: WeightsOpt = "bf16",
     input_len: InputOpt = None,
@@ -535,7 +542,7 @@ def offline_command(
     bench_json: Annotated[
         Path, typer.Option(help="A `tokenfactory bench engine` JSON result with its offline part")
     ],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = None,
     hardware_name: HardwareOpt = "cpu",
     weights: WeightsOpt = "bf16",
     max_num_seqs: Annotated[int, typer.Option(min=1, help="The run's max_num_seqs")] = 512,

@@ -92,6 +92,18 @@ def hardware(name: str, calibration: Path | None = None) -> Hardware:
     return known[name]
 
 
+def default_model(name: str, tier_preset: str, calibration: Path | None = None) -> str:
+    """The model a plan is about when none is named: the one `plan measure` timed for
+    `local`, the embedded one on a CPU, Llama-3.1-8B on a GPU."""
+    if name == LOCAL:
+        path = calibration or default_calibration_path()
+        try:
+            return str(json.loads(path.read_text())["shape"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return "smollm2-135m" if tier_preset == "cpu" else "llama-3.1-8b"
+
+
 def write_local(hw: Hardware, path: Path, extra: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = asdict(hw) | {"schema": "tokenfactory.plan.calibration/1"} | extra

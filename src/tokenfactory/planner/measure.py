@@ -20,7 +20,9 @@ from tokenfactory.planner.hardware import (
 )
 from tokenfactory.planner.measurements import decode_sample, prefill_sample
 from tokenfactory.planner.perf_model import Peak, Sample
-from tokenfactory.planner.shapes import shape_of
+from tokenfactory.planner.shapes import architecture_name, shape_of
+
+NOISY = 0.15  # a held-out error past which the measurement, not the model, is suspect
 
 
 def measure_here(
@@ -107,7 +109,7 @@ def measure_here(
     path = out_path or default_calibration_path()
     write_local(hw, path, {
         "model": engine.model_name,
-        "shape": shape.name,
+        "shape": architecture_name(engine.model_config),
         "samples": [
             {"label": s.label, "batch": s.work.seqs, "context": s.work.context,
              "step_ms": s.step_s * 1e3}
@@ -144,4 +146,10 @@ def measure_here(
         f"ms a step + {hw.params.per_seq_s * 1e3:.2f} ms a sequence; held-out median error "
         f"{report.median_abs_held_out:.1%}"
     )
+    if report.median_abs_held_out > NOISY:
+        console.print(
+            f"[yellow]warning:[/yellow] steps held out are off by {report.median_abs_held_out:.0%} "
+            "(median): the steps were not steady, likely other work on this machine. Measure "
+            "again when it is quiet, or with more --rounds (each batch keeps its fastest)."
+        )
     return path

@@ -42,6 +42,18 @@ def model_shape(name: str, weights: str = "bf16", kv: str = "bf16") -> ModelShap
     return shape_of(ARCHITECTURES[key], weights, kv)
 
 
+def architecture_name(cfg: ModelConfig) -> str:
+    """The named architecture a loaded model's shape is (a GGUF names itself otherwise), or
+    the model's own name when none matches."""
+
+    def key(c: ModelConfig) -> tuple:
+        return (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                c.tie_word_embeddings)
+
+    return next((name for name, c in ARCHITECTURES.items() if key(c) == key(cfg)), cfg.name)
+
+
 def shape_of(cfg: ModelConfig, weights: str = "bf16", kv_format: str = "bf16") -> ModelShape:
     assert cfg.head_dim is not None
     params = cfg.num_parameters()
