@@ -124,3 +124,22 @@ def test_the_probe_gives_the_step_model_a_starting_point_for_this_hardware():
     noisy = [CapacityPoint(1, 0.02, 50, 50), CapacityPoint(8, 0.018, 55, 440)]
     flat = Capacity("m", "cpu", "x", "t", noisy, 32, 0.001).step_prior()
     assert flat.per_decode_s == 0.0 and flat.per_prefill_token_s == 0.0 and flat.base_s > 0
+
+
+def test_the_probe_cache_is_keyed_by_the_weights_quantization():
+    # FP8 weights decode at another speed than bf16: a bf16 probe must not be reused for them.
+    from types import SimpleNamespace
+
+    import torch
+
+    from tokenfactory.engine.config import EngineConfig
+    from tokenfactory.server.capacity import probe_key
+
+    def engine(quantization):
+        return SimpleNamespace(
+            model_name="m", device=torch.device("cpu"), dtype=torch.bfloat16,
+            config=EngineConfig(quantization=quantization),
+        )
+
+    assert probe_key(engine(None), "id") != probe_key(engine("fp8"), "id")
+    assert probe_key(engine("fp8"), "id") == probe_key(engine("fp8"), "id")

@@ -186,6 +186,7 @@ def probe_key(engine: Engine, model_identity: str, batches: tuple[int, ...] | No
         engine.model_name,
         str(engine.device),
         str(engine.dtype),
+        str(engine.config.quantization),  # FP8 weights decode at another speed
         platform.machine(),
         _processor(engine),
         str(_threads()),
