@@ -397,7 +397,9 @@ def serve(
     try:
         run_server(opts)
     except (ModelLoadError, TierError, OSError, ValueError, FleetUnavailableError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}")  # brackets in it are text
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass

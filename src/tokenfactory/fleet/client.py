@@ -237,7 +237,13 @@ class FleetClient:
             )
             try:
                 accepted: OutputBatch = await (await stream.__anext__())
-            except self._actor_errors:
+            except self._actor_errors as exc:
+                log.warning(
+                    "engine replica %d is down (%s): %s goes to another",
+                    index,
+                    type(exc).__name__,
+                    req.request_id,
+                )
                 self._mark_down(index)
                 continue
             if accepted.error is not None:

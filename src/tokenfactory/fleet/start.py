@@ -18,14 +18,16 @@ from tokenfactory.fleet.router import RoutingRules
 from tokenfactory.fleet.view import FleetView
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = "install the fleet extra: pip install 'tokenfactory[fleet]'"
+INSTALL_HINT = "pip install 'tokenfactory[fleet]'"
 
 
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise FleetUnavailableError(f"--replicas needs Ray: {INSTALL_HINT}") from None
+        raise FleetUnavailableError(
+            f"--replicas needs Ray (the fleet extra): {INSTALL_HINT}"
+        ) from None
     return ray
 
 

@@ -1,0 +1,170 @@
+"""`tokenfactory serve --replicas 2` as a real process with the embedded model: requests
+through both replicas, prefix affinity, and a replica killed under load.
+
+One server for the module: starting Ray and two replicas takes a while on a small machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.server.conftest import MODEL, ServerProcess, ledger_rows, open_reservations, start_server
+
+pytest.importorskip("ray")
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+LONG_SHARED = (
+    "You are reviewing a shipping manifest for a warehouse in Rotterdam. Every line lists "
+    "a pallet number, its weight in kilograms and the name of the receiving company. "
+)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> ServerProcess:
+    server = start_server(tmp_path_factory.mktemp("fleet"), "--replicas", "2", timeout=400)
+    yield server
+    server.stop()
+
+
+def replica_series(server: ServerProcess, name: str) -> dict[str, float]:
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    pattern = rf'^tokenfactory_replica_{name}\{{replica="(\d+)"\}} (\S+)$'
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+def replica_pids(server: ServerProcess) -> dict[str, int]:
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    pattern = r'^tokenfactory_replica_info\{node="[^"]*",pid="(\d+)",replica="(\d+)"\} 1\.0$'
+    return {m[2]: int(m[1]) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+def chat(client: openai.OpenAI, content: str, max_tokens: int = 8) -> dict:
+    """Stream one chat completion; what the client saw, or the error that ended it."""
+    seen: dict = {"id": None, "chunks": 0, "finish": None, "usage": None, "error": None}
+    try:
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            seen["id"] = chunk.id
+            if chunk.usage is not None:
+                seen["usage"] = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    seen["chunks"] += 1
+                if choice.finish_reason:
+                    seen["finish"] = choice.finish_reason
+    except openai.APIError as exc:
+        seen["error"] = exc
+    return seen
+
+
+def in_parallel(fn, args: list) -> list:
+    results: list = [None] * len(args)
+
+    def run(i: int) -> None:
+        results[i] = fn(*args[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(args))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return results
+
+
+def test_requests_stream_through_both_replicas(fleet):
+    client = fleet.openai("super")
+    before = replica_series(fleet, "routed_requests_total")
+    prompts = [
+        f"{word} is a word. Write one sentence about it."
+        for word in ("Apple", "River", "Stone", "Cloud", "Lamp", "Tiger", "Paper", "Glass")
+    ]
+    results = in_parallel(lambda p: chat(client, p), [(p,) for p in prompts])
+    assert all(r["error"] is None and r["finish"] in ("stop", "length") for r in results), results
+    after = replica_series(fleet, "routed_requests_total")
+    served = {k: after[k] - before.get(k, 0) for k in after}
+    assert set(served) == {"0", "1"}
+    assert sum(served.values()) == len(prompts)
+    assert all(n > 0 for n in served.values()), served
+    rows = ledger_rows(fleet.data_dir)
+    for r in results:
+        assert rows[r["id"]]["completion_tokens"] == r["usage"]
+
+
+def test_same_prefix_requests_land_on_one_replica(fleet):
+    client = fleet.openai("super")
+    before = replica_series(fleet, "routed_requests_total")
+    for i in range(4):
+        r = chat(client, LONG_SHARED + f"Question {i}: how heavy is pallet {i}?")
+        assert r["error"] is None
+    after = replica_series(fleet, "routed_requests_total")
+    served = sorted(after[k] - before.get(k, 0) for k in after)
+    assert served == [0, 4]
+
+
+def test_a_killed_replica_retries_or_ends_streams_cleanly_and_comes_back(fleet):
+    client = fleet.openai("super")
+    pids = replica_pids(fleet)
+    assert set(pids) == {"0", "1"}
+    prompts = [(f"Count slowly from {n} to {n + 40}, one number per line.", 48) for n in range(8)]
+    results: list = []
+    worker = threading.Thread(
+        target=lambda: results.extend(in_parallel(lambda p, m: chat(client, p, m), prompts))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while sum((in_flight := replica_series(fleet, "in_flight_requests")).values()) < len(prompts):
+        assert time.monotonic() < deadline, f"the requests never all started: {in_flight}"
+        time.sleep(0.05)
+    victim = max(in_flight, key=lambda k: in_flight[k])  # the front's own, exact count
+    time.sleep(0.5)  # their first tokens are out
+    os.kill(pids[victim], signal.SIGKILL)
+    late = in_parallel(lambda p: chat(client, p, 16), [(f"Name {n} colours.",) for n in range(3)])
+    worker.join(300)
+    outcomes = results + late
+    assert len(outcomes) == len(prompts) + 3
+
+    rows = ledger_rows(fleet.data_dir)
+    errored = [r for r in outcomes if r["error"] is not None]
+    for r in outcomes:
+        if r["error"] is None:  # finished here or, before its first token, on the other replica
+            assert r["finish"] in ("stop", "length")
+            assert rows[r["id"]]["completion_tokens"] == r["usage"]
+        else:  # it had started on the killed replica: ended, billed for what it delivered
+            assert r["id"] is not None, f"a request failed before its first token: {r}"
+            row = rows[r["id"]]
+            assert row["finish_reason"] == "error"
+            assert 1 <= r["chunks"] <= row["completion_tokens"] < 48
+            assert "engine" in str(r["error"]).lower()
+    assert errored, "killing a replica with running streams ended none of them"
+    assert open_reservations(fleet.data_dir) == 0
+
+    deadline = time.monotonic() + 240
+    while True:
+        up = replica_series(fleet, "up").get(victim)
+        restarts = replica_series(fleet, "restarts_total").get(victim, 0)
+        if up == 1 and restarts >= 1:
+            break
+        assert time.monotonic() < deadline, "the killed replica did not come back"
+        time.sleep(0.5)
+    assert replica_pids(fleet)[victim] != pids[victim]
+    before = replica_series(fleet, "routed_requests_total")
+    words = ("Orange", "Window", "Bridge", "Garden", "Candle", "Forest", "Silver", "Pencil")
+    for word in words:
+        assert chat(client, f"{word}: say it twice.")["error"] is None
+    after = replica_series(fleet, "routed_requests_total")
+    assert after[victim] > before[victim], "the restarted replica got no requests"
