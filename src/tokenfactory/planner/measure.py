@@ -54,7 +54,11 @@ def measure_here(
         for i, ctx in enumerate(contexts):
             # One prompt's prefill per round pins the arithmetic rate.
             skip = {"offline"} | ({"prefill"} if i else set())
-            opts = BenchOptions(batch_sizes=batches, sweep_context=ctx, skip=skip, seed=r)
+            # Prompts of a round differ from every other round's: the prefix cache would
+            # otherwise serve a repeated prefill.
+            opts = BenchOptions(
+                batch_sizes=batches, sweep_context=ctx, skip=skip, seed=1000 * r + 100 * i
+            )
             result = run_engine_bench(engine, opts, console)
             roofs.append(result["roofline"])
             pre = result.get("prefill")
