@@ -56,3 +56,13 @@ def test_replicas_without_ray_is_one_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(FleetUnavailableError, match=r"tokenfactory\[fleet\]"):
         import_ray()
+
+
+def test_a_dead_replica_engine_fails_its_streams_and_refuses_new_requests_as_closed():
+    from tokenfactory.engine.errors import EngineDeadError
+    from tokenfactory.engine.health import EngineHealth
+
+    dead = EngineDeadError(EngineHealth().died("three steps failed"))
+    assert type(ReplicaError.of(dead).exception()) is EngineStepError  # the fleet serves on
+    refused = ReplicaError.of(dead, queuing=True)
+    assert refused.kind == "closed"  # the front sends the request to another replica

@@ -246,6 +246,15 @@ class FleetClient:
                 )
                 self._mark_down(index)
                 continue
+            if accepted.error is not None and accepted.error.kind == "closed":
+                log.warning(
+                    "engine replica %d refused %s (%s): it goes to another",
+                    index,
+                    req.request_id,
+                    accepted.error.message,
+                )
+                self._mark_down(index)
+                continue
             if accepted.error is not None:
                 raise accepted.error.exception()
             req.replica, req.stream = index, stream
@@ -309,6 +318,10 @@ class FleetClient:
             log.warning("engine replica %d restarted (pid %d)", r.index, stats.pid)
         if self.step_prior is not None and not stats.has_step_prior:
             r.actor.set_step_prior.remote(self.step_prior)  # a restarted replica's prior
+        if not stats.healthy and not self._closed:
+            # A dead engine never serves again in its process: a new process might.
+            log.error("engine replica %d is dead (%s): restarting it", r.index, stats.health_reason)
+            self._ray.kill(r.actor, no_restart=False)
         with self._lock:
             r.stats = stats
             r.available = stats.healthy

@@ -14,6 +14,7 @@ from typing import Any
 from tokenfactory.engine.errors import (
     ContextLengthExceededError,
     EngineClosedError,
+    EngineDeadError,
     EngineStepError,
     InvalidRequestError,
 )
@@ -22,18 +23,22 @@ from tokenfactory.engine.outputs import RequestOutput
 
 @dataclass(frozen=True)
 class ReplicaError:
-    kind: str  # "context_length", "invalid", "step", "dead" or "closed"
+    kind: str  # "context_length", "invalid", "step" or "closed"
     message: str
     param: str | None = None
 
     @classmethod
-    def of(cls, exc: Exception) -> ReplicaError:
+    def of(cls, exc: Exception, queuing: bool = False) -> ReplicaError:
+        """`queuing`: the replica refused a new request (a closed one is then "closed", and
+        the front tries another replica)."""
         param = getattr(exc, "param", None)
         if isinstance(exc, ContextLengthExceededError):
             return cls("context_length", str(exc), param)
         if isinstance(exc, InvalidRequestError):
             return cls("invalid", str(exc), param)
-        if isinstance(exc, EngineStepError):
+        if isinstance(exc, EngineStepError | EngineDeadError) and not queuing:
+            # Mid-stream, a replica whose engine died failed this request like a bad step;
+            # the fleet still serves.
             return cls("step", str(exc))
         if isinstance(exc, EngineClosedError):
             return cls("closed", str(exc))

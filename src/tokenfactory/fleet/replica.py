@@ -65,7 +65,7 @@ class EngineReplica:
         try:
             rid = await self.async_engine.add_request(prompt, params, request_id, terms)
         except (InvalidRequestError, EngineClosedError) as exc:
-            yield OutputBatch([], time.monotonic(), ReplicaError.of(exc))
+            yield OutputBatch([], time.monotonic(), ReplicaError.of(exc, queuing=True))
             return
         self.requests_served += 1
         yield OutputBatch([], time.monotonic())
