@@ -224,6 +224,24 @@ def test_rate_limits_are_shared_by_the_fronts(pg_url, catalog, data_dir):
         front.close()
 
 
+@pg
+def test_fronts_starting_together_on_a_fresh_database_migrate_it_once(pg_url, catalog, data_dir):
+    from tokenfactory.billing.db import make_engine, migrate
+
+    engines = [make_engine(pg_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+
+    def start(engine) -> str | None:
+        barrier.wait()
+        return migrate(engine)
+
+    with ThreadPoolExecutor(len(engines)) as pool:
+        heads = list(pool.map(start, engines))
+    assert len(set(heads)) == 1 and heads[0] is not None
+    for engine in engines:
+        engine.dispose()
+
+
 CRASHING_FRONT = textwrap.dedent(
     """
     import os, signal, sys

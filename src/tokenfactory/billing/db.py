@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -235,6 +236,14 @@ def migrate(engine: Engine) -> str | None:
         if MigrationContext.configure(conn).get_current_revision() == head:
             return head
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # fronts starting together: one migrates, the others wait here, then find head
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return head
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return head
+
+
+_MIGRATION_LOCK = 0x7466_6C65_6467  # an advisory lock id of the ledger's own
