@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.server.conftest import MODEL, ServerProcess, ledger_rows, open_reservations, start_server
+from tokenfactory.bench.local_factory import open_tiers_toml
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -29,7 +30,10 @@ LONG_SHARED = (
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> ServerProcess:
-    server = start_server(tmp_path_factory.mktemp("fleet"), "--replicas", "2", timeout=400)
+    data = tmp_path_factory.mktemp("fleet")
+    tiers = data / "pooled-tiers.toml"  # promises any machine keeps, and a pool for ultra
+    tiers.write_text(open_tiers_toml() + "\n[pools]\nultra = [1]\n")
+    server = start_server(data, "--replicas", "2", "--tiers", str(tiers), timeout=400)
     yield server
     server.stop()
 
@@ -114,6 +118,18 @@ def test_same_prefix_requests_land_on_one_replica(fleet):
     after = replica_series(fleet, "routed_requests_total")
     served = sorted(after[k] - before.get(k, 0) for k in after)
     assert served == [0, 4]
+
+
+def test_a_pooled_tier_runs_on_its_replicas_and_says_so(fleet):
+    tiers = {t["name"]: t for t in httpx.get(fleet.base_url + "/v1/tiers").json()["data"]}
+    assert tiers["ultra"]["replicas"] == [1]
+    assert "replicas" not in tiers["super"]
+    client = fleet.openai("ultra")
+    before = replica_series(fleet, "routed_requests_total")
+    for word in ("Maple", "Harbor", "Violet", "Copper"):
+        assert chat(client, f"{word} is a word. Say it once.")["error"] is None
+    after = replica_series(fleet, "routed_requests_total")
+    assert (after["0"] - before["0"], after["1"] - before["1"]) == (0, 4)
 
 
 def test_a_killed_replica_retries_or_ends_streams_cleanly_and_comes_back(fleet):

@@ -150,6 +150,8 @@ class FleetClient:
                     return  # aborted on the replica
                 except self._actor_errors as exc:
                     self._mark_down(req.replica)
+                    if self._closed:  # the fleet is shutting down: ended, like an abort
+                        return
                     if req.tokens_received:
                         raise EngineStepError(
                             f"engine replica {req.replica} stopped while this request was "

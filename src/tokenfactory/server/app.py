@@ -207,6 +207,8 @@ def _tiers_body(factory: Factory) -> dict:
             openai_aliases=aliases.get(tier.name, []),
             speculation=_tier_speculation(factory, status),
         )
+        if tier.name in factory.config.tier_pools:  # served by these engine replicas only
+            d["replicas"] = list(factory.config.tier_pools[tier.name])
         data.append(d)
     return {
         "object": "list",

@@ -95,6 +95,8 @@ class FactoryConfig:
     data_dir: Path
     max_waiting: int = 1024  # queued requests beyond this get 503 overloaded
     aliases: tuple[str, ...] = ()  # other names the model answers to
+    # Replicas a tier is bound to (the tiers file's [pools], with --replicas): for /v1/tiers.
+    tier_pools: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 class Factory:

@@ -134,14 +134,10 @@ def _build_fleet_factory(opts: ServeOptions, console: Console, data_dir: Path) -
         fleet.shutdown()
         raise
     name, aliases = served_names(view, opts.served_model_name)
-    factory = Factory(
-        view,
-        catalog,
-        billing,
-        capacity,
-        FactoryConfig(name, data_dir, max_waiting=opts.max_waiting, aliases=aliases),
-        fleet,
+    config = FactoryConfig(
+        name, data_dir, opts.max_waiting, aliases, tier_pools=dict(fleet.rules.pools)
     )
+    factory = Factory(view, catalog, billing, capacity, config, fleet)
     factory.metrics.registry.register(FleetCollector(fleet))
     console.print(f"fleet: {opts.replicas} engine replicas, pools {fleet.rules.pools or 'none'}")
     _print_tiers(console, factory)
