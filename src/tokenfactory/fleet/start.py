@@ -62,12 +62,27 @@ def start_fleet(
         raise FleetUnavailableError(f"cannot start or join {where}: {exc}") from None
     finally:
         signal.signal(signal.SIGTERM, sigterm)
-    gpus = ray.cluster_resources().get("GPU", 0)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
     use_gpu = gpus >= 1 and spec.engine.device != "cpu"
     threads = spec.engine.num_threads
     if not use_gpu and threads is None:
         threads = _threads_each(ray, replicas)
         spec = replace(spec, engine=replace(spec.engine, num_threads=threads))
+    # Ray would wait forever for a place to put a replica that does not fit: say so now.
+    if use_gpu and replicas > gpus:
+        ray.shutdown()
+        raise FleetUnavailableError(
+            f"{replicas} replicas need a GPU each; the cluster has {gpus} "
+            "(fewer --replicas, more nodes, or --device cpu)"
+        )
+    cpus = int(resources.get("CPU", 0))
+    if not use_gpu and replicas * (threads or 1) > cpus:
+        ray.shutdown()
+        raise FleetUnavailableError(
+            f"{replicas} replicas of {threads} threads need {replicas * (threads or 1)} CPUs; "
+            f"the cluster has {cpus} (fewer --replicas or --threads)"
+        )
     actor = ray.remote(EngineReplica).options(
         num_cpus=0 if use_gpu else threads,
         num_gpus=1 if use_gpu else 0,
