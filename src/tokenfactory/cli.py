@@ -360,7 +360,7 @@ def serve(
     ] = 1,
     ray_address: Annotated[
         str | None,
-        typer.Option(help="Join this Ray cluster (e.g. auto, ray://head:10001) for the replicas"),
+        typer.Option(help="Join this Ray cluster for the replicas (auto, or HEAD:6379)"),
     ] = None,
 ) -> None:
     """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
