@@ -184,3 +184,29 @@ def test_a_killed_replica_retries_or_ends_streams_cleanly_and_comes_back(fleet):
         assert chat(client, f"{word}: say it twice.")["error"] is None
     after = replica_series(fleet, "routed_requests_total")
     assert after[victim] > before[victim], "the restarted replica got no requests"
+
+
+def test_a_request_whose_replica_dies_before_its_first_token_is_served_by_another(fleet):
+    deadline = time.monotonic() + 240
+    while set(replica_series(fleet, "up").values()) != {1.0}:
+        assert time.monotonic() < deadline, "the replicas are not both up"
+        time.sleep(0.5)
+    pids = replica_pids(fleet)
+    client = fleet.openai("super")
+    # A long prompt: its prefill takes seconds on one thread, and no token comes before.
+    prompt = "Summarise this list. " + " ".join(f"item{n}" for n in range(900))
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(chat(client, prompt, 8)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not any((in_flight := replica_series(fleet, "in_flight_requests")).values()):
+        assert time.monotonic() < deadline, "the request never reached a replica"
+        time.sleep(0.02)
+    victim = max(in_flight, key=lambda k: in_flight[k])
+    os.kill(pids[victim], signal.SIGKILL)
+    worker.join(300)
+    assert result["error"] is None, result
+    assert result["finish"] in ("stop", "length") and result["usage"] >= 1
+    row = ledger_rows(fleet.data_dir)[result["id"]]
+    assert row["completion_tokens"] == result["usage"]
+    assert f"replica {victim} stopped before {result['id']} started" in fleet.log()
