@@ -109,6 +109,14 @@ def test_requests_stream_through_both_replicas(fleet):
         assert rows[r["id"]]["completion_tokens"] == r["usage"]
 
 
+def test_the_fleet_reads_as_one_engine_on_the_status_pages(fleet):
+    assert httpx.get(fleet.base_url + "/ready").json()["status"] == "ready"
+    step_model = httpx.get(fleet.base_url + "/v1/tiers").json()["step_model"]
+    assert step_model["prior"] == "probe" and step_model["steps_observed"] > 0
+    state = httpx.get(fleet.base_url + "/dashboard/state").json()
+    assert state["engine"]["healthy"] and state["policy"] == "tier"
+
+
 def test_same_prefix_requests_land_on_one_replica(fleet):
     client = fleet.openai("super")
     before = replica_series(fleet, "routed_requests_total")
