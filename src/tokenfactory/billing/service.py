@@ -438,8 +438,8 @@ class Billing(KeyMethods):
 
     def upkeep(self) -> None:
         """One tick of the background thread: write progress, put right what the database
-        missed while it was gone, heartbeat, and every few heartbeats reconcile fronts that
-        are gone."""
+        missed while it was gone; every lease/3 seconds, heartbeat and reconcile the fronts
+        that are gone."""
         self.flush_progress()
         self.write_unwritten()
         now_s = time.monotonic()
@@ -454,8 +454,7 @@ class Billing(KeyMethods):
         # Judge another front by its heartbeat only after this one has been connected for a
         # whole lease: after an outage every front's heartbeat is old, the live ones' too.
         trust_lease = now - self._connected_since >= self.lease
-        if self._reconcile_gone(self.catalog, trust_lease=trust_lease):
-            log.warning("reconciled reservations of fronts that are gone")
+        self._reconcile_gone(self.catalog, trust_lease=trust_lease)
 
     def write_unwritten(self) -> int:
         """Write the settlements and cancellations the database missed; returns how many."""
