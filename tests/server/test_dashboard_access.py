@@ -167,3 +167,19 @@ def test_serve_takes_the_admin_key_from_its_option_or_the_environment(monkeypatc
     monkeypatch.setenv("TOKENFACTORY_ADMIN_KEY", "k2")
     assert CliRunner().invoke(app, ["serve"]).exit_code == 0
     assert [o.admin_key for o in seen] == [None, "k1", "k2"]
+
+
+def test_a_ledger_route_answers_503_while_the_ledger_database_is_unreachable(factory, monkeypatch):
+    # /v1/usage reads the ledger: with its database gone it is a 503 with Retry-After in the
+    # OpenAI shape, as admission is, never a 500.
+    from tokenfactory.billing.errors import LedgerUnavailableError
+
+    _, raw = factory.billing.create_key("usage-outage", "standard")
+
+    def unreachable(**_):
+        raise LedgerUnavailableError(retry_after_s=2.0)
+
+    monkeypatch.setattr(factory.billing, "usage", unreachable)
+    r = _get(factory, "127.0.0.1", "/v1/usage", headers={"Authorization": f"Bearer {raw}"})
+    _openai_error(r, 503, "ledger_unavailable")
+    assert r.headers["retry-after"] == "2"

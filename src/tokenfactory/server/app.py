@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tokenfactory.billing.errors import LedgerUnavailableError
 from tokenfactory.server import errors
 from tokenfactory.server.capacity import TierStatus
 from tokenfactory.server.chat_route import run_chat, run_completion
@@ -309,6 +310,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             err = errors.invalid_request(f"Invalid '{param}': {msg}.", param)
         return _error_json(request, err)
+
+    @app.exception_handler(LedgerUnavailableError)
+    async def ledger_down(request: Request, exc: LedgerUnavailableError) -> JSONResponse:
+        # Any route that reads the ledger (usage, keys) while its database is unreachable.
+        return _error_json(request, errors.ledger_unavailable(str(exc), exc.retry_after_s))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
