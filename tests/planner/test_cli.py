@@ -90,3 +90,27 @@ def test_simulate_prints_each_tiers_promises_kept():
                                  "--mix", "standard=1"])
     assert result.exit_code == 0, result.output
     assert "standard" in result.output and "revenue" in result.output
+
+
+def test_calibrate_reads_a_capacity_probe_cache(tmp_path):
+    # A probe as `serve` caches it: steps that grow by 1 ms a sequence over a 9 ms floor.
+    probe = {
+        "points": [
+            {"batch": b, "step_s": 0.009 + 0.001 * b, "tokens_per_s_per_user": 1.0,
+             "tokens_per_s": 1.0}
+            for b in (1, 2, 4, 8, 16, 32)
+        ],
+        "ttft_prompt_tokens": 256,
+        "ttft_s": 0.25,
+    }
+    path = tmp_path / "capacity-0.json"
+    path.write_text(json.dumps(probe))
+    result = runner.invoke(app, ["plan", "calibrate", "--probe", str(path), "--model",
+                                 "smollm2-135m", "--hardware", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "batch 32, context 38 (probe)" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"points": [{"batch": 1}], "ttft_s": 1}))
+    result = runner.invoke(app, ["plan", "calibrate", "--probe", str(bad), "--model",
+                                 "smollm2-135m", "--hardware", "cpu"])
+    assert result.exit_code == 2 and "not a capacity-probe cache" in result.output

@@ -583,11 +583,17 @@ def calibrate_command(
     bench_json: Annotated[
         Path | None, typer.Option(help="A `tokenfactory bench engine` JSON result instead")
     ] = None,
+    probe: Annotated[
+        Path | None,
+        typer.Option(help="A capacity-probe cache instead (capacity-*.json, `serve`'s data dir)"),
+    ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="With --bench-json: the model shape")
+        str | None,
+        typer.Option("--model", "-m", help="With --bench-json or --probe: the model shape"),
     ] = None,
     hardware_name: Annotated[
-        str | None, typer.Option("--hardware", help="With --bench-json: peak rates of this preset")
+        str | None,
+        typer.Option("--hardware", help="With --bench-json or --probe: this preset's peak rates"),
     ] = None,
     statistic: Annotated[
         str, typer.Option(help="With --bench-json: median or min step of each batch")
@@ -602,30 +608,38 @@ def calibrate_command(
     was not fitted on (each batch size, or each context, held out in turn)."""
     from tokenfactory.planner.calibrate import fit_report
     from tokenfactory.planner.hardware import UnknownHardwareError, hardware
-    from tokenfactory.planner.measurements import Sweep, samples_from_bench, shipped_sweeps
+    from tokenfactory.planner.measurements import (
+        Sweep,
+        samples_from_bench,
+        samples_from_probe,
+        shipped_sweeps,
+    )
     from tokenfactory.planner.perf_model import Peak, relative_errors
     from tokenfactory.planner.shapes import UnknownModelError, model_shape
 
     def load_json(path: Path, name: str, hw: str, mdl: str) -> Sweep:
         try:
             doc = json.loads(path.read_text())
-            samples = samples_from_bench(doc, statistic)
+            if "points" in doc and "ttft_s" in doc:
+                samples = samples_from_probe(doc)
+            else:
+                samples = samples_from_bench(doc, statistic)
         except (OSError, ValueError, KeyError) as exc:
             raise _fail(f"cannot read {path}: {exc}") from None
         return Sweep(name, hw, mdl, "bf16", str(path), tuple(samples))
 
     known = shipped_sweeps()
-    if (sweep is None) == (bench_json is None):
-        raise _fail("give one of --sweep NAME or --bench-json FILE")
+    files = [f for f in (bench_json, probe) if f is not None]
+    if (sweep is not None) + len(files) != 1:
+        raise _fail("give one of --sweep NAME, --bench-json FILE or --probe FILE")
     if sweep is not None:
         if sweep not in known:
             raise _fail(f"unknown sweep {sweep!r}; shipped: {', '.join(known)}")
         data = known[sweep]
     else:
-        assert bench_json is not None
         if model is None or hardware_name is None:
-            raise _fail("--bench-json needs --model and --hardware")
-        data = load_json(bench_json, bench_json.name, hardware_name, model)
+            raise _fail("--bench-json and --probe need --model and --hardware")
+        data = load_json(files[0], files[0].name, hardware_name, model)
     try:
         hw = hardware(data.hardware)
         shape = model_shape(data.model, data.weights)

@@ -53,6 +53,24 @@ def samples_from_bench(doc: dict[str, Any], statistic: str = "median") -> list[S
     return out
 
 
+# The capacity probe (server/capacity.py) decodes 12 steps after a 32-token prompt and
+# keeps their median: the median step attends over about 32 + 6 tokens.
+PROBE_CONTEXT = 38
+
+
+def samples_from_probe(doc: dict[str, Any]) -> list[Sample]:
+    """The decode steps and idle TTFT of a capacity-probe cache (`capacity-*.json` in the
+    server's data directory), tagged 'probe'."""
+    try:
+        out = [
+            decode_sample(p["batch"], PROBE_CONTEXT, p["step_s"], "probe") for p in doc["points"]
+        ]
+        out.append(prefill_sample(doc["ttft_prompt_tokens"], doc["ttft_s"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a capacity-probe cache: {exc}") from None
+    return out
+
+
 @functools.cache
 def shipped_sweeps() -> dict[str, Sweep]:
     text = resources.files("tokenfactory").joinpath("data/hardware_sweeps.toml").read_text("utf-8")
