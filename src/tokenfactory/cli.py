@@ -362,6 +362,13 @@ def serve(
         str | None,
         typer.Option(help="Join this Ray cluster for the replicas (auto, or HEAD:6379)"),
     ] = None,
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="How the front picks a replica (--replicas above 1): prefix (same prompt "
+            "prefix or prompt_cache_key, same replica) or round-robin",
+        ),
+    ] = "prefix",
 ) -> None:
     """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
     from tokenfactory.fleet.errors import FleetUnavailableError
@@ -369,6 +376,8 @@ def serve(
     from tokenfactory.server.run import serve as run_server
     from tokenfactory.tiers import TierError
 
+    if routing not in ("prefix", "round-robin"):
+        raise typer.BadParameter("must be prefix or round-robin", param_hint="--routing")
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=max_num_seqs,
         policy=policy, quantization=quantization,
@@ -393,6 +402,7 @@ def serve(
         engine=config,
         replicas=replicas,
         ray_address=ray_address,
+        routing=routing,
     )
     try:
         run_server(opts)

@@ -118,3 +118,33 @@ def test_pooled_tier_falls_back_to_any_replica_when_its_pool_is_down():
     rules = RoutingRules(prefix_tokens=4, pools={"ultra": (0,)})
     loads = [ReplicaLoad(0, False), ReplicaLoad(1, True, running=3), ReplicaLoad(2, True)]
     assert choose_replica(loads, rules, "ultra", [1]) == 2
+
+
+def test_a_shared_system_prompt_is_split_by_cache_key_but_not_without_one():
+    rules = RoutingRules(prefix_tokens=4)
+    system = [5, 6, 7, 8]  # every conversation starts with the same long system prompt
+    by_tokens = {choose_replica(idle(4), rules, None, system + [k]) for k in range(40)}
+    by_key = {
+        choose_replica(idle(4), rules, None, system + [k], cache_key=f"run-{k}") for k in range(40)
+    }
+    assert len(by_tokens) == 1
+    assert by_key == {0, 1, 2, 3}
+
+
+def test_round_robin_takes_replicas_in_turn_whatever_the_prefix_or_key():
+    rules = RoutingRules(prefix_tokens=4, mode="round-robin")
+    picks = [
+        choose_replica(idle(3), rules, None, [1, 2, 3, 4], cache_key="same", turn=t)
+        for t in range(6)
+    ]
+    assert picks == [0, 1, 2, 0, 1, 2]
+
+
+def test_round_robin_skips_replicas_that_are_down_or_tried_and_keeps_pools():
+    rules = RoutingRules(mode="round-robin", pools={"ultra": (2,)})
+    loads = [ReplicaLoad(0, True), ReplicaLoad(1, False), ReplicaLoad(2, True)]
+    assert [choose_replica(loads, rules, None, [1], turn=t) for t in range(3)] == [0, 2, 2]
+    assert choose_replica(loads, rules, None, [1], exclude=frozenset({0}), turn=0) == 2
+    assert choose_replica(loads, rules, "ultra", [1], turn=0) == 2
+    with pytest.raises(NoReplicaError):
+        choose_replica([ReplicaLoad(0, False)], rules, None, [1])

@@ -144,9 +144,12 @@ class AsyncEngine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         terms: ServiceTerms | None = None,
+        cache_key: str | None = None,
     ) -> str:
         """Queue a request and return its id; validation errors are raised here, and
-        `EngineDeadError` (an `EngineClosedError`) at once when the engine is dead."""
+        `EngineDeadError` (an `EngineClosedError`) at once when the engine is dead.
+        `cache_key` is a routing hint for a fleet of engines; one engine has no choice to
+        make, so it is not used here."""
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         fut: concurrent.futures.Future = concurrent.futures.Future()

@@ -67,6 +67,7 @@ class _Request:
     params: SamplingParams | None
     request_id: str
     terms: ServiceTerms | None
+    cache_key: str | None
     replica: int
     stream: Any  # Ray's ObjectRefGenerator of OutputBatch
     tokens_received: int = 0
@@ -92,6 +93,7 @@ class FleetClient:
         self.rules = rules or RoutingRules()
         self.step_prior: StepCoefficients | None = None
         self._requests: dict[str, _Request] = {}
+        self._turns = 0  # routing attempts so far: round-robin's turn
         self._closed = False
         self._poll_s = poll_s
         self._on_shutdown = on_shutdown
@@ -125,13 +127,14 @@ class FleetClient:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         terms: ServiceTerms | None = None,
+        cache_key: str | None = None,
     ) -> str:
         if isinstance(prompt, str):
             raise InvalidRequestError("the fleet takes prompts as token ids", "prompt")
         if self._closed:
             raise self._closed_error()
         rid = request_id or f"fleet-{uuid.uuid4().hex}"
-        req = _Request(list(prompt), params, rid, terms, replica=-1, stream=None)
+        req = _Request(list(prompt), params, rid, terms, cache_key, replica=-1, stream=None)
         await self._submit(req)
         self._requests[rid] = req
         return rid
@@ -227,8 +230,15 @@ class FleetClient:
             try:
                 with self._lock:
                     loads = [r.load() for r in self.replicas]
+                    turn, self._turns = self._turns, self._turns + 1
                 index = choose_replica(
-                    loads, self.rules, tier, req.prompt, exclude=frozenset(req.tried)
+                    loads,
+                    self.rules,
+                    tier,
+                    req.prompt,
+                    cache_key=req.cache_key,
+                    exclude=frozenset(req.tried),
+                    turn=turn,
                 )
             except NoReplicaError:
                 raise EngineDeadError(self.health) from None

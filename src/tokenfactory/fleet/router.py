@@ -11,6 +11,9 @@ Pure data in, a choice out (no Ray, no model), so the rule is tested on its own.
   least busy replica.
 - Pools: a tier may be bound to some replicas (say a fast pool for the paced tiers); when
   none of them can take work, any replica serves rather than none.
+
+Round-robin routing (the baseline to compare against) ignores prefixes and keys and takes
+the replicas in turn, skipping those that are down, within the same pools.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
+
+RoutingMode = Literal["prefix", "round-robin"]
+ROUTING_MODES: tuple[RoutingMode, ...] = ("prefix", "round-robin")
 
 
 class NoReplicaError(RuntimeError):
@@ -47,6 +54,7 @@ class RoutingRules:
     overload_factor: float = 2.0
     overload_margin: int = 4
     pools: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # tier -> replicas
+    mode: RoutingMode = "prefix"
 
 
 def prefix_key(prompt_ids: Sequence[int], prefix_tokens: int) -> bytes | None:
@@ -73,12 +81,16 @@ def choose_replica(
     prompt_ids: Sequence[int],
     cache_key: str | None = None,
     exclude: frozenset[int] = frozenset(),
+    turn: int = 0,
 ) -> int:
     """The index of the replica that should serve this request.
 
     `cache_key` (a client's prompt-cache key) names the prefix when given; otherwise the
-    prompt's first `rules.prefix_tokens` tokens do. `exclude`: replicas already tried."""
+    prompt's first `rules.prefix_tokens` tokens do. `exclude`: replicas already tried.
+    `turn`: the request's number, which round-robin routing takes modulo the replicas."""
     candidates = _candidates(replicas, rules, tier, exclude)
+    if rules.mode == "round-robin":
+        return _in_turn(candidates, turn, len(replicas))
     least = min(candidates, key=lambda r: (r.load, r.index))
     key = cache_key.encode() if cache_key else prefix_key(prompt_ids, rules.prefix_tokens)
     if key is None:
@@ -88,6 +100,14 @@ def choose_replica(
     if _much_busier(preferred, least, rules):
         return least.index
     return preferred.index
+
+
+def _in_turn(candidates: Sequence[ReplicaLoad], turn: int, count: int) -> int:
+    """The first candidate at or after replica `turn` (modulo all `count` replicas), so a
+    replica that is down hands its turns to the next one up."""
+    indices = sorted(r.index for r in candidates)
+    start = turn % count
+    return next((i for i in indices if i >= start), indices[0])
 
 
 def _candidates(

@@ -31,6 +31,7 @@ class ServingEngine(Protocol):
         params: SamplingParams | None = None,
         request_id: str | None = None,
         terms: ServiceTerms | None = None,
+        cache_key: str | None = None,  # the client's prompt-cache key: where to route it
     ) -> str: ...
 
     def outputs(self, request_id: str) -> AsyncGenerator[RequestOutput, None]: ...

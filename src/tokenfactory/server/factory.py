@@ -238,6 +238,7 @@ class Factory:
                 prepared.params,
                 request_id,
                 terms=request_terms(self.catalog, tier, prepared.service_tier, received_at),
+                cache_key=prepared.cache_key,
             )
         except ContextLengthExceededError as exc:
             gen.settle("rejected", error=str(exc))

@@ -31,6 +31,9 @@ class PreparedRequest:
     logprobs: int | None  # top-k alternatives wanted, None = no logprobs
     service_tier: str | None
     task_id: str | None = None  # metadata.task_id as sent (Factory.start checks it)
+    # The client's prompt_cache_key: requests sharing one share a prompt prefix, so a
+    # fleet sends them to the same replica (where that prefix is cached).
+    cache_key: str | None = None
     tool_calling: ToolCalling | None = None  # the reply is read for tool calls
 
 
@@ -164,6 +167,7 @@ def _finish(
         logprobs=logprobs,
         service_tier=req.service_tier,
         task_id=(req.metadata or {}).get("task_id"),
+        cache_key=req.prompt_cache_key or None,
     )
 
 

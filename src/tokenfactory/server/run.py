@@ -50,6 +50,7 @@ class ServeOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     replicas: int = 1  # above 1: engine replicas on Ray behind this front (tokenfactory.fleet)
     ray_address: str | None = None  # join this Ray cluster instead of starting one
+    routing: str = "prefix"  # how the fleet picks a replica: prefix or round-robin
 
 
 def served_names(engine: EngineView, requested: list[str]) -> tuple[str, tuple[str, ...]]:
@@ -110,16 +111,20 @@ def _build_fleet_factory(opts: ServeOptions, console: Console, data_dir: Path) -
     from tokenfactory.fleet.metrics import FleetCollector
     from tokenfactory.fleet.pools import load_pools
     from tokenfactory.fleet.replica import ReplicaSpec
-    from tokenfactory.fleet.router import RoutingRules
+    from tokenfactory.fleet.router import ROUTING_MODES, RoutingRules
     from tokenfactory.fleet.start import import_ray, start_fleet
 
+    mode = next((m for m in ROUTING_MODES if m == opts.routing), None)
+    if mode is None:
+        raise ValueError(f"--routing must be one of {', '.join(ROUTING_MODES)}: {opts.routing!r}")
     import_ray()  # a missing extra is said before anything loads
     spec = ReplicaSpec(opts.model, opts.engine, opts.max_step_failures)
     with console.status(f"starting {opts.replicas} engine replica(s) on Ray..."):
         fleet, view = start_fleet(spec, opts.replicas, opts.ray_address)
     try:
         catalog = load_tiers(opts.tiers_file, pick_preset(opts.tier_preset, view))
-        fleet.rules = RoutingRules(pools=load_pools(opts.tiers_file, catalog, opts.replicas))
+        pools = load_pools(opts.tiers_file, catalog, opts.replicas)
+        fleet.rules = RoutingRules(pools=pools, mode=mode)
         billing = _open_billing(opts, console, catalog, data_dir)
         identity = str(opts.model or "embedded")
         with console.status("measuring what this hardware can promise (one replica)..."):
@@ -139,7 +144,10 @@ def _build_fleet_factory(opts: ServeOptions, console: Console, data_dir: Path) -
     )
     factory = Factory(view, catalog, billing, capacity, config, fleet)
     factory.metrics.registry.register(FleetCollector(fleet))
-    console.print(f"fleet: {opts.replicas} engine replicas, pools {fleet.rules.pools or 'none'}")
+    console.print(
+        f"fleet: {opts.replicas} engine replicas, {mode} routing, "
+        f"pools {fleet.rules.pools or 'none'}"
+    )
     _print_tiers(console, factory)
     return factory
 
