@@ -128,6 +128,41 @@ def test_same_prefix_requests_land_on_one_replica(fleet):
     assert served == [0, 4]
 
 
+def test_a_prompt_cache_key_picks_the_replica_instead_of_the_prompt(fleet):
+    from tokenfactory.fleet.router import rendezvous_order
+
+    # A key the router places on replica 0 and one it places on replica 1.
+    keys = [f"run-{i}" for i in range(20)]
+    home = {k: rendezvous_order(k.encode(), [0, 1])[0] for k in keys}
+    to_0, to_1 = next(k for k in keys if home[k] == 0), next(k for k in keys if home[k] == 1)
+    key = httpx.Headers({"Authorization": f"Bearer {fleet.keys['super']}"})
+
+    def served_by(content: str, cache_key: str) -> int:
+        """The replica that served this request (the one whose routed count moved)."""
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4,
+            "prompt_cache_key": cache_key,
+        }
+        before = replica_series(fleet, "routed_requests_total")
+        r = httpx.post(fleet.base_url + "/v1/chat/completions", json=body, headers=key,
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        after = replica_series(fleet, "routed_requests_total")
+        moved = [int(k) for k in after if after[k] > before.get(k, 0)]
+        assert len(moved) == 1, (before, after)
+        return moved[0]
+
+    # One shared prefix under two keys: each key's replica, not the prefix's.
+    shared = [LONG_SHARED + f"Question {i}: how heavy is pallet {i}?" for i in range(4)]
+    keyed = zip(shared, [to_0, to_1, to_0, to_1], strict=True)
+    assert [served_by(content, k) for content, k in keyed] == [0, 1, 0, 1]
+    # Other prompts under one key: its replica.
+    others = [f"{w} is a word. Say it once." for w in ("Apple", "River")]
+    assert [served_by(content, to_1) for content in others] == [1, 1]
+
+
 def test_a_pooled_tier_runs_on_its_replicas_and_says_so(fleet):
     tiers = {t["name"]: t for t in httpx.get(fleet.base_url + "/v1/tiers").json()["data"]}
     assert tiers["ultra"]["replicas"] == [1]
