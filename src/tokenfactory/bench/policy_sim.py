@@ -18,6 +18,7 @@ from tokenfactory.bench.point_tally import PointTally
 from tokenfactory.bench.serve.arrivals import arrival_gaps
 from tokenfactory.bench.serve.lengths import LengthDist
 from tokenfactory.bench.serve.tiers_info import parse_mix
+from tokenfactory.bench.serve.workloads import TierPicker
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.engine.sequence import FinishReason, Sequence
 from tokenfactory.scheduling.calibration import step_cost
@@ -138,11 +139,13 @@ class LoadRequest:
 
 def load_requests(load: SimLoad, catalog: TierCatalog) -> Iterator[LoadRequest]:
     """The load's requests in arrival order: Poisson arrivals, the mix's tiers, the length
-    distributions, distinct prompts; the same for any policy (and any early-stop share)."""
+    distributions, distinct prompts; the same for any policy (and any early-stop share).
+    Drawn as `bench serve`'s random workload draws them with the same seed (its arrival
+    gaps, its lengths stream, its tier picker), so a simulated point is the twin of an HTTP
+    one: the same requests at the same times."""
     rng = random.Random(load.seed)
-    mix = parse_mix(load.mix)
-    names, weights = list(mix), list(mix.values())
-    ins, outs = LengthDist.parse(load.input_len, lo=1), LengthDist.parse(load.output_len, lo=1)
+    pick = TierPicker(parse_mix(load.mix), load.seed)
+    ins, outs = LengthDist.parse(load.input_len, lo=4), LengthDist.parse(load.output_len, lo=1)
     gaps = arrival_gaps(load.rate, seed=load.seed)
     stops = random.Random(load.seed + 1)  # its own stream: the load is the same for any share
     t, i = 0.0, 0
@@ -150,9 +153,11 @@ def load_requests(load: SimLoad, catalog: TierCatalog) -> Iterator[LoadRequest]:
         t += next(gaps)
         if t >= load.duration_s:
             return
-        tier = catalog[rng.choices(names, weights)[0]]
-        prompt = [1 + (i * 31 + k) % 997 for k in range(ins.sample(rng))]
-        max_tokens = outs.sample(rng)
+        n_in, max_tokens = ins.sample(rng), outs.sample(rng)
+        tier_name = pick()
+        assert tier_name is not None, "parse_mix gives at least one tier"
+        tier = catalog[tier_name]
+        prompt = [1 + (i * 31 + k) % 997 for k in range(n_in)]
         stop_after = None
         if stops.random() < load.early_stop_share:
             stop_after = stops.randint(1, max_tokens)
