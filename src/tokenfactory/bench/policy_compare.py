@@ -1,7 +1,8 @@
 """Scheduling policies side by side: fcfs, priority and tier under the same tiered load.
 
-For each policy a fresh `tokenfactory serve --policy P` runs on this machine (shipped tiers,
-the preset for its device); `tokenfactory bench serve` drives it with the same seeded tier mix
+For each point a fresh `tokenfactory serve --policy P` runs on this machine (shipped tiers,
+the preset for its device; no prefix cache carried over from another point);
+`tokenfactory bench serve` drives it with the same seeded tier mix
 and lengths at several request rates. 100% load is the highest rate of a sweep at which fcfs
 keeps every paid promise; the comparison then runs every policy at 50/100/150/200% of it.
 Everything goes through HTTP, as a customer sees it. With several `seeds` each point runs once
@@ -113,33 +114,40 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"options": {k: str(v) for k, v in vars(opts).items()}, "sweep": [],
                     "levels": {}}
-    fcfs = LocalFactory(opts.serve_args("fcfs"))
-    # Every policy's factory opens the tiers this first one's hardware probe opened.
+    # Every point's factory opens the tiers this first one's hardware probe opened.
+    first = LocalFactory(opts.serve_args("fcfs"))
     probe = tempfile.TemporaryDirectory()
-    copy_probe(fcfs.data_dir, probe.name)
     try:
-        for rate in opts.sweep_rates:
-            s = summarize(*_point(fcfs, rate, opts, f"sweep-{rate}"))
-            result["sweep"].append(s)
-            log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
+        copy_probe(first.data_dir, probe.name)
     finally:
-        fcfs.close()
+        first.close()
+    for rate in opts.sweep_rates:
+        fcfs = LocalFactory(opts.serve_args("fcfs"), probe_dir=probe.name)
+        try:
+            s = summarize(*_point(fcfs, rate, opts, f"sweep-{rate}"))
+        finally:
+            fcfs.close()
+        result["sweep"].append(s)
+        log(f"sweep fcfs rate {rate}: paid kept={paid_kept(s)} {s['attainment']}")
     kept = [s["rate"] for s in result["sweep"] if paid_kept(s)]
     base = max(kept) if kept else min(opts.sweep_rates)
     result["rate_100"] = base
     result["rate_100_found"] = bool(kept)
     for policy in opts.policies:
-        factory = LocalFactory(opts.serve_args(policy), probe_dir=probe.name)
-        try:
-            for level in opts.load_levels:
+        for level in opts.load_levels:
+            # A fresh server per point (and per sweep rate): the points' seeded prompts
+            # repeat (the same seed draws the same first requests at any rate), and a server
+            # that kept the last point's prefix cache would serve them from it.
+            factory = LocalFactory(opts.serve_args(policy), probe_dir=probe.name)
+            try:
                 rate = round(base * level, 4)
                 s = summarize(*_point(factory, rate, opts, f"{policy}-{int(level * 100)}"))
-                result["levels"].setdefault(policy, {})[str(level)] = s
-                log(f"{policy} {int(level * 100)}% (rate {rate}): revenue "
-                    f"${s['revenue_usd_per_s']:.6f}/s, out {s['output_tokens_per_s']:.1f} "
-                    f"tok/s, attainment {s['attainment']}")
-        finally:
-            factory.close()
+            finally:
+                factory.close()
+            result["levels"].setdefault(policy, {})[str(level)] = s
+            log(f"{policy} {int(level * 100)}% (rate {rate}): revenue "
+                f"${s['revenue_usd_per_s']:.6f}/s, out {s['output_tokens_per_s']:.1f} "
+                f"tok/s, attainment {s['attainment']}")
     probe.cleanup()
     (opts.out_dir / "policies.json").write_text(json.dumps(result, indent=2))
     return result
