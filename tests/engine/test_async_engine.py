@@ -285,3 +285,11 @@ def test_a_dead_engine_ends_live_streams_even_when_another_listener_has_gone():
     _join(aengine)
     assert not aengine.engine.has_unfinished()
     assert_no_leaks(aengine.engine)
+
+
+def test_dead_health_tells_operators_and_clients_whether_it_comes_back_by_itself():
+    alone = EngineHealth().died("an engine step failed")
+    assert alone.remedy == "Restart the server." and "server is restarted" in alone.until
+    fleet = EngineHealth(restarts_itself=True).died("every engine replica is down")
+    assert "restart on their own" in fleet.remedy and "replica is back" in fleet.until
+    assert "Restart the server." not in fleet.remedy

@@ -231,6 +231,7 @@ def test_a_dead_engine_fails_requests_clearly_and_bills_only_what_was_delivered(
     body = _error(ready, 503, "engine_unavailable")
     assert body["status"] == "dead" and body["dead_since"]
     assert "RuntimeError: device lost" in body["error"]["message"]
+    assert body["error"]["message"].endswith("Restart the server.")
     assert health.status_code == 200  # liveness: the process still answers
     assert "tokenfactory_engine_healthy 0.0" in metrics
     assert "tokenfactory_engine_failed_steps_total 1.0" in metrics

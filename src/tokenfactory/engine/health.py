@@ -31,6 +31,9 @@ class EngineHealth:
     reason: str | None = None  # why it is dead, fit for clients (no internals)
     last_error: str | None = None  # the last failure, for operators (/ready, logs)
     dead_since: float | None = None  # wall-clock time.time()
+    # A fleet's replicas are restarted by Ray, so "dead" there lasts until one is back; one
+    # engine in process never recovers without a server restart.
+    restarts_itself: bool = False
 
     @property
     def is_dead(self) -> bool:
@@ -54,6 +57,21 @@ class EngineHealth:
             return counted
         what = "an engine step failed" if n == 1 else f"{n} consecutive engine steps failed"
         return counted.died(what, exc)
+
+    @property
+    def remedy(self) -> str:
+        """What an operator should do, for /ready and the logs."""
+        if self.restarts_itself:
+            return "Replicas restart on their own: retry shortly; restart the server only if " \
+                "/ready stays dead."
+        return "Restart the server."
+
+    @property
+    def until(self) -> str:
+        """How long clients are refused, for their error message."""
+        if self.restarts_itself:
+            return "until an engine replica is back (they restart on their own)"
+        return "until the server is restarted"
 
     def died(self, reason: str, exc: BaseException | None = None) -> EngineHealth:
         if self.is_dead:

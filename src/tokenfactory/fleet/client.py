@@ -112,7 +112,7 @@ class FleetClient:
         failed = sum(
             r.failed_steps_before + (r.stats.failed_steps if r.stats else 0) for r in self.replicas
         )
-        health = EngineHealth(failed_steps=failed)
+        health = EngineHealth(failed_steps=failed, restarts_itself=True)
         if any(r.available for r in self.replicas):
             return health
         return health.died("every engine replica is down (restarting or failed)")

@@ -151,7 +151,7 @@ def _dead_body(factory: Factory) -> dict:
     err = APIError(
         503,
         f"The model engine is dead: {health.reason} (last error: {health.last_error}). "
-        "Restart the server.",
+        + health.remedy,
         "server_error",
         "engine_unavailable",
     )

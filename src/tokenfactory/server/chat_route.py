@@ -172,7 +172,7 @@ def _engine_failure(exc: BaseException, partial: bool) -> APIError | None:
     """The client's error for a request the engine ended (None: not the engine's doing).
     `partial`: some of its tokens were already streamed."""
     if isinstance(exc, EngineDeadError):
-        return errors.engine_unavailable(exc.health.reason or "it stopped", partial)
+        return errors.engine_unavailable(exc.health, partial)
     if isinstance(exc, EngineStepError):
         return errors.engine_error(partial)
     return None

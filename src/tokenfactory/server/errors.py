@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenfactory.engine.health import EngineHealth
+
 
 @dataclass
 class APIError(Exception):
@@ -112,13 +114,14 @@ def _billed(partial: bool) -> str:
     return "Nothing was billed for this request."
 
 
-def engine_unavailable(reason: str, partial: bool = False) -> APIError:
-    """The engine is dead (see `EngineHealth`): nothing here can serve until a restart.
+def engine_unavailable(health: EngineHealth, partial: bool = False) -> APIError:
+    """The engine is dead (see `EngineHealth`): nothing here can serve until it is back.
     `partial`: the request had streamed some tokens before it was ended."""
+    reason = health.reason or "it stopped"
     return APIError(
         503,
         f"The model engine on this server is unavailable ({reason}) and accepts no requests "
-        f"until the server is restarted. {_billed(partial)} Retry on another replica.",
+        f"{health.until}. {_billed(partial)} Retry shortly or on another server.",
         "server_error",
         "engine_unavailable",
     )

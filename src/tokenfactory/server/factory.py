@@ -198,7 +198,7 @@ class Factory:
         health = self.async_engine.health
         if health.is_dead:  # refused before anything is reserved
             self.metrics.requests.labels(self.model_label, tier.name, "engine_unavailable").inc()
-            raise errors.engine_unavailable(health.reason or "it stopped")
+            raise errors.engine_unavailable(health)
         if not self.accepting or not self.async_engine.is_running:
             self.metrics.requests.labels(self.model_label, tier.name, "overloaded").inc()
             raise errors.overloaded("The server is shutting down; retry on another replica.", 1)
@@ -251,7 +251,7 @@ class Factory:
         except EngineDeadError as exc:  # it died while this request was being queued
             gen.settle("error", error=str(exc))
             await gen.recorded()
-            raise errors.engine_unavailable(exc.health.reason or "it stopped") from None
+            raise errors.engine_unavailable(exc.health) from None
         except EngineClosedError:
             gen.settle("shutdown", error="the engine is shut down")
             await gen.recorded()
