@@ -685,6 +685,13 @@ def bench_policies(
         Path | None,
         typer.Option(help="Tiers TOML file (default: shipped); its cpu preset's promises"),
     ] = None,
+    serve_args: Annotated[
+        str,
+        typer.Option(
+            help="More `tokenfactory serve` options for every server started, e.g. "
+            "'--replicas 2 --threads 1' (a fleet; a [pools] table in --tiers binds tiers)"
+        ),
+    ] = "",
 ) -> None:
     """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
     from tokenfactory.bench.policy_compare import (
@@ -711,6 +718,7 @@ def bench_policies(
         preset=preset,
         max_num_seqs=max_num_seqs,
         num_kv_blocks=num_kv_blocks,
+        extra_serve_args=_serve_args(serve_args),
     )
     from tokenfactory.bench.serve.tiers_info import parse_mix
     from tokenfactory.tiers import TierError, load_tiers
@@ -732,6 +740,8 @@ def bench_policies(
                 "--ignore-eos means no request stops early; drop --early-stop-share",
                 param_hint="--ignore-eos",
             )
+        if serve_args:
+            raise typer.BadParameter("starts no server with --simulate", param_hint="--serve-args")
         result = run_simulated(
             opts, _step_cost(step_cost), log=err.print, step_prior=_step_cost(step_prior)
         )
@@ -770,6 +780,24 @@ app.add_typer(agent_app, name="agent")
 from tokenfactory.planner.cli import plan_app  # noqa: E402
 
 app.add_typer(plan_app, name="plan")
+
+
+def _serve_args(text: str) -> list[str]:
+    """`--serve-args` as a list; the options a benchmark sets itself are refused."""
+    import shlex
+
+    try:
+        args = shlex.split(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--serve-args") from None
+    owned = {"--policy", "--port", "--data-dir", "--tiers"}
+    taken = [a for a in args if a.split("=", 1)[0] in owned]
+    if taken:
+        raise typer.BadParameter(
+            f"{taken[0]} is set by the benchmark (use --policies or --tiers)",
+            param_hint="--serve-args",
+        )
+    return args
 
 
 def _seed_list(text: str) -> tuple[int, ...]:

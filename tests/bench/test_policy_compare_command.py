@@ -25,3 +25,36 @@ def test_a_point_sends_the_benchmark_load_at_its_rate_and_seed():
 
 def test_ignore_eos_runs_every_request_to_its_max_tokens():
     assert _args(PolicyBenchOptions(ignore_eos=True))[-1] == "--ignore-eos"
+
+
+def test_every_server_gets_the_extra_serve_options_after_its_policy():
+    opts = PolicyBenchOptions(extra_serve_args=["--replicas", "2", "--threads", "1"],
+                              tiers_file=Path("/t/pools.toml"))
+    assert opts.serve_args("tier") == ["--policy", "tier", "--tiers", "/t/pools.toml",
+                                       "--replicas", "2", "--threads", "1"]
+
+
+def test_serve_args_from_the_command_line_are_split_and_checked(monkeypatch):
+    from typer.testing import CliRunner
+
+    from tokenfactory import cli
+
+    seen: list[list[str]] = []
+
+    def fake_run(opts, log):  # the servers themselves are not what this test pins
+        seen.append(opts.extra_serve_args)
+        return {"levels": {}, "sweep": []}
+
+    monkeypatch.setattr("tokenfactory.bench.policy_compare.run", fake_run)
+    monkeypatch.setattr("tokenfactory.bench.policy_compare.markdown", lambda r: "")
+    runner = CliRunner()
+    ok = runner.invoke(cli.app, ["bench", "policies", "--levels", "1",
+                                     "--serve-args", "--replicas 2 --threads 1"])
+    assert ok.exit_code == 0, ok.output
+    assert seen == [["--replicas", "2", "--threads", "1"]]
+    for bad, says in (("--policy fcfs", "set by the benchmark"), ("--port=9", "set by the"),
+                      ("'--replicas", "quotation")):
+        res = runner.invoke(cli.app, ["bench", "policies", "--serve-args", bad])
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
+    sim = runner.invoke(cli.app, ["bench", "policies", "--simulate", "--serve-args", "--threads 1"])
+    assert sim.exit_code == 2 and "--simulate" in sim.output
