@@ -369,6 +369,13 @@ def serve(
             "prefix or prompt_cache_key, same replica) or round-robin",
         ),
     ] = "prefix",
+    step_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="Append every engine step to this file (JSON lines): `tokenfactory plan "
+            "calibrate --step-log` fits the planner to steps under real load"
+        ),
+    ] = None,
 ) -> None:
     """Run the factory: an OpenAI-compatible server with priced tiers, keys and a ledger."""
     from tokenfactory.fleet.errors import FleetUnavailableError
@@ -403,6 +410,7 @@ def serve(
         replicas=replicas,
         ray_address=ray_address,
         routing=routing,
+        step_log=step_log,
     )
     try:
         run_server(opts)

@@ -114,3 +114,67 @@ def test_calibrate_reads_a_capacity_probe_cache(tmp_path):
     result = runner.invoke(app, ["plan", "calibrate", "--probe", str(bad), "--model",
                                  "smollm2-135m", "--hardware", "cpu"])
     assert result.exit_code == 2 and "not a capacity-probe cache" in result.output
+
+
+def _served_steps(path, params, shape_name="smollm2-135m", hardware_name="cpu"):
+    """A step log as a busy server writes it, its steps timed by `params`, and 2 ms of host
+    work between back-to-back steps."""
+    from tokenfactory.planner.hardware import hardware
+    from tokenfactory.planner.perf_model import Peak, StepWork, step_seconds
+    from tokenfactory.planner.shapes import model_shape
+    from tokenfactory.scheduling.step_log import StepLogWriter
+    from tokenfactory.scheduling.step_stats import StepStats
+
+    hw = hardware(hardware_name)
+    shape = model_shape(shape_name, "bf16")
+    peak = Peak(hw.bandwidth, hw.flops_per_s("bf16"))
+    writer = StepLogWriter(path)
+    t = 0.0
+    for seqs in (1, 2, 4, 8, 16, 32):
+        for i in range(30):
+            prefill = 0 if i % 3 else (64 if i % 2 else 128)
+            ctx = 200
+            busy = step_seconds(shape, peak, params, StepWork(
+                seqs=seqs, context=ctx, prefill_tokens=prefill,
+                prefill_context=prefill / 2 if prefill else None))
+            writer(StepStats(started_at=t, duration_s=busy, num_seqs=seqs + (prefill > 0),
+                             num_decode_tokens=seqs, num_prefill_tokens=prefill,
+                             num_kv_tokens_read=seqs * ctx + prefill * prefill // 2,
+                             num_sampled=seqs, num_preempted=0, num_waiting=0,
+                             num_running=seqs, kv_usage=0.1))
+            t += busy + 0.002
+    writer.close()
+
+
+def test_calibrate_fits_a_served_step_log_with_the_host_time_and_writes_a_calibration(tmp_path):
+    from tokenfactory.planner.hardware import hardware
+    from tokenfactory.planner.perf_model import PerfParams
+
+    truth = PerfParams(base_s=0.004, per_seq_s=0.0005, memory_efficiency=0.5,
+                       compute_efficiency=0.3, prefill_step_s=0.006)
+    log = tmp_path / "steps.jsonl"
+    _served_steps(log, truth)
+    cal = tmp_path / "loaded.json"
+    result = runner.invoke(app, ["plan", "calibrate", "--step-log", str(log), "--model",
+                                 "smollm2-135m", "--hardware", "cpu", "--write", str(cal)])
+    assert result.exit_code == 0, result.output
+    assert "batch 32, prefill ~" in result.output and "(5 steps)" in result.output
+    fitted = hardware("local", cal).params
+    # The 2 ms between busy steps is the factory's cost of a step: it lands in the fixed cost.
+    assert fitted.base_s == pytest.approx(truth.base_s + 0.002, rel=0.15)
+    assert fitted.prefill_step_s == pytest.approx(truth.prefill_step_s, rel=0.25)
+    sim = runner.invoke(app, ["plan", "simulate", "--hardware", "local", "--calibration",
+                              str(cal), "--rate", "0.5", "--duration", "10",
+                              "--mix", "standard=1"])
+    assert sim.exit_code == 0, sim.output
+    for bad, says in ((tmp_path / "none.jsonl", "cannot read"),):
+        res = runner.invoke(app, ["plan", "calibrate", "--step-log", str(bad), "--model",
+                                  "smollm2-135m", "--hardware", "cpu"])
+        assert res.exit_code == 2 and says in res.output, res.output
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(log.read_text().splitlines()[:3]) + "\n")
+    res = runner.invoke(app, ["plan", "calibrate", "--step-log", str(short), "--model",
+                              "smollm2-135m", "--hardware", "cpu"])
+    assert res.exit_code == 2 and "log a longer run" in res.output
+    res = runner.invoke(app, ["plan", "calibrate", "--step-log", str(log)])
+    assert res.exit_code == 2 and "need --model and --hardware" in res.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from tokenfactory.scheduling.step_stats import StepStats
 
@@ -24,8 +25,16 @@ class StatsLog:
         self.total_preemptions = 0
         self.total_step_s = 0.0
         self.total_schedule_s = 0.0
+        self._sinks: list[Callable[[StepStats], None]] = []  # e.g. a step log file
+
+    def add_sink(self, sink: Callable[[StepStats], None]) -> None:
+        """Also hand every later step to `sink` (on the engine's thread)."""
+        with self._lock:
+            self._sinks.append(sink)
 
     def record(self, stats: StepStats) -> None:
+        for sink in self._sinks:
+            sink(stats)
         with self._lock:
             self._steps.append(stats)
             self.total_steps += 1

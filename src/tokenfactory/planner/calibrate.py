@@ -57,16 +57,18 @@ def fit_report(
     samples: Sequence[Sample],
     fixed: PerfParams,
     hold_out: str = "batch",
+    fit_prefill_step: bool = False,
 ) -> FitReport:
     """Fit on every sample; then hold out each batch size (or each context) in turn, fit on
     the rest and predict it. A prefill sample is never held out (it pins the compute rate)."""
     if hold_out not in HOLD_OUT:
         raise ValueError(f"hold out by batch or context, not {hold_out!r}")
-    params = fit(shape, peak, samples, fixed)
+    params = fit(shape, peak, samples, fixed, fit_prefill_step)
     params = PerfParams(**{k: float(v) for k, v in vars(params).items()})
     group = by_batch if hold_out == "batch" else by_context
     decode = [s for s in samples if not is_prefill(s)]
     if len({group(s) for s in decode}) < 2:
         raise ValueError(f"holding out by {hold_out} needs at least two different ones")
-    out = held_out(shape, peak, samples, group, fixed, always=is_prefill)
+    out = held_out(shape, peak, samples, group, fixed, always=is_prefill,
+                   fit_prefill_step=fit_prefill_step)
     return FitReport(params, relative_errors(shape, peak, params, samples), out, hold_out)

@@ -587,14 +587,28 @@ def calibrate_command(
         Path | None,
         typer.Option(help="A capacity-probe cache instead (capacity-*.json, `serve`'s data dir)"),
     ] = None,
+    step_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="A served engine's step log instead (`serve --step-log`): steps under real "
+            "load, the time between busy steps included"
+        ),
+    ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="With --bench-json or --probe: the model shape"),
+        typer.Option(
+            "--model", "-m", help="With --bench-json, --probe or --step-log: the model shape"
+        ),
     ] = None,
     hardware_name: Annotated[
         str | None,
-        typer.Option("--hardware", help="With --bench-json or --probe: this preset's peak rates"),
+        typer.Option(
+            "--hardware",
+            help="With --bench-json, --probe or --step-log: this preset's peak rates (local: "
+            "this machine's calibration)",
+        ),
     ] = None,
+    calibration: CalibrationOpt = None,
     statistic: Annotated[
         str, typer.Option(help="With --bench-json: median or min step of each batch")
     ] = "median",
@@ -602,6 +616,13 @@ def calibrate_command(
     check: Annotated[
         list[str] | None,
         typer.Option(help="Shipped sweeps (or bench JSON files) predicted by the full fit"),
+    ] = None,
+    write: Annotated[
+        Path | None,
+        typer.Option(
+            help="Save the fit as a calibration for `--hardware local --calibration FILE` "
+            "(the hardware's peaks, these fitted costs)"
+        ),
     ] = None,
 ) -> None:
     """Fit the step-time model to measured steps and print how well it predicts the steps it
@@ -629,35 +650,39 @@ def calibrate_command(
         return Sweep(name, hw, mdl, "bf16", str(path), tuple(samples))
 
     known = shipped_sweeps()
-    files = [f for f in (bench_json, probe) if f is not None]
+    files = [f for f in (bench_json, probe, step_log) if f is not None]
     if (sweep is not None) + len(files) != 1:
-        raise _fail("give one of --sweep NAME, --bench-json FILE or --probe FILE")
+        raise _fail("give one of --sweep NAME, --bench-json FILE, --probe FILE or --step-log FILE")
     if sweep is not None:
         if sweep not in known:
             raise _fail(f"unknown sweep {sweep!r}; shipped: {', '.join(known)}")
         data = known[sweep]
     else:
         if model is None or hardware_name is None:
-            raise _fail("--bench-json and --probe need --model and --hardware")
-        data = load_json(files[0], files[0].name, hardware_name, model)
+            raise _fail("--bench-json, --probe and --step-log need --model and --hardware")
+        if step_log is not None:
+            data = _step_log_sweep(step_log, hardware_name, model)
+        else:
+            data = load_json(files[0], files[0].name, hardware_name, model)
     try:
-        hw = hardware(data.hardware)
+        hw = hardware(data.hardware, calibration)
         shape = model_shape(data.model, data.weights)
         report = fit_report(
             shape, Peak(hw.bandwidth, hw.flops_per_s(data.weights)), data.samples, hw.params,
-            hold_out,
+            hold_out, fit_prefill_step=step_log is not None,
         )
     except (UnknownHardwareError, UnknownModelError, ValueError) as exc:
         raise _fail(str(exc)) from None
     peak = Peak(hw.bandwidth, hw.flops_per_s(data.weights))
     p = report.params
+    kept = "per_draft_token_s" if step_log is not None else "prefill_step_s and per_draft_token_s"
     out.print(f"[bold]{escape(data.name)}[/bold]: {escape(data.source)}", soft_wrap=True)
     out.print(
         f"fit on all {len(data.samples)} samples: base_s = {p.base_s:.3g}, per_seq_s = "
         f"{p.per_seq_s:.3g}, memory_efficiency = {p.memory_efficiency:.3f}, "
         f"kv_efficiency = {p.kv_share:.3f}, "
-        f"compute_efficiency = {p.compute_efficiency:.3f} (prefill_step_s and "
-        f"per_draft_token_s kept at {hw.name}'s)"
+        f"compute_efficiency = {p.compute_efficiency:.3f}, prefill_step_s = "
+        f"{p.prefill_step_s:.3g} ({kept} kept at {hw.name}'s)"
     )
     table = Table(title=f"each {hold_out} predicted by a fit on the others")
     for col in ("step", "measured ms", "predicted ms", "error"):
@@ -682,6 +707,29 @@ def calibrate_command(
                       f"{s.step_s * (1 + e) * 1e3:.2f} ms ({e:+.1%})")
         mid = sorted(abs(e) for e in errors)[len(errors) // 2]
         out.print(f"  median absolute error: {mid:.1%}")
+    if write is not None:
+        from dataclasses import replace
+
+        from tokenfactory.planner.hardware import write_local
+
+        fitted = replace(hw, params=p, sources=(*hw.sources, f"fitted to {data.source}"))
+        try:
+            write_local(fitted, write, {"shape": data.model, "fitted_to": data.source})
+        except OSError as exc:
+            raise _fail(f"cannot write {write}: {exc.strerror or exc}") from None
+        out.print(f"wrote {write}: `--hardware local --calibration {write}` uses it")
+
+
+def _step_log_sweep(path: Path, hardware_name: str, model: str):
+    from tokenfactory.planner.measurements import Sweep, samples_from_step_log
+    from tokenfactory.scheduling.step_log import StepLogError, read_step_log
+
+    try:
+        steps = read_step_log(path)
+        samples = samples_from_step_log(steps)
+    except (StepLogError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    return Sweep(path.name, hardware_name, model, "bf16", f"step log {path}", tuple(samples))
 
 
 @plan_app.command("measure")

@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 from tokenfactory.planner.perf_model import Sample, StepWork
+from tokenfactory.scheduling.step_stats import StepStats
 
 
 @dataclass(frozen=True)
@@ -84,5 +85,49 @@ def shipped_sweeps() -> dict[str, Sweep]:
         out[name] = Sweep(
             name, entry["hardware"], entry["model"], entry.get("weights", "bf16"),
             entry["source"], tuple(samples),
+        )
+    return out
+
+
+MIN_GROUP = 5  # steps of one shape before their median counts as a sample
+
+
+def samples_from_step_log(steps: list[StepStats]) -> list[Sample]:
+    """Samples from a served engine's step log (`serve --step-log`): what each step cost the
+    factory, from its start to the next step's while work remained (the host's handling of
+    outputs between two steps is part of it), grouped by shape and summarized by the median.
+    Decode-only steps group by batch; steps that computed prompt tokens by batch and prompt
+    tokens (to a power of two)."""
+    groups: dict[tuple[int, int], list[tuple[float, StepStats]]] = {}
+    for step, after in zip(steps, steps[1:], strict=False):
+        cycle = step.duration_s
+        if step.num_running > 0 and after.started_at > step.started_at:
+            # Work remained, so the loop went straight on: the gap was spent on this step.
+            cycle = min(after.started_at - step.started_at, step.duration_s + 1.0)
+        seqs = step.num_decode_tokens
+        bucket = step.num_prefill_tokens.bit_length()  # 0 for a decode-only step
+        groups.setdefault((seqs, bucket), []).append((cycle, step))
+    out: list[Sample] = []
+    for (seqs, bucket), members in sorted(groups.items()):
+        if len(members) < MIN_GROUP or (seqs == 0 and bucket == 0):
+            continue
+        cycles = sorted(c for c, _ in members)
+        median = cycles[len(cycles) // 2]
+        n = len(members)
+        prefill = sum(s.num_prefill_tokens for _, s in members) / n
+        # The KV a step reads, split over its decode rows and its prompt tokens (each of
+        # those attends over about half its prompt).
+        kv = sum(s.num_kv_tokens_read for _, s in members) / n
+        context = max(0.0, kv - prefill * prefill / 2) / seqs if seqs else 0.0
+        work = StepWork(
+            seqs=seqs, context=context, prefill_tokens=prefill,
+            prefill_context=prefill / 2 if prefill else None,
+        )
+        label = f"batch {seqs}" + (f", prefill ~{round(prefill)}" if prefill else "")
+        out.append(Sample(work, median, f"{label} ({n} steps)"))
+    if len(out) < 2:
+        raise ValueError(
+            f"the log's {len(steps)} steps give {len(out)} shape(s) seen {MIN_GROUP}+ times: "
+            "log a longer run under load"
         )
     return out

@@ -86,11 +86,16 @@ _UPPER = (1.0, 1.0, 1.0, 1.0, 1.0)
 
 
 def fit(
-    shape: ModelShape, peak: Peak, samples: Sequence[Sample], fixed: PerfParams | None = None
+    shape: ModelShape,
+    peak: Peak,
+    samples: Sequence[Sample],
+    fixed: PerfParams | None = None,
+    fit_prefill_step: bool = False,
 ) -> PerfParams:
     """Fit base, per-sequence cost and the three efficiencies to `samples` (least squares on
-    the log of the ratio, so a 1 ms step counts as much as a 100 ms one); the prefill-step and
-    draft costs stay as in `fixed`."""
+    the log of the ratio, so a 1 ms step counts as much as a 100 ms one); the draft cost
+    stays as in `fixed`, and the prefill step's fixed cost too unless `fit_prefill_step`
+    (samples of steps with and without prompt tokens at several sizes pin it: a step log)."""
     from scipy.optimize import least_squares  # the plan extra
 
     if len(samples) < 2:
@@ -105,7 +110,7 @@ def fit(
             memory_efficiency=x[2],
             compute_efficiency=x[3],
             kv_efficiency=x[4],
-            prefill_step_s=base.prefill_step_s,
+            prefill_step_s=x[5] if fit_prefill_step else base.prefill_step_s,
             per_draft_token_s=base.per_draft_token_s,
         )
 
@@ -123,9 +128,12 @@ def fit(
 
     best = None
     # A few starting points: the efficiencies trade off against the fixed costs.
+    lower, upper = (_LOWER + (0.0,), _UPPER + (1.0,)) if fit_prefill_step else (_LOWER, _UPPER)
     for start_eff in ((0.7, 0.5, 0.7), (0.4, 0.2, 0.1), (0.9, 0.8, 0.9)):
         x0 = [0.3 * quickest, 0.0, *start_eff]
-        got = least_squares(residuals, x0, bounds=(_LOWER, _UPPER))
+        if fit_prefill_step:
+            x0.append(min(base.prefill_step_s, 0.5))
+        got = least_squares(residuals, x0, bounds=(lower, upper))
         if best is None or got.cost < best.cost:
             best = got
     assert best is not None
@@ -157,6 +165,7 @@ def held_out(
     group: Callable[[Sample], str],
     fixed: PerfParams | None = None,
     always: Callable[[Sample], bool] = lambda s: False,
+    fit_prefill_step: bool = False,
 ) -> list[HeldOut]:
     """Each group predicted by a fit on every other group (samples where `always` holds, e.g.
     a prefill measurement, are never held out)."""
@@ -168,6 +177,6 @@ def held_out(
         key = group(s)
         if key not in fits:
             train = [t for t in samples if always(t) or group(t) != key]
-            fits[key] = fit(shape, peak, train, fixed)
+            fits[key] = fit(shape, peak, train, fixed, fit_prefill_step)
         out.append(HeldOut(s.label, s.step_s, step_seconds(shape, peak, fits[key], s.work)))
     return out

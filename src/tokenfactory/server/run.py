@@ -19,6 +19,7 @@ from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.health import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from tokenfactory.gc_heap import GcPauseWatch, freeze_heap
+from tokenfactory.scheduling.step_log import StepLogWriter
 from tokenfactory.server.app import create_app
 from tokenfactory.server.capacity import load_or_measure
 from tokenfactory.server.dashboard import DashboardAccess
@@ -51,6 +52,7 @@ class ServeOptions:
     replicas: int = 1  # above 1: engine replicas on Ray behind this front (tokenfactory.fleet)
     ray_address: str | None = None  # join this Ray cluster instead of starting one
     routing: str = "prefix"  # how the fleet picks a replica: prefix or round-robin
+    step_log: Path | None = None  # append every engine step here (JSON lines), for the planner
 
 
 def served_names(engine: EngineView, requested: list[str]) -> tuple[str, tuple[str, ...]]:
@@ -74,6 +76,8 @@ def build_factory(
     console = console or Console(stderr=True)
     data_dir = Path(opts.data_dir) if opts.data_dir else default_data_dir()
     if opts.replicas > 1 or opts.ray_address:
+        if opts.step_log is not None:
+            raise ValueError("--step-log records one engine's steps: serve without --replicas")
         return _build_fleet_factory(opts, console, data_dir)
     # The model is loaded, probed and served on the engine's own thread (AsyncEngine.call).
     with console.status("loading model..."):
@@ -93,6 +97,8 @@ def build_factory(
         )
         # The scheduler's step-time model starts from what this hardware measured.
         async_engine.call(lambda e: e.set_step_prior(capacity.step_prior()))
+    if opts.step_log is not None:  # after the probe: served steps only
+        engine.stats.add_sink(StepLogWriter(opts.step_log))
     name, aliases = served_names(engine, opts.served_model_name)
     factory = Factory(
         engine,
