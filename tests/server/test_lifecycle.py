@@ -23,9 +23,26 @@ MSG = [{"role": "user", "content": "Tell me a long story about a lighthouse keep
 
 @pytest.fixture(scope="module")
 def fcfs_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("fcfs"), "--policy", "fcfs")
+    data = tmp_path_factory.mktemp("fcfs")
+    server = start_server(data, "--policy", "fcfs", "--step-log", str(data / "steps.jsonl"))
     yield server
     server.stop()
+
+
+def test_the_step_log_records_each_served_step_and_not_the_probe(fcfs_server):
+    from tokenfactory.scheduling.step_log import read_step_log
+
+    log = fcfs_server.data_dir / "steps.jsonl"
+    before = len(read_step_log(log)) if log.exists() and log.stat().st_size else 0
+    r = httpx.post(fcfs_server.base_url + "/v1/chat/completions", json={
+        "model": MODEL, "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+        "messages": [{"role": "user", "content": f"Name a colour. ({time.time()})"}],
+    }, headers={"Authorization": f"Bearer {fcfs_server.keys['standard']}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    steps = read_step_log(log)[before:]
+    assert sum(s.num_prefill_tokens for s in steps) >= r.json()["usage"]["prompt_tokens"] - 16
+    assert sum(s.num_sampled for s in steps) >= 8
+    assert all(a.started_at < b.started_at for a, b in zip(steps, steps[1:], strict=False))
 
 
 @pytest.mark.parametrize("policy", ["tier", "fcfs"])
