@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -29,6 +28,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tests.fleet.replica_metrics import replica_pids, replica_series
 from tests.server.conftest import MODEL, ServerProcess, start_server
 from tokenfactory.bench.local_factory import open_tiers_toml
 from tokenfactory.billing import Billing, LedgerUnavailableError
@@ -244,18 +244,6 @@ class Treasurer(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(30)
-
-
-def replica_series(front: ServerProcess, name: str) -> dict[str, float]:
-    text = httpx.get(front.base_url + "/metrics", timeout=10).text
-    pattern = rf'^tokenfactory_replica_{name}\{{replica="(\d+)"\}} (\S+)$'
-    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
-
-
-def replica_pids(front: ServerProcess) -> dict[str, int]:
-    text = httpx.get(front.base_url + "/metrics", timeout=10).text
-    pattern = r'^tokenfactory_replica_info\{node="[^"]*",pid="(\d+)",replica="(\d+)"\} 1\.0$'
-    return {m[2]: int(m[1]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:

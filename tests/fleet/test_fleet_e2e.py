@@ -7,7 +7,6 @@ One server for the module: starting Ray and two replicas takes a while on a smal
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.fleet.replica_metrics import replica_pids, replica_series
 from tests.server.conftest import MODEL, ServerProcess, ledger_rows, open_reservations, start_server
 from tokenfactory.bench.local_factory import open_tiers_toml
 
@@ -36,18 +36,6 @@ def fleet(tmp_path_factory) -> ServerProcess:
     server = start_server(data, "--replicas", "2", "--tiers", str(tiers), timeout=400)
     yield server
     server.stop()
-
-
-def replica_series(server: ServerProcess, name: str) -> dict[str, float]:
-    text = httpx.get(server.base_url + "/metrics", timeout=10).text
-    pattern = rf'^tokenfactory_replica_{name}\{{replica="(\d+)"\}} (\S+)$'
-    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
-
-
-def replica_pids(server: ServerProcess) -> dict[str, int]:
-    text = httpx.get(server.base_url + "/metrics", timeout=10).text
-    pattern = r'^tokenfactory_replica_info\{node="[^"]*",pid="(\d+)",replica="(\d+)"\} 1\.0$'
-    return {m[2]: int(m[1]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
 def chat(client: openai.OpenAI, content: str, max_tokens: int = 8) -> dict:
