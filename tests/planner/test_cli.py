@@ -178,3 +178,7 @@ def test_calibrate_fits_a_served_step_log_with_the_host_time_and_writes_a_calibr
     assert res.exit_code == 2 and "log a longer run" in res.output
     res = runner.invoke(app, ["plan", "calibrate", "--step-log", str(log)])
     assert res.exit_code == 2 and "need --model and --hardware" in res.output
+    pooled = runner.invoke(app, ["plan", "calibrate", "--step-log", str(log), "--step-log",
+                                 str(log), "--model", "smollm2-135m", "--hardware", "cpu"])
+    assert pooled.exit_code == 0 and "(10 steps)" in pooled.output, pooled.output
+    assert "steps.jsonl and 1 more" in pooled.output

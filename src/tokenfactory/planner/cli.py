@@ -588,10 +588,10 @@ def calibrate_command(
         typer.Option(help="A capacity-probe cache instead (capacity-*.json, `serve`'s data dir)"),
     ] = None,
     step_log: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
-            help="A served engine's step log instead (`serve --step-log`): steps under real "
-            "load, the time between busy steps included"
+            help="A served engine's step log instead (`serve --step-log`; repeat to pool "
+            "runs): steps under real load, the time between busy steps included"
         ),
     ] = None,
     model: Annotated[
@@ -650,7 +650,8 @@ def calibrate_command(
         return Sweep(name, hw, mdl, "bf16", str(path), tuple(samples))
 
     known = shipped_sweeps()
-    files = [f for f in (bench_json, probe, step_log) if f is not None]
+    logs = step_log or []
+    files = [f for f in (bench_json, probe) if f is not None] + ([logs[0]] if logs else [])
     if (sweep is not None) + len(files) != 1:
         raise _fail("give one of --sweep NAME, --bench-json FILE, --probe FILE or --step-log FILE")
     if sweep is not None:
@@ -660,8 +661,8 @@ def calibrate_command(
     else:
         if model is None or hardware_name is None:
             raise _fail("--bench-json, --probe and --step-log need --model and --hardware")
-        if step_log is not None:
-            data = _step_log_sweep(step_log, hardware_name, model)
+        if logs:
+            data = _step_log_sweep(logs, hardware_name, model)
         else:
             data = load_json(files[0], files[0].name, hardware_name, model)
     try:
@@ -669,13 +670,13 @@ def calibrate_command(
         shape = model_shape(data.model, data.weights)
         report = fit_report(
             shape, Peak(hw.bandwidth, hw.flops_per_s(data.weights)), data.samples, hw.params,
-            hold_out, fit_prefill_step=step_log is not None,
+            hold_out, fit_prefill_step=bool(logs),
         )
     except (UnknownHardwareError, UnknownModelError, ValueError) as exc:
         raise _fail(str(exc)) from None
     peak = Peak(hw.bandwidth, hw.flops_per_s(data.weights))
     p = report.params
-    kept = "per_draft_token_s" if step_log is not None else "prefill_step_s and per_draft_token_s"
+    kept = "per_draft_token_s" if logs else "prefill_step_s and per_draft_token_s"
     out.print(f"[bold]{escape(data.name)}[/bold]: {escape(data.source)}", soft_wrap=True)
     out.print(
         f"fit on all {len(data.samples)} samples: base_s = {p.base_s:.3g}, per_seq_s = "
@@ -720,16 +721,17 @@ def calibrate_command(
         out.print(f"wrote {write}: `--hardware local --calibration {write}` uses it")
 
 
-def _step_log_sweep(path: Path, hardware_name: str, model: str):
+def _step_log_sweep(paths: list[Path], hardware_name: str, model: str):
     from tokenfactory.planner.measurements import Sweep, samples_from_step_log
     from tokenfactory.scheduling.step_log import StepLogError, read_step_log
 
     try:
-        steps = read_step_log(path)
-        samples = samples_from_step_log(steps)
+        samples = samples_from_step_log(*(read_step_log(p) for p in paths))
     except (StepLogError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    return Sweep(path.name, hardware_name, model, "bf16", f"step log {path}", tuple(samples))
+    names = ", ".join(str(p) for p in paths)
+    label = paths[0].name + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
+    return Sweep(label, hardware_name, model, "bf16", f"step log {names}", tuple(samples))
 
 
 @plan_app.command("measure")

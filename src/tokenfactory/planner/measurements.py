@@ -92,21 +92,23 @@ def shipped_sweeps() -> dict[str, Sweep]:
 MIN_GROUP = 5  # steps of one shape before their median counts as a sample
 
 
-def samples_from_step_log(steps: list[StepStats]) -> list[Sample]:
-    """Samples from a served engine's step log (`serve --step-log`): what each step cost the
-    factory, from its start to the next step's while work remained (the host's handling of
-    outputs between two steps is part of it), grouped by shape and summarized by the median.
-    Decode-only steps group by batch; steps that computed prompt tokens by batch and prompt
-    tokens (to a power of two)."""
+def samples_from_step_log(*logs: list[StepStats]) -> list[Sample]:
+    """Samples from served engines' step logs (`serve --step-log`, one or more runs): what
+    each step cost the factory, from its start to the next step's while work remained (the
+    host's handling of outputs between two steps is part of it), grouped by shape over all
+    the logs and summarized by the median. Decode-only steps group by batch; steps that
+    computed prompt tokens by batch and prompt tokens (to a power of two)."""
     groups: dict[tuple[int, int], list[tuple[float, StepStats]]] = {}
-    for step, after in zip(steps, steps[1:], strict=False):
-        cycle = step.duration_s
-        if step.num_running > 0 and after.started_at > step.started_at:
-            # Work remained, so the loop went straight on: the gap was spent on this step.
-            cycle = min(after.started_at - step.started_at, step.duration_s + 1.0)
-        seqs = step.num_decode_tokens
-        bucket = step.num_prefill_tokens.bit_length()  # 0 for a decode-only step
-        groups.setdefault((seqs, bucket), []).append((cycle, step))
+    for steps in logs:
+        for step, after in zip(steps, steps[1:], strict=False):
+            cycle = step.duration_s
+            if step.num_running > 0 and after.started_at > step.started_at:
+                # Work remained, so the loop went straight on: the gap was this step's.
+                cycle = min(after.started_at - step.started_at, step.duration_s + 1.0)
+            seqs = step.num_decode_tokens
+            bucket = step.num_prefill_tokens.bit_length()  # 0 for a decode-only step
+            groups.setdefault((seqs, bucket), []).append((cycle, step))
+    total = sum(len(steps) for steps in logs)
     out: list[Sample] = []
     for (seqs, bucket), members in sorted(groups.items()):
         if len(members) < MIN_GROUP or (seqs == 0 and bucket == 0):
@@ -127,7 +129,7 @@ def samples_from_step_log(steps: list[StepStats]) -> list[Sample]:
         out.append(Sample(work, median, f"{label} ({n} steps)"))
     if len(out) < 2:
         raise ValueError(
-            f"the log's {len(steps)} steps give {len(out)} shape(s) seen {MIN_GROUP}+ times: "
+            f"the log's {total} steps give {len(out)} shape(s) seen {MIN_GROUP}+ times: "
             "log a longer run under load"
         )
     return out
