@@ -700,6 +700,13 @@ def bench_policies(
             "'--replicas 2 --threads 1' (a fleet; a [pools] table in --tiers binds tiers)"
         ),
     ] = "",
+    step_logs: Annotated[
+        bool,
+        typer.Option(
+            help="Each point's server logs its steps to OUT_DIR/POINT.steps.jsonl, for "
+            "`tokenfactory plan calibrate --step-log`"
+        ),
+    ] = False,
 ) -> None:
     """fcfs vs priority vs tier on the same tiered load, at 50-200% of fcfs's capacity."""
     from tokenfactory.bench.policy_compare import (
@@ -727,6 +734,7 @@ def bench_policies(
         max_num_seqs=max_num_seqs,
         num_kv_blocks=num_kv_blocks,
         extra_serve_args=_serve_args(serve_args),
+        step_log_dir=out_dir if step_logs else None,
     )
     from tokenfactory.bench.serve.tiers_info import parse_mix
     from tokenfactory.tiers import TierError, load_tiers
@@ -748,8 +756,11 @@ def bench_policies(
                 "--ignore-eos means no request stops early; drop --early-stop-share",
                 param_hint="--ignore-eos",
             )
-        if serve_args:
-            raise typer.BadParameter("starts no server with --simulate", param_hint="--serve-args")
+        if serve_args or step_logs:
+            raise typer.BadParameter(
+                "starts no server with --simulate",
+                param_hint="--step-logs" if step_logs else "--serve-args",
+            )
         result = run_simulated(
             opts, _step_cost(step_cost), log=err.print, step_prior=_step_cost(step_prior)
         )
@@ -798,11 +809,11 @@ def _serve_args(text: str) -> list[str]:
         args = shlex.split(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--serve-args") from None
-    owned = {"--policy", "--port", "--data-dir", "--tiers"}
+    owned = {"--policy", "--port", "--data-dir", "--tiers", "--step-log"}
     taken = [a for a in args if a.split("=", 1)[0] in owned]
     if taken:
         raise typer.BadParameter(
-            f"{taken[0]} is set by the benchmark (use --policies or --tiers)",
+            f"{taken[0]} is set by the benchmark (use --policies, --tiers or --step-logs)",
             param_hint="--serve-args",
         )
     return args

@@ -32,6 +32,9 @@ def test_every_server_gets_the_extra_serve_options_after_its_policy():
                               tiers_file=Path("/t/pools.toml"))
     assert opts.serve_args("tier") == ["--policy", "tier", "--tiers", "/t/pools.toml",
                                        "--replicas", "2", "--threads", "1"]
+    logged = PolicyBenchOptions(step_log_dir=Path("/o"))
+    assert logged.serve_args("fcfs", "fcfs-150") == ["--policy", "fcfs", "--step-log",
+                                                     "/o/fcfs-150.steps.jsonl"]
 
 
 def test_serve_args_from_the_command_line_are_split_and_checked(monkeypatch):
@@ -53,8 +56,11 @@ def test_serve_args_from_the_command_line_are_split_and_checked(monkeypatch):
     assert ok.exit_code == 0, ok.output
     assert seen == [["--replicas", "2", "--threads", "1"]]
     for bad, says in (("--policy fcfs", "set by the benchmark"), ("--port=9", "set by the"),
+                      ("--step-log x", "--step-logs"),
                       ("'--replicas", "quotation")):
         res = runner.invoke(cli.app, ["bench", "policies", "--serve-args", bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     sim = runner.invoke(cli.app, ["bench", "policies", "--simulate", "--serve-args", "--threads 1"])
     assert sim.exit_code == 2 and "--simulate" in sim.output
+    sim = runner.invoke(cli.app, ["bench", "policies", "--simulate", "--step-logs"])
+    assert sim.exit_code == 2 and "--step-logs" in sim.output

@@ -54,9 +54,18 @@ class PolicyBenchOptions:
     # serve it, and the simulator judges and bills by it.
     tiers_file: Path | None = None
 
-    def serve_args(self, policy: str) -> list[str]:
+    # Each point's server logs its steps to STEP_LOG_DIR/POINT.steps.jsonl (for
+    # `plan calibrate --step-log`).
+    step_log_dir: Path | None = None
+
+    def serve_args(self, policy: str, point: str | None = None) -> list[str]:
         tiers = ["--tiers", str(self.tiers_file)] if self.tiers_file else []
-        return ["--policy", policy, *tiers, *self.extra_serve_args]
+        log = (
+            ["--step-log", str(self.step_log_dir / f"{point}.steps.jsonl")]
+            if self.step_log_dir is not None and point is not None
+            else []
+        )
+        return ["--policy", policy, *tiers, *log, *self.extra_serve_args]
 
 
 def _exe() -> str:
@@ -122,7 +131,7 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
     finally:
         first.close()
     for rate in opts.sweep_rates:
-        fcfs = LocalFactory(opts.serve_args("fcfs"), probe_dir=probe.name)
+        fcfs = LocalFactory(opts.serve_args("fcfs", f"sweep-{rate}"), probe_dir=probe.name)
         try:
             s = summarize(*_point(fcfs, rate, opts, f"sweep-{rate}"))
         finally:
@@ -138,10 +147,11 @@ def run(opts: PolicyBenchOptions, log=print) -> dict:
             # A fresh server per point (and per sweep rate): the points' seeded prompts
             # repeat (the same seed draws the same first requests at any rate), and a server
             # that kept the last point's prefix cache would serve them from it.
-            factory = LocalFactory(opts.serve_args(policy), probe_dir=probe.name)
+            point = f"{policy}-{int(level * 100)}"
+            factory = LocalFactory(opts.serve_args(policy, point), probe_dir=probe.name)
             try:
                 rate = round(base * level, 4)
-                s = summarize(*_point(factory, rate, opts, f"{policy}-{int(level * 100)}"))
+                s = summarize(*_point(factory, rate, opts, point))
             finally:
                 factory.close()
             result["levels"].setdefault(policy, {})[str(level)] = s
