@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 LONG_SHARED = (
     "You are reviewing a shipping manifest for a warehouse in Rotterdam. Every line lists "
     "a pallet number, its weight in kilograms and the name of the receiving company. "
+    "Answer each question about the manifest in one short sentence, giving the number. "
 )
 
 

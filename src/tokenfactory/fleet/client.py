@@ -26,6 +26,7 @@ from tokenfactory.engine.health import EngineHealth
 from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.fleet.messages import OutputBatch, ReplicaStats
+from tokenfactory.fleet.prefix_index import PrefixIndex
 from tokenfactory.fleet.router import NoReplicaError, ReplicaLoad, RoutingRules, choose_replica
 from tokenfactory.scheduling.step_model import StepCoefficients
 from tokenfactory.tiers import ServiceTerms
@@ -91,6 +92,7 @@ class FleetClient:
         )
         self.replicas = [ReplicaState(i, a) for i, a in enumerate(actors)]
         self.rules = rules or RoutingRules()
+        self.prefixes = PrefixIndex()  # guarded by self._lock
         self.step_prior: StepCoefficients | None = None
         self._requests: dict[str, _Request] = {}
         self._turns = 0  # routing attempts so far: round-robin's turn
@@ -226,53 +228,64 @@ class FleetClient:
         """Send the request to a replica and wait until it is queued there; a replica that
         is down is marked so and the next one tried."""
         tier = req.terms.tier if req.terms is not None else None
+        keys = self.prefixes.keys(req.prompt)
         while True:
             try:
                 with self._lock:
                     loads = [r.load() for r in self.replicas]
                     turn, self._turns = self._turns, self._turns + 1
-                index = choose_replica(
-                    loads,
-                    self.rules,
-                    tier,
-                    req.prompt,
-                    cache_key=req.cache_key,
-                    exclude=frozenset(req.tried),
-                    turn=turn,
-                )
+                    index = choose_replica(
+                        loads,
+                        self.rules,
+                        tier,
+                        self.prefixes.matches(keys),
+                        cache_key=req.cache_key,
+                        exclude=frozenset(req.tried),
+                        turn=turn,
+                    )
+                    # Counted at once: requests arriving together must see each other's
+                    # choice, not all pick the same replica before any is accepted.
+                    self.replicas[index].in_flight += 1
             except NoReplicaError:
                 raise EngineDeadError(self.health) from None
             replica = self.replicas[index]
             req.tried.add(index)
-            stream = replica.actor.stream.options(num_returns="streaming").remote(
-                req.prompt, req.params, req.request_id, req.terms
-            )
+            accepted_here = False
             try:
-                accepted: OutputBatch = await (await stream.__anext__())
-            except self._actor_errors as exc:
-                log.warning(
-                    "engine replica %d is down (%s): %s goes to another",
-                    index,
-                    type(exc).__name__,
-                    req.request_id,
+                stream = replica.actor.stream.options(num_returns="streaming").remote(
+                    req.prompt, req.params, req.request_id, req.terms
                 )
-                self._mark_down(index)
-                continue
-            if accepted.error is not None and accepted.error.kind == "closed":
-                log.warning(
-                    "engine replica %d refused %s (%s): it goes to another",
-                    index,
-                    req.request_id,
-                    accepted.error.message,
-                )
-                self._mark_down(index)
-                continue
-            if accepted.error is not None:
-                raise accepted.error.exception()
+                try:
+                    accepted: OutputBatch = await (await stream.__anext__())
+                except self._actor_errors as exc:
+                    log.warning(
+                        "engine replica %d is down (%s): %s goes to another",
+                        index,
+                        type(exc).__name__,
+                        req.request_id,
+                    )
+                    self._mark_down(index)
+                    continue
+                if accepted.error is not None and accepted.error.kind == "closed":
+                    log.warning(
+                        "engine replica %d refused %s (%s): it goes to another",
+                        index,
+                        req.request_id,
+                        accepted.error.message,
+                    )
+                    self._mark_down(index)
+                    continue
+                if accepted.error is not None:
+                    raise accepted.error.exception()
+                accepted_here = True
+            finally:
+                if not accepted_here:
+                    with self._lock:
+                        replica.in_flight -= 1
             req.replica, req.stream = index, stream
             with self._lock:
-                replica.in_flight += 1
                 replica.routed += 1
+                self.prefixes.record(keys, index)
             return
 
     def _release(self, req: _Request) -> None:
@@ -327,6 +340,8 @@ class FleetClient:
         if previous is not None and previous.started_at != stats.started_at:
             r.restarts += 1
             r.failed_steps_before += previous.failed_steps
+            with self._lock:
+                self.prefixes.forget(r.index)  # a new process starts with an empty cache
             log.warning("engine replica %d restarted (pid %d)", r.index, stats.pid)
         if self.step_prior is not None and not stats.has_step_prior:
             r.actor.set_step_prior.remote(self.step_prior)  # a restarted replica's prior

@@ -82,7 +82,7 @@ def simulate_fleet(
         for engine in engines:
             engine.run_until(req.at_s)
         loads = [_load(i, e) for i, e in enumerate(engines)]
-        index = choose_replica(loads, rules, req.terms.tier, req.prompt)
+        index = choose_replica(loads, rules, req.terms.tier)  # random prompts share no prefix
         routed[index] += 1
         terms = replace(req.terms, received_at=req.at_s)
         seq = EngineSequence(

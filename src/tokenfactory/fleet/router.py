@@ -2,11 +2,14 @@
 
 Pure data in, a choice out (no Ray, no model), so the rule is tested on its own.
 
-- Prefix: requests whose prompts start with the same tokens go to the same replica, where
-  the prefix cache already holds those blocks. Rendezvous hashing picks it: every replica
-  scores the prefix, the highest score wins, and a replica leaving or coming back moves only
-  the prefixes it owned.
-- Load: the prefix's replica is skipped when it is much busier than the least busy one
+- Prefix: a request goes where the longest leading part of its prompt is already cached
+  (`PrefixIndex` says how many tokens each replica holds); among the replicas holding about
+  as much, the least busy. A prefix too short to matter (a chat template's few tokens that
+  every request shares) counts as none, so it does not pull all traffic onto one replica.
+- Cache key: a client's `prompt_cache_key` names a session; rendezvous hashing puts each key
+  on one replica (every replica scores the key, the highest wins, and a replica leaving or
+  coming back moves only the keys it owned).
+- Load: the preferred replica is skipped when it is much busier than the least busy one
   (a cache hit does not pay for a long queue); requests without a usable prefix go to the
   least busy replica.
 - Pools: a tier may be bound to some replicas (say a fast pool for the paced tiers); when
@@ -48,21 +51,17 @@ class ReplicaLoad:
 
 @dataclass(frozen=True)
 class RoutingRules:
-    prefix_tokens: int = 32  # the leading tokens that name a prefix
+    # A cached prefix shorter than this is no reason to prefer a replica (chat templates
+    # give every request the same first few dozen tokens).
+    min_match_tokens: int = 64
+    # Replicas holding within this many tokens of the longest match count as holding it.
+    match_slack_tokens: int = 32
     # The prefix's replica keeps the request unless its load exceeds the least loaded
     # replica's by both this factor and this margin.
     overload_factor: float = 2.0
     overload_margin: int = 4
     pools: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # tier -> replicas
     mode: RoutingMode = "prefix"
-
-
-def prefix_key(prompt_ids: Sequence[int], prefix_tokens: int) -> bytes | None:
-    """The key of a prompt's leading tokens; None for a prompt too short to share one."""
-    if prefix_tokens <= 0 or len(prompt_ids) < prefix_tokens:
-        return None
-    head = prompt_ids[:prefix_tokens]
-    return b"t:" + b",".join(str(t).encode() for t in head)
 
 
 def rendezvous_order(key: bytes, indices: Sequence[int]) -> list[int]:
@@ -78,25 +77,31 @@ def choose_replica(
     replicas: Sequence[ReplicaLoad],
     rules: RoutingRules,
     tier: str | None,
-    prompt_ids: Sequence[int],
+    cached: Mapping[int, int] | None = None,
     cache_key: str | None = None,
     exclude: frozenset[int] = frozenset(),
     turn: int = 0,
 ) -> int:
     """The index of the replica that should serve this request.
 
-    `cache_key` (a client's prompt-cache key) names the prefix when given; otherwise the
-    prompt's first `rules.prefix_tokens` tokens do. `exclude`: replicas already tried.
-    `turn`: the request's number, which round-robin routing takes modulo the replicas."""
+    `cached`: replica -> leading prompt tokens it holds (`PrefixIndex.matches`).
+    `cache_key` (a client's prompt-cache key) names the session when given, and wins over
+    the prompt. `exclude`: replicas already tried. `turn`: the request's number, which
+    round-robin routing takes modulo the replicas."""
     candidates = _candidates(replicas, rules, tier, exclude)
     if rules.mode == "round-robin":
         return _in_turn(candidates, turn, len(replicas))
     least = min(candidates, key=lambda r: (r.load, r.index))
-    key = cache_key.encode() if cache_key else prefix_key(prompt_ids, rules.prefix_tokens)
-    if key is None:
-        return least.index
     by_index = {r.index: r for r in candidates}
-    preferred = by_index[rendezvous_order(key, list(by_index))[0]]
+    if cache_key:
+        preferred = by_index[rendezvous_order(cache_key.encode(), list(by_index))[0]]
+    else:
+        held = {i: n for i, n in (cached or {}).items() if i in by_index}
+        best = max(held.values(), default=0)
+        if best < rules.min_match_tokens:
+            return least.index
+        near = [by_index[i] for i, n in held.items() if n >= best - rules.match_slack_tokens]
+        preferred = min(near, key=lambda r: (r.load, r.index))
     if _much_busier(preferred, least, rules):
         return least.index
     return preferred.index
