@@ -13,6 +13,7 @@ recently used `capacity` keys.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -34,10 +35,10 @@ class PrefixIndex:
         """One key per whole block of the prompt, each naming the prefix up to its end."""
         out: list[bytes] = []
         digest = b""
-        b = self.block_tokens
-        for start in range(0, len(prompt_ids) - b + 1, b):
-            block = ",".join(str(t) for t in prompt_ids[start : start + b]).encode()
-            digest = hashlib.blake2b(digest + block, digest_size=16).digest()
+        data = array("q", prompt_ids).tobytes()  # one pass; a long prompt's blocks are slices
+        step = self.block_tokens * 8
+        for start in range(0, len(data) - step + 1, step):
+            digest = hashlib.blake2b(digest + data[start : start + step], digest_size=16).digest()
             out.append(digest)
         return out
 
