@@ -27,3 +27,12 @@ def test_serve_replicas_without_ray_names_the_fleet_extra(tmp_path):
     assert len(lines) == 1, done.stderr
     assert "tokenfactory[fleet]" in lines[0] and "--replicas" in lines[0]
     assert not (tmp_path / "ledger.db").exists()
+
+
+def test_a_step_log_is_refused_for_a_fleet_before_anything_starts(tmp_path):
+    from tokenfactory.server.run import ServeOptions, build_factory
+
+    opts = ServeOptions(data_dir=tmp_path, replicas=2, step_log=tmp_path / "steps.jsonl")
+    with pytest.raises(ValueError, match="--step-log records one engine's steps"):
+        build_factory(opts)
+    assert not (tmp_path / "steps.jsonl").exists()

@@ -46,3 +46,6 @@ def test_a_last_line_cut_by_a_crash_is_skipped_but_other_damage_is_named(tmp_pat
         read_step_log(path)
     with pytest.raises(StepLogError, match="cannot read"):
         read_step_log(tmp_path / "missing.jsonl")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StepLogError, match="cannot write the step log"):
+        StepLogWriter(tmp_path / "a-file" / "steps.jsonl")

@@ -28,8 +28,13 @@ class StepLogWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO | None = self.path.open("a", buffering=1)  # a line at a time
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: TextIO | None = self.path.open("a", buffering=1)  # a line at a time
+        except OSError as exc:
+            raise StepLogError(
+                f"cannot write the step log {self.path}: {exc.strerror or exc}"
+            ) from None
         self._lock = threading.Lock()
 
     def __call__(self, step: StepStats) -> None:

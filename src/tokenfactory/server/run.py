@@ -79,6 +79,8 @@ def build_factory(
         if opts.step_log is not None:
             raise ValueError("--step-log records one engine's steps: serve without --replicas")
         return _build_fleet_factory(opts, console, data_dir)
+    # Opened first: a path it cannot write is said before the model loads.
+    step_log = StepLogWriter(opts.step_log) if opts.step_log is not None else None
     # The model is loaded, probed and served on the engine's own thread (AsyncEngine.call).
     with console.status("loading model..."):
         async_engine = AsyncEngine(
@@ -97,8 +99,8 @@ def build_factory(
         )
         # The scheduler's step-time model starts from what this hardware measured.
         async_engine.call(lambda e: e.set_step_prior(capacity.step_prior()))
-    if opts.step_log is not None:  # after the probe: served steps only
-        engine.stats.add_sink(StepLogWriter(opts.step_log))
+    if step_log is not None:  # after the probe: served steps only
+        engine.stats.add_sink(step_log)
     name, aliases = served_names(engine, opts.served_model_name)
     factory = Factory(
         engine,
