@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from tests.server.fake_tokenizer import FakeTokenizer
 from tokenfactory.bench.local_factory import open_tiers_toml
 from tokenfactory.billing import Billing
 from tokenfactory.engine.health import EngineHealth
@@ -25,19 +26,6 @@ from tokenfactory.tiers import ServiceTerms, load_tiers
 pytestmark = pytest.mark.integration  # a real ASGI app in process
 
 MODEL = "fake"
-
-
-class _Tokenizer:
-    eos_token_ids: list[int] = []
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tools=None) -> str:
-        return " ".join(str(m.get("content", "")) for m in messages)
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [1 + ord(c) % 500 for c in text]
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return "x" * len(ids)
 
 
 class RecordingEngine:
@@ -97,7 +85,7 @@ class RecordingEngine:
 def _view() -> SimpleNamespace:
     return SimpleNamespace(
         model_name=MODEL,
-        tokenizer=_Tokenizer(),
+        tokenizer=FakeTokenizer(),
         max_model_len=4096,
         model_config=SimpleNamespace(vocab_size=512, architecture="llama"),
         scheduler=SimpleNamespace(num_waiting=0, num_running=0),

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import ledger_rows, open_reservations
+from tests.server.fake_tokenizer import FakeTokenizer
 from tokenfactory.bench.local_factory import open_tiers_toml
 from tokenfactory.billing import Billing
 from tokenfactory.engine.async_engine import AsyncEngine
@@ -30,19 +31,6 @@ pytestmark = pytest.mark.integration  # a real HTTP server in process, on the wa
 MODEL = "fake"
 TOKENS_BEFORE_HOLD = 3  # each running request gets this many tokens, then waits for the test
 STALLED = 7  # requests with this max_tokens never get a token (still queued)
-
-
-class FakeTokenizer:
-    eos_token_ids: list[int] = []
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tools=None) -> str:
-        return " ".join(str(m.get("content", "")) for m in messages)
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [1 + ord(c) % 500 for c in text]
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return "x" * len(ids)
 
 
 @dataclass
