@@ -12,16 +12,13 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.server.fake_tokenizer import FakeTokenizer
-from tokenfactory.bench.local_factory import open_tiers_toml
-from tokenfactory.billing import Billing
+from tests.server.fakes import FakeTokenizer, factory_parts
 from tokenfactory.engine.health import EngineHealth
 from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.server.app import create_app
-from tokenfactory.server.capacity import Capacity, CapacityPoint
 from tokenfactory.server.factory import Factory, FactoryConfig
-from tokenfactory.tiers import ServiceTerms, load_tiers
+from tokenfactory.tiers import ServiceTerms
 
 pytestmark = pytest.mark.integration  # a real ASGI app in process
 
@@ -94,17 +91,11 @@ def _view() -> SimpleNamespace:
 
 
 def _factory(data_dir: Path) -> tuple[Factory, RecordingEngine, dict[str, str]]:
-    tiers = data_dir / "tiers.toml"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tiers.write_text(open_tiers_toml())
-    catalog = load_tiers(str(tiers), "cpu")
-    billing = Billing.open(catalog, None, data_dir)
-    keys = billing.bootstrap_local_keys() or {}
+    parts = factory_parts(data_dir, MODEL)
     engine = RecordingEngine()
-    point = CapacityPoint(batch=1, step_s=0.01, tokens_per_s_per_user=100.0, tokens_per_s=100.0)
-    capacity = Capacity(MODEL, "cpu", "test", "2026-12-07T00:00:00+00:00", [point], 32, 0.1)
-    factory = Factory(_view(), catalog, billing, capacity, FactoryConfig(MODEL, data_dir), engine)  # type: ignore[arg-type]
-    return factory, engine, keys
+    config = FactoryConfig(MODEL, data_dir)
+    factory = Factory(_view(), parts.catalog, parts.billing, parts.capacity, config, engine)  # type: ignore[arg-type]
+    return factory, engine, parts.keys
 
 
 def _requests(key: str) -> list[tuple[str, dict]]:

@@ -16,15 +16,11 @@ import httpx
 import pytest
 
 from tests.server.conftest import ledger_rows, open_reservations
-from tests.server.fake_tokenizer import FakeTokenizer
-from tokenfactory.bench.local_factory import open_tiers_toml
-from tokenfactory.billing import Billing
+from tests.server.fakes import FakeTokenizer, factory_parts
 from tokenfactory.engine.async_engine import AsyncEngine
 from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.server.app import create_app
-from tokenfactory.server.capacity import Capacity, CapacityPoint
 from tokenfactory.server.factory import Factory, FactoryConfig
-from tokenfactory.tiers import load_tiers
 
 pytestmark = pytest.mark.integration  # a real HTTP server in process, on the wall clock
 
@@ -110,18 +106,12 @@ class FakeEngine:
 
 
 def _factory(data_dir: Path, max_failures: int) -> tuple[Factory, FakeEngine, dict[str, str]]:
-    tiers = data_dir / "tiers.toml"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tiers.write_text(open_tiers_toml())
-    catalog = load_tiers(str(tiers), "cpu")
-    billing = Billing.open(catalog, None, data_dir)
-    keys = billing.bootstrap_local_keys() or {}
+    parts = factory_parts(data_dir, MODEL)
     fake = FakeEngine()
     aengine = AsyncEngine(lambda: fake, idle_wait_s=0.01, max_consecutive_failures=max_failures)
-    point = CapacityPoint(batch=1, step_s=0.01, tokens_per_s_per_user=100.0, tokens_per_s=100.0)
-    capacity = Capacity(MODEL, "cpu", "test", "2026-12-06T00:00:00+00:00", [point], 32, 0.1)
     config = FactoryConfig(MODEL, data_dir)
-    return Factory(fake, catalog, billing, capacity, config, aengine), fake, keys  # type: ignore[arg-type]
+    factory = Factory(fake, parts.catalog, parts.billing, parts.capacity, config, aengine)  # type: ignore[arg-type]
+    return factory, fake, parts.keys
 
 
 def _chat(key: str, stream: bool = False, max_tokens: int = 50, tier: str | None = None) -> dict:
