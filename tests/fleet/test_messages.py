@@ -15,8 +15,8 @@ from tokenfactory.engine.errors import (
     InvalidRequestError,
 )
 from tokenfactory.engine.outputs import RequestOutput
-from tokenfactory.fleet.client import _shifted
 from tokenfactory.fleet.errors import FleetUnavailableError
+from tokenfactory.fleet.inboxes import shifted
 from tokenfactory.fleet.messages import ReplicaError
 
 
@@ -44,7 +44,7 @@ def test_other_errors_are_not_swallowed():
 
 def test_output_times_move_by_the_clock_shift_and_none_stays_none():
     out = RequestOutput("r", [1], "a", None, False, None, None, 3, 0, 0, 10.0, 11.0, None, None)
-    moved = _shifted(out, 5.0)
+    moved = shifted(out, 5.0)
     assert (moved.arrival_time, moved.first_token_time) == (15.0, 16.0)
     assert moved.finished_time is None and moved.first_scheduled_time is None
     assert moved.token_ids == [1] and out.arrival_time == 10.0

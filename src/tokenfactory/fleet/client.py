@@ -5,6 +5,10 @@ request, stream its deltas, abort it, say whether serving is possible. Each requ
 to the replica the router picks; a replica's state comes from a poller that asks every
 replica for its stats a few times a second.
 
+Every request's deltas from one replica come back through one stream that the front keeps
+open to it (`EngineReplica.subscribe`), one batch per read, and are sorted into per-request
+queues here (`Inboxes`).
+
 A replica that dies: its requests that had no token yet are sent to another replica; its
 started streams end with `EngineStepError` (the server ends them with an error and bills
 what was delivered). Ray restarts the actor; once its stats answer again it rejoins.
@@ -12,7 +16,7 @@ what was delivered). Ray restarts the actor; once its stats answer again it rejo
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
 import threading
 import time
@@ -25,7 +29,8 @@ from tokenfactory.engine.errors import EngineDeadError, EngineStepError, Invalid
 from tokenfactory.engine.health import EngineHealth
 from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.fleet.messages import OutputBatch, ReplicaStats
+from tokenfactory.fleet.inboxes import Ended, Inboxes, Lost
+from tokenfactory.fleet.messages import ReplicaError, ReplicaStats
 from tokenfactory.fleet.prefix_index import PrefixIndex
 from tokenfactory.fleet.router import NoReplicaError, ReplicaLoad, RoutingRules, choose_replica
 from tokenfactory.scheduling.step_model import StepCoefficients
@@ -50,6 +55,7 @@ class ReplicaState:
     failed_steps_before: int = 0  # failed steps of its earlier incarnations
     pending_stats: Any = None
     pending_since: float = 0.0
+    outputs: _OutputStream | None = None  # the open read of its outputs (event loop only)
 
     def load(self) -> ReplicaLoad:
         s = self.stats
@@ -63,14 +69,23 @@ class ReplicaState:
 
 
 @dataclass
+class _OutputStream:
+    """One open read of a replica's outputs: the requests waiting on it, and its task."""
+
+    inboxes: Inboxes = field(default_factory=Inboxes)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
 class _Request:
     prompt: list[int]
     params: SamplingParams | None
     request_id: str
     terms: ServiceTerms | None
     cache_key: str | None
-    replica: int
-    stream: Any  # Ray's ObjectRefGenerator of OutputBatch
+    replica: int = -1
+    inbox: asyncio.Queue[Any] | None = None  # its deltas, from its replica's output stream
+    inboxes: Inboxes | None = None  # where that queue is registered
     tokens_received: int = 0
     tried: set[int] = field(default_factory=set)
 
@@ -95,6 +110,7 @@ class FleetClient:
         self.prefixes = PrefixIndex()  # guarded by self._lock
         self.step_prior: StepCoefficients | None = None
         self._requests: dict[str, _Request] = {}
+        self._channel = uuid.uuid4().hex  # names this front's outboxes on the replicas
         self._turns = 0  # routing attempts so far: round-robin's turn
         self._closed = False
         self._poll_s = poll_s
@@ -136,7 +152,7 @@ class FleetClient:
         if self._closed:
             raise self._closed_error()
         rid = request_id or f"fleet-{uuid.uuid4().hex}"
-        req = _Request(list(prompt), params, rid, terms, cache_key, replica=-1, stream=None)
+        req = _Request(list(prompt), params, rid, terms, cache_key)
         await self._submit(req)
         self._requests[rid] = req
         return rid
@@ -149,34 +165,32 @@ class FleetClient:
         finished = False
         try:
             while True:
-                try:
-                    batch: OutputBatch = await (await req.stream.__anext__())
-                except StopAsyncIteration:
-                    return  # aborted on the replica
-                except self._actor_errors as exc:
-                    self._mark_down(req.replica)
+                assert req.inbox is not None
+                item = await req.inbox.get()
+                if isinstance(item, Lost):
                     if self._closed:  # the fleet is shutting down: ended, like an abort
                         return
                     if req.tokens_received:
                         raise EngineStepError(
                             f"engine replica {req.replica} stopped while this request was "
-                            f"streaming ({type(exc).__name__})"
-                        ) from None
+                            f"streaming ({item.reason})"
+                        )
                     log.warning(
                         "replica %d stopped before %s started: retrying", req.replica, request_id
                     )
+                    self.abort(request_id)  # in case the replica lives on and holds it
                     self._release(req)
                     await self._submit(req)
                     continue
-                if batch.error is not None:
-                    raise batch.error.exception()
-                shift = time.monotonic() - batch.sent_at
-                for out in batch.outputs:
-                    req.tokens_received += len(out.token_ids)
-                    yield _shifted(out, shift)
-                    if out.finished:
-                        finished = True
-                        return
+                if isinstance(item, Ended):
+                    if item.error is not None:
+                        raise item.error.exception()
+                    return  # aborted on the replica
+                req.tokens_received += len(item.token_ids)
+                yield item
+                if item.finished:
+                    finished = True
+                    return
         finally:
             if not finished:
                 self.abort(request_id)
@@ -250,13 +264,14 @@ class FleetClient:
                 raise EngineDeadError(self.health) from None
             replica = self.replicas[index]
             req.tried.add(index)
+            inboxes = self._output_stream(replica)
+            inbox = inboxes.open(req.request_id)  # before submitting: deltas may come first
             accepted_here = False
             try:
-                stream = replica.actor.stream.options(num_returns="streaming").remote(
-                    req.prompt, req.params, req.request_id, req.terms
-                )
                 try:
-                    accepted: OutputBatch = await (await stream.__anext__())
+                    refusal: ReplicaError | None = await replica.actor.submit.remote(
+                        self._channel, req.prompt, req.params, req.request_id, req.terms
+                    )
                 except self._actor_errors as exc:
                     log.warning(
                         "engine replica %d is down (%s): %s goes to another",
@@ -266,29 +281,60 @@ class FleetClient:
                     )
                     self._mark_down(index)
                     continue
-                if accepted.error is not None and accepted.error.kind == "closed":
+                if refusal is not None and refusal.kind == "closed":
                     log.warning(
                         "engine replica %d refused %s (%s): it goes to another",
                         index,
                         req.request_id,
-                        accepted.error.message,
+                        refusal.message,
                     )
                     self._mark_down(index)
                     continue
-                if accepted.error is not None:
-                    raise accepted.error.exception()
+                if refusal is not None:
+                    raise refusal.exception()
                 accepted_here = True
             finally:
                 if not accepted_here:
+                    inboxes.close(req.request_id)
                     with self._lock:
                         replica.in_flight -= 1
-            req.replica, req.stream = index, stream
+            req.replica, req.inbox, req.inboxes = index, inbox, inboxes
             with self._lock:
                 replica.routed += 1
                 self.prefixes.record(keys, index)
             return
 
+    def _output_stream(self, replica: ReplicaState) -> Inboxes:
+        """The inboxes of the replica's open output stream; opens one if there is none."""
+        stream = replica.outputs
+        if stream is None:
+            stream = replica.outputs = _OutputStream()
+            stream.task = asyncio.ensure_future(self._read_outputs(replica, stream))
+        return stream.inboxes
+
+    async def _read_outputs(self, replica: ReplicaState, stream: _OutputStream) -> None:
+        """Sort the replica's batches into their requests' inboxes until the stream breaks;
+        then every request still waiting on it hears so."""
+        reason = "its output stream ended"
+        try:
+            batches = replica.actor.subscribe.options(num_returns="streaming").remote(self._channel)
+            async for ref in batches:
+                stream.inboxes.deliver(await ref, time.monotonic())
+        except self._actor_errors as exc:
+            reason = type(exc).__name__
+            self._mark_down(replica.index)
+        except Exception as exc:  # any other break must still end the requests, not hang them
+            log.exception("reading engine replica %d's outputs failed", replica.index)
+            reason = type(exc).__name__
+        finally:
+            if replica.outputs is stream:
+                replica.outputs = None
+            stream.inboxes.lose_all(reason)
+
     def _release(self, req: _Request) -> None:
+        if req.inboxes is not None:
+            req.inboxes.close(req.request_id)
+            req.inboxes = req.inbox = None
         if req.replica >= 0:
             with self._lock:
                 self.replicas[req.replica].in_flight -= 1
@@ -352,18 +398,3 @@ class FleetClient:
         with self._lock:
             r.stats = stats
             r.available = stats.healthy
-
-
-def _shifted(out: RequestOutput, shift: float) -> RequestOutput:
-    """The output with its times on this process's clock (a replica's may differ)."""
-
-    def move(t: float | None) -> float | None:
-        return None if t is None else t + shift
-
-    return dataclasses.replace(
-        out,
-        arrival_time=out.arrival_time + shift,
-        first_token_time=move(out.first_token_time),
-        finished_time=move(out.finished_time),
-        first_scheduled_time=move(out.first_scheduled_time),
-    )

@@ -55,13 +55,16 @@ class ReplicaError:
 
 
 @dataclass(frozen=True)
-class OutputBatch:
-    """The deltas a replica made for one request since its last batch. The first batch of
-    a stream is empty: the request was accepted (or `error` says why not)."""
+class ChannelBatch:
+    """What a replica made for one front since the front's last read: every request's new
+    deltas, in order, and the requests whose streams ended there (with the error that ended
+    one, or None for a finish or an abort). One batch per read, not per request: a streamed
+    Ray object costs about a millisecond of CPU, so per-request objects at 32 streams took a
+    sixth of this machine's two cores."""
 
     outputs: list[RequestOutput]
+    ended: dict[str, ReplicaError | None]
     sent_at: float  # the replica's time.monotonic() when sent: the front maps times by it
-    error: ReplicaError | None = None
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
 """One engine replica: an `AsyncEngine` in a process of its own, driven by the front.
 
 The class is plain Python; the front makes it a Ray actor (`ray.remote`) so this module
-imports without Ray. `stream` is a streaming generator: it yields `OutputBatch`es, each
-holding every delta made since the last, so a request costs one call however many tokens
-it makes, and a slow link batches more instead of falling behind.
+imports without Ray. A front queues requests with `submit` and reads every request's deltas
+through one `subscribe` stream per replica: each read carries all that was made since the
+last, so a step costs one streamed object however many requests it served, and a slow link
+batches more instead of falling behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -18,20 +18,21 @@ from typing import Any, TypeVar
 from tokenfactory.engine.async_engine import AsyncEngine
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
-from tokenfactory.engine.errors import EngineClosedError, EngineStepError, InvalidRequestError
-from tokenfactory.engine.outputs import RequestOutput
+from tokenfactory.engine.errors import EngineClosedError, InvalidRequestError
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.fleet.messages import (
+    ChannelBatch,
     EngineDescription,
-    OutputBatch,
     ReplicaError,
     ReplicaStats,
     this_process,
 )
+from tokenfactory.fleet.outbox import Outbox
 from tokenfactory.scheduling.step_model import StepCoefficients, StepTimeModel
 from tokenfactory.tiers import ServiceTerms
 
 T = TypeVar("T")
+_REFIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,52 +53,47 @@ class EngineReplica:
             max_consecutive_failures=spec.max_step_failures,
         )
         self.engine = self.async_engine.engine
+        self._outboxes: dict[str, Outbox] = {}  # by the front's channel
+        self._readers: dict[str, object] = {}  # the read now open on each channel
+        self._fitted: tuple[float, StepTimeModel] | None = None  # (when, model)
 
-    async def stream(
+    async def submit(
         self,
+        channel: str,
         prompt: list[int],
         params: SamplingParams | None,
         request_id: str,
         terms: ServiceTerms | None,
-    ) -> AsyncGenerator[OutputBatch, None]:
-        """Queue a request and stream its deltas in batches; the first batch is empty (it was
-        accepted) or carries the error that refused it. Closing the stream aborts it."""
+    ) -> ReplicaError | None:
+        """Queue a request whose deltas go to `channel`'s outbox; None when accepted, else the
+        error that refused it."""
         try:
             rid = await self.async_engine.add_request(prompt, params, request_id, terms)
         except (InvalidRequestError, EngineClosedError) as exc:
-            yield OutputBatch([], time.monotonic(), ReplicaError.of(exc, queuing=True))
-            return
+            return ReplicaError.of(exc, queuing=True)
         self.requests_served += 1
-        yield OutputBatch([], time.monotonic())
-        pending: list[RequestOutput] = []
-        ready = asyncio.Event()
+        self._outbox(channel).follow(rid, self.async_engine.outputs(rid))
+        return None
 
-        async def pump() -> None:
-            try:
-                async for out in self.async_engine.outputs(rid):
-                    pending.append(out)
-                    ready.set()
-            finally:
-                ready.set()
-
-        task = asyncio.ensure_future(pump())
+    async def subscribe(self, channel: str) -> AsyncGenerator[ChannelBatch, None]:
+        """A streaming generator: `channel`'s outputs, one batch per read, for as long as the
+        front reads. When the front stops reading, its requests are aborted."""
+        box = self._outbox(channel)
+        self._readers[channel] = reader = object()
         try:
-            while not (task.done() and not pending):
-                await ready.wait()
-                ready.clear()
-                if pending:
-                    batch = list(pending)
-                    pending.clear()
-                    yield OutputBatch(batch, time.monotonic())
-            try:
-                task.result()
-            except (EngineStepError, EngineClosedError) as exc:
-                yield OutputBatch([], time.monotonic(), ReplicaError.of(exc))
+            while True:
+                yield await box.next_batch()
         finally:
-            if not task.done():
-                task.cancel()  # leaving the engine's stream early aborts the request there
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if self._readers.get(channel) is reader:  # not taken over by a newer read
+                del self._readers[channel]
+                self._outboxes.pop(channel, None)
+                await box.close()
+
+    def _outbox(self, channel: str) -> Outbox:
+        box = self._outboxes.get(channel)
+        if box is None:
+            box = self._outboxes[channel] = Outbox()
+        return box
 
     def abort(self, request_id: str) -> None:
         self.async_engine.abort(request_id)
@@ -118,7 +114,7 @@ class EngineReplica:
         e = self.engine
         health = self.async_engine.health
         running = e.scheduler.num_running
-        model = StepTimeModel.from_steps(e.stats.recent(256), prior=e.step_prior)
+        model = self._step_model()
         pid, node = this_process()
         return ReplicaStats(
             pid=pid,
@@ -136,6 +132,16 @@ class EngineReplica:
             requests_served=self.requests_served,
         )
 
+    def _step_model(self) -> StepTimeModel:
+        """The step-time model fitted to the recent steps, refitted at most once a second: a
+        fit takes a few milliseconds of the engine's GIL, and the front asks several times a
+        second."""
+        now = time.monotonic()
+        if self._fitted is None or now - self._fitted[0] >= _REFIT_S:
+            e = self.engine
+            self._fitted = (now, StepTimeModel.from_steps(e.stats.recent(256), prior=e.step_prior))
+        return self._fitted[1]
+
     def recent_steps(self, n: int) -> list[Any]:
         return self.engine.stats.recent(n)
 
@@ -146,6 +152,7 @@ class EngineReplica:
 
     async def set_step_prior(self, prior: StepCoefficients) -> None:
         await asyncio.to_thread(self.async_engine.call, lambda e: e.set_step_prior(prior))
+        self._fitted = None  # the next fit starts from the new prior
 
     def shutdown(self) -> None:
         self.async_engine.shutdown()
