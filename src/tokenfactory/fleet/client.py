@@ -305,9 +305,12 @@ class FleetClient:
             return
 
     def _output_stream(self, replica: ReplicaState) -> Inboxes:
-        """The inboxes of the replica's open output stream; opens one if there is none."""
+        """The inboxes of the replica's open output stream in this event loop; opens one if
+        there is none."""
         stream = replica.outputs
-        if stream is None:
+        loop = asyncio.get_running_loop()
+        if stream is None or stream.task is None or stream.task.get_loop() is not loop:
+            # None yet, or one left behind by an event loop that has ended.
             stream = replica.outputs = _OutputStream()
             stream.task = asyncio.ensure_future(self._read_outputs(replica, stream))
         return stream.inboxes

@@ -79,7 +79,12 @@ class EngineReplica:
         """A streaming generator: `channel`'s outputs, one batch per read, for as long as the
         front reads. When the front stops reading, its requests are aborted."""
         box = self._outbox(channel)
-        self._readers[channel] = reader = object()
+        reader: object = asyncio.current_task() or object()
+        previous = self._readers.get(channel)
+        self._readers[channel] = reader
+        if isinstance(previous, asyncio.Task) and not previous.done():
+            # The front opened a new read (its old one broke): the old must not take batches.
+            previous.cancel()
         try:
             while True:
                 yield await box.next_batch()
