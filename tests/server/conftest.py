@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -17,13 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tokenfactory.bench.local_factory import open_tiers_toml
+from tokenfactory.bench.local_factory import copy_probe, open_tiers_toml
 
 MODEL = "SmolLM2-135M-Instruct"
 # Hardware probes measured by this session's servers, handed to the next ones: a server with
 # the same model and options then only rechecks a few steps (about 6 s of a 10 s start saved).
 # Each server still checks the cached probe against this machine, as a user's restart does.
 _SESSION_PROBES = Path(tempfile.mkdtemp(prefix="tokenfactory-test-probes-"))
+atexit.register(shutil.rmtree, _SESSION_PROBES, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -82,7 +84,7 @@ def start_server(data_dir: Path, *extra: str, timeout: float = 240) -> ServerPro
         tiers = data_dir / "loose-tiers.toml"
         tiers.write_text(open_tiers_toml())  # tests must not depend on this machine's speed
         extra = ("--tiers", str(tiers), *extra)
-    _share_probes(_SESSION_PROBES, data_dir)
+    copy_probe(_SESSION_PROBES, data_dir)
     port = free_port()
     log_path = data_dir / f"server-{port}.log"
     cmd = [
@@ -99,20 +101,13 @@ def start_server(data_dir: Path, *extra: str, timeout: float = 240) -> ServerPro
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
         try:
             if httpx.get(server.base_url + "/ready", timeout=2).status_code == 200:
-                _share_probes(data_dir, _SESSION_PROBES)
+                copy_probe(data_dir, _SESSION_PROBES)
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server did not become ready in {timeout} s:\n{server.log()}")
-
-
-def _share_probes(src: Path, dst: Path) -> None:
-    """Copy the cached probes `dst` lacks; one it has (a restart's own) is kept."""
-    for f in src.glob("capacity-*.json"):
-        if not (dst / f.name).exists():
-            shutil.copy(f, dst / f.name)
 
 
 @pytest.fixture(scope="session")
