@@ -514,6 +514,14 @@ def bench_perplexity(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bfloat16",
     threads: ThreadsOpt = None,
+    smoothing: Annotated[
+        bool,
+        typer.Option(help="FP8: smooth the activations first, as the engine does"),
+    ] = True,
+    calibration_text: Annotated[
+        Path | None,
+        typer.Option(help="FP8: smooth on this text instead of the shipped calibration text"),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the JSON result here")] = None,
 ) -> None:
     """Perplexity on the shipped English text, with the weights as loaded and, with
@@ -525,9 +533,12 @@ def bench_perplexity(
     try:
         with err.status("loading model..."):
             loaded = load_model_files(model)
+        text = calibration_text.read_text("utf-8") if calibration_text is not None else None
         with err.status("scoring the text..."):
-            result = compare(loaded, config, quantization, max_tokens, window)
-    except (ModelLoadError, ValueError) as exc:
+            result = compare(
+                loaded, config, quantization, max_tokens, window, smoothing, text
+            )
+    except (ModelLoadError, ValueError, OSError, UnicodeDecodeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     for run in (result.baseline, result.quantized):

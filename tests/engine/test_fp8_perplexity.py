@@ -12,11 +12,12 @@ from tokenfactory.models.loader import load_model_files
 pytestmark = pytest.mark.e2e
 
 # The quality bound this test holds FP8 to, relative to bf16 perplexity. Measured on this
-# slice (the text's first 1,024 tokens): 18.89 -> 20.55, +8.8%; +6.0% on the whole text
-# (docs/performance.md). The aim was 1%; SmolLM2-135M does not meet it with e4m3 weights
-# and per-token e4m3 activations, so the bound is what the implementation does, with room
-# for another CPU's roundings: a wrong scale or a broken matmul lands far outside it.
-MAX_RELATIVE_INCREASE = 0.15
+# slice (the text's first 1,024 tokens): 18.89 -> 19.45, +2.9% with the activations smoothed
+# on the shipped calibration text (+8.8% without); +3.2% on the whole text (docs/performance.md).
+# The aim was 1%, which SmolLM2-135M does not meet with e4m3 weights and per-token e4m3
+# activations. The bound leaves room for another CPU's roundings; FP8 without the smoothing,
+# a wrong scale or a broken matmul lands outside it.
+MAX_RELATIVE_INCREASE = 0.05
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenfactory.engine.config import EngineConfig
-from tokenfactory.engine.model_setup import build_model
+from tokenfactory.engine.model_setup import build_model, fp8_calibration_ids
 from tokenfactory.models.llama import LlamaForCausalLM
 from tokenfactory.models.loader import LoadedModel
 
@@ -66,9 +66,11 @@ def measure(
     config: EngineConfig,
     ids: list[int],
     window: int,
+    calibration_ids: list[int] | None = None,
 ) -> Perplexity:
-    """Build the model as the engine would under `config`, then score `ids`."""
-    model = build_model(loaded.config, config, loaded.state_dict)
+    """Build the model under `config` (FP8 weights smoothed on `calibration_ids`, if given),
+    then score `ids`."""
+    model = build_model(loaded.config, config, loaded.state_dict, calibration_ids)
     t0 = time.perf_counter()
     nll, n = score(model, ids, window)
     seconds = time.perf_counter() - t0
@@ -112,9 +114,13 @@ def compare(
     quantization: str | None,
     max_tokens: int | None = None,
     window: int = 1024,
+    smoothing: bool = True,
+    calibration_text: str | None = None,
 ) -> PerplexityComparison:
     """Perplexity on the shipped text (its first `max_tokens` tokens if given) with the
-    weights in `config.dtype`, and with them quantized if `quantization` is set."""
+    weights in `config.dtype`, and with them quantized if `quantization` is set. FP8 weights
+    are smoothed as the engine smooths them (on the shipped calibration text, or on
+    `calibration_text`), or not at all without `smoothing`."""
     if window < 2:
         raise ValueError("the window must hold at least 2 tokens")
     if loaded.tokenizer is None:
@@ -129,6 +135,13 @@ def compare(
     quantized = None
     if quantization is not None:
         q_config = EngineConfig(**{**asdict(config), "quantization": quantization})
-        quantized = measure(loaded, q_config, ids, window)
+        calibration = None
+        if smoothing and calibration_text is not None:
+            calibration = loaded.tokenizer.encode(calibration_text)
+            if not calibration:
+                raise ValueError("the calibration text is empty")
+        elif smoothing:
+            calibration = fp8_calibration_ids(q_config, loaded.tokenizer)
+        quantized = measure(loaded, q_config, ids, window, calibration)
     name = loaded.config.name or loaded.config.architecture
     return PerplexityComparison(name, TEXT_FILE, window, baseline, quantized)

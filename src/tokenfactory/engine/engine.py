@@ -25,7 +25,7 @@ from tokenfactory.engine.constraints.spec import GrammarSpec
 from tokenfactory.engine.constraints.vocab import grammar_tokenizer
 from tokenfactory.engine.errors import ContextLengthExceededError, InvalidRequestError
 from tokenfactory.engine.hardware import resolve_device
-from tokenfactory.engine.model_setup import build_model, kv_cache_blocks
+from tokenfactory.engine.model_setup import build_model, fp8_calibration_ids, kv_cache_blocks
 from tokenfactory.engine.outputs import Completion, RequestOutput
 from tokenfactory.engine.runner import ModelRunner
 from tokenfactory.engine.sampling.logprobs import TokenLogprob
@@ -131,7 +131,12 @@ class Engine:
             and resolve_device(config.device).type == "cpu"
         )
         loaded = load_model_files(path, q4_weights=q4)
-        model = build_model(loaded.config, config, state_dict=loaded.state_dict)
+        model = build_model(
+            loaded.config,
+            config,
+            state_dict=loaded.state_dict,
+            calibration_ids=fp8_calibration_ids(config, loaded.tokenizer),
+        )
         if q4:
             model.attach_q4_weights(loaded.q4_weights)
         # The file or directory name says what users chose (quantization included); the

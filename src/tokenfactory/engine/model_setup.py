@@ -3,6 +3,9 @@ KV cache from the memory there."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 
 from tokenfactory.engine.attention import KVCache
@@ -17,13 +20,19 @@ from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.errors import ModelTooLargeError
 from tokenfactory.models.llama import LlamaForCausalLM
 
+if TYPE_CHECKING:
+    from tokenfactory.models.tokenizer import Tokenizer
+
 
 def build_model(
     model_config: ModelConfig,
     config: EngineConfig,
     state_dict: dict[str, torch.Tensor] | None,
+    calibration_ids: Sequence[int] | None = None,
 ) -> LlamaForCausalLM:
-    """Instantiate the network on the configured device and dtype, with real or random weights."""
+    """Instantiate the network on the configured device and dtype, with real or random weights.
+    `calibration_ids`: the shipped calibration text in the model's tokens, which FP8 weights
+    smooth their activations with (`fp8_calibration_ids`); None quantizes without smoothing."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if device.type == "cpu":
@@ -46,7 +55,7 @@ def build_model(
     else:
         model.load_hf_state_dict(state_dict)
     if config.quantization == "fp8":
-        model.quantize_fp8()
+        model.quantize_fp8(calibration_ids)
     return model.eval()
 
 
@@ -88,3 +97,13 @@ def _cuda_kv_budget(model: LlamaForCausalLM, config: EngineConfig) -> int:
         + cfg.max_num_batched_tokens * mc.intermediate_size * 2 * 3  # prefill MLP
     )
     return max(0, int(free * cfg.gpu_memory_utilization) - reserve)
+
+
+def fp8_calibration_ids(config: EngineConfig, tokenizer: Tokenizer | None) -> list[int] | None:
+    """The calibration text in `tokenizer`'s tokens when `config` asks for FP8 weights; None
+    otherwise, or without a tokenizer (random weights: nothing real to calibrate)."""
+    if config.quantization != "fp8" or tokenizer is None:
+        return None
+    from tokenfactory.models.fp8_smoothing import calibration_text
+
+    return tokenizer.encode(calibration_text())

@@ -10,6 +10,7 @@ device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import torch
@@ -287,12 +288,14 @@ class LlamaForCausalLM(nn.Module):
             return None
         return q4_linear.decode_max_rows() or None
 
-    def quantize_fp8(self) -> int:
+    def quantize_fp8(self, calibration_ids: Sequence[int] | None = None) -> int:
         """Put every layer linear (q/k/v, o, gate/up, down) and an untied lm_head in FP8
         (kernels.fp8_linear); a tied lm_head stays in the model's dtype, since the embedding
         lookups need that table anyway and a second, FP8 copy would add bytes, not save them.
-        Raises Fp8UnsupportedError (naming the requirement) where FP8 cannot run. Returns how
-        many linears were quantized."""
+        With `calibration_ids` (tokens of a calibration text), the activations read by q/k/v
+        and gate/up are smoothed first (models.fp8_smoothing). Raises Fp8UnsupportedError
+        (naming the requirement) where FP8 cannot run. Returns how many linears were
+        quantized."""
         fp8_linear.check_supported(self.device, self.dtype)
         linears = [
             m
@@ -303,6 +306,10 @@ class LlamaForCausalLM(nn.Module):
             linears.append(self.lm_head)
         for m in linears:  # every shape checked before any weight changes
             fp8_linear.check_shape(m.out_features, m.in_features, self.device)
+        if calibration_ids:
+            from tokenfactory.models import fp8_smoothing  # it builds on this module
+
+            fp8_smoothing.smooth(self, calibration_ids)
         for m in linears:
             m.use_fp8()
         self.lm_head_q8 = None

@@ -18,14 +18,19 @@ def make_proposer(
         from tokenfactory.engine.speculation.ngram import NgramProposer
 
         return NgramProposer()
-    from tokenfactory.engine.model_setup import build_model
+    from tokenfactory.engine.model_setup import build_model, fp8_calibration_ids
     from tokenfactory.engine.speculation.draft_model import DraftModelProposer
     from tokenfactory.models.loader import load_model_files
 
     assert config.draft_model is not None  # EngineConfig checks it
     q4 = config.q4_decode and target.device.type == "cpu"
     loaded = load_model_files(config.draft_model, q4_weights=q4)
-    draft = build_model(loaded.config, config, state_dict=loaded.state_dict)
+    draft = build_model(
+        loaded.config,
+        config,
+        state_dict=loaded.state_dict,
+        calibration_ids=fp8_calibration_ids(config, loaded.tokenizer),
+    )
     if q4:
         draft.attach_q4_weights(loaded.q4_weights)
     return DraftModelProposer(draft, config, num_blocks, target.config.vocab_size)
