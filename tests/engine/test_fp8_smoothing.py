@@ -11,6 +11,7 @@ import torch
 
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.model_setup import build_model, fp8_calibration_ids
+from tokenfactory.kernels import fp8_linear
 from tokenfactory.models import fp8_smoothing
 from tokenfactory.models.llama import Linear
 
@@ -31,26 +32,47 @@ def _calibration() -> list[int]:
     return [t for p in prompts(4, seed=7, lo=30, hi=60) for t in p]
 
 
+def _fold(factors) -> None:
+    """The weights' half of the smoothing, in high precision (use_fp8 does it as it quantizes)."""
+    with torch.no_grad():
+        for lin, f in factors.items():
+            lin.weight.copy_(lin.weight.float() * f[None, :])
+
+
 def test_smoothing_keeps_the_model_s_function() -> None:
     model = _model(outlier=20.0)
     ids = torch.tensor(prompts(1, seed=3, lo=40, hi=41)[0])
     before = model.forward_dense(ids)
-    assert fp8_smoothing.smooth(model, _calibration()) == 2 * TINY.num_hidden_layers
+    factors = fp8_smoothing.smooth(model, _calibration())
+    assert len(factors) == 2 * TINY.num_hidden_layers
+    _fold(factors)
     after = model.forward_dense(ids)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
-def test_the_norm_s_rounding_is_folded_into_the_weight() -> None:
-    # bf16 norms round s; the float32 weights carry what the stored norm really divides by.
+def test_the_norm_s_rounding_is_in_the_factors() -> None:
+    # bf16 norms round norm / s; the factors are what the stored norm really divides by.
     model = _model(dtype="bfloat16", outlier=20.0)
-    pairs = fp8_smoothing.smoothed_pairs(model)
-    products = [
-        norm.weight.detach().float()[None, :] * lin.weight.detach().float() for norm, lin in pairs
-    ]
-    fp8_smoothing.smooth(model, _calibration())
-    for (norm, lin), product in zip(pairs, products, strict=True):
-        assert lin.weight.dtype is torch.float32
-        torch.testing.assert_close(norm.weight.detach().float()[None, :] * lin.weight, product)
+    norms = {
+        lin: norm.weight.detach().float().clone()
+        for norm, lin in fp8_smoothing.smoothed_pairs(model)
+    }
+    factors = fp8_smoothing.smooth(model, _calibration())
+    for norm, lin in fp8_smoothing.smoothed_pairs(model):
+        stored = norm.weight.detach().float()
+        assert not torch.equal(stored, norms[lin])
+        torch.testing.assert_close(stored * factors[lin], norms[lin], rtol=1e-6, atol=0)
+
+
+def test_use_fp8_quantizes_the_scaled_weight() -> None:
+    model = _model(dtype="bfloat16")
+    lin = model.decoder_layers[0].gate_up_proj
+    scale = torch.linspace(0.5, 4.0, lin.in_features)
+    expected = fp8_linear.Fp8Weight.quantize(lin.weight.detach().float() * scale[None, :])
+    lin.use_fp8(scale)
+    assert lin.fp8 is not None
+    assert torch.equal(lin.fp8.codes.view(torch.uint8), expected.codes.view(torch.uint8))
+    assert torch.equal(lin.fp8.scale, expected.scale)
 
 
 def test_an_outlier_channel_is_scaled_down_and_its_weights_up() -> None:
@@ -59,7 +81,7 @@ def test_an_outlier_channel_is_scaled_down_and_its_weights_up() -> None:
     ids = _calibration()
     (x_before,) = fp8_smoothing.input_absmax(model, [lin], ids)
     w_before = lin.weight.detach().abs().amax(dim=0)
-    fp8_smoothing.smooth(model, ids)
+    _fold(fp8_smoothing.smooth(model, ids))
     (x_after,) = fp8_smoothing.input_absmax(model, [lin], ids)
     spread = lambda x: float(x.max() / x.median())  # noqa: E731
     assert spread(x_before) > 10  # the planted outlier

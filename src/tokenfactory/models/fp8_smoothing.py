@@ -12,9 +12,9 @@ prose, code, JSON, a table and a chat turn). A search of alpha per layer by the 
 linear's FP8 product (as AWQ searches its scales) picked 0.7-0.8 and lost more perplexity on
 the embedded model than 0.5 everywhere, so alpha is fixed.
 
-The norm keeps the model's dtype, so its rounding is folded back into the weight (the weight
-is quantized from float32 right after): the smoothed model in high precision is the original
-one to float32 rounding.
+The norm keeps the model's dtype, so its rounding is folded back into the weight, which is
+scaled in float32 as it is quantized: the smoothed model in high precision is the original one
+to float32 rounding.
 """
 
 from __future__ import annotations
@@ -92,21 +92,22 @@ def smoothing_scales(x_absmax: torch.Tensor, weight: torch.Tensor, alpha: float)
 
 
 @torch.inference_mode()
-def smooth(model: LlamaForCausalLM, ids: Sequence[int], alpha: float = ALPHA) -> int:
-    """Fold smoothing factors measured on `ids` into each (norm, linear) pair; the linears'
-    weights become float32, ready to quantize. Returns how many linears were smoothed."""
+def smooth(
+    model: LlamaForCausalLM, ids: Sequence[int], alpha: float = ALPHA
+) -> dict[Linear, torch.Tensor]:
+    """Divide each smoothed norm's weight by the factors measured on `ids`, and return, for
+    each linear reading it, the factors its weight's input columns must be multiplied by
+    (`Linear.use_fp8(input_scale=...)` does it while quantizing, one linear at a time)."""
     if not ids:
         raise ValueError("smoothing needs calibration tokens")
     pairs = smoothed_pairs(model)
     maxima = input_absmax(model, [lin for _, lin in pairs], ids)
+    factors: dict[Linear, torch.Tensor] = {}
     for (norm, lin), x_absmax in zip(pairs, maxima, strict=True):
         s = smoothing_scales(x_absmax, lin.weight, alpha)
         old = norm.weight.detach().float()
         new = (old / s).to(norm.weight.dtype)
         # What the stored (rounded) norm really divides by, so the product stays exact.
-        s_stored = torch.where(new.float() != 0, old / new.float(), torch.ones_like(s))
+        factors[lin] = torch.where(new.float() != 0, old / new.float(), torch.ones_like(s))
         norm.weight.copy_(new)
-        lin.weight = torch.nn.Parameter(
-            lin.weight.detach().float() * s_stored[None, :], requires_grad=False
-        )
-    return len(pairs)
+    return factors

@@ -57,10 +57,15 @@ class Linear(nn.Linear):
     q4: q4_linear.Q4Weight | None = None
     fp8: fp8_linear.Fp8Weight | None = None
 
-    def use_fp8(self) -> None:
+    def use_fp8(self, input_scale: torch.Tensor | None = None) -> None:
         """Quantize the weight to FP8 in place: the codes take the weight's place (the
-        high-precision copy is freed), so the parameters count the bytes a step reads."""
-        fp8 = fp8_linear.Fp8Weight.quantize(self.weight)
+        high-precision copy is freed), so the parameters count the bytes a step reads. With
+        `input_scale`, the weight's input columns are multiplied by it first (in float32):
+        the other half of a smoothing whose norm divides by it (models.fp8_smoothing)."""
+        weight = self.weight
+        if input_scale is not None:
+            weight = weight.detach().float() * input_scale[None, :]
+        fp8 = fp8_linear.Fp8Weight.quantize(weight)
         self.weight = nn.Parameter(fp8.codes, requires_grad=False)
         self.weight_scale = nn.Parameter(fp8.scale, requires_grad=False)
         self.fp8, self.q4 = fp8, None
@@ -306,12 +311,13 @@ class LlamaForCausalLM(nn.Module):
             linears.append(self.lm_head)
         for m in linears:  # every shape checked before any weight changes
             fp8_linear.check_shape(m.out_features, m.in_features, self.device)
+        factors: dict[Linear, torch.Tensor] = {}
         if calibration_ids:
             from tokenfactory.models import fp8_smoothing  # it builds on this module
 
-            fp8_smoothing.smooth(self, calibration_ids)
+            factors = fp8_smoothing.smooth(self, calibration_ids)
         for m in linears:
-            m.use_fp8()
+            m.use_fp8(factors.get(m))
         self.lm_head_q8 = None
         return len(linears)
 
