@@ -136,12 +136,14 @@ def compare(
     if quantization is not None:
         q_config = EngineConfig(**{**asdict(config), "quantization": quantization})
         calibration = None
-        if smoothing and calibration_text is not None:
-            calibration = loaded.tokenizer.encode(calibration_text)
+        if smoothing:
+            calibration = (
+                fp8_calibration_ids(q_config, loaded.tokenizer)
+                if calibration_text is None
+                else loaded.tokenizer.encode(calibration_text)
+            )
             if not calibration:
                 raise ValueError("the calibration text is empty")
-        elif smoothing:
-            calibration = fp8_calibration_ids(q_config, loaded.tokenizer)
         quantized = measure(loaded, q_config, ids, window, calibration)
     name = loaded.config.name or loaded.config.architecture
     return PerplexityComparison(name, TEXT_FILE, window, baseline, quantized)
