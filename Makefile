@@ -25,8 +25,12 @@ serve: $(STAMP)
 
 # Every tier CI needs (unit, integration, e2e; gpu tests skip without CUDA). Timing checks
 # depend on the machine's speed: they are benchmarks, run on demand by test-timing.
+# Parallel workers (pytest-xdist): much of the suite waits on server processes starting, so
+# two workers fit two cores. Each worker takes whole files; the tests that share PostgreSQL or
+# Ray run on one worker (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not timing"
+	$(BIN)/python -m pytest -m "not timing" -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m unit -q

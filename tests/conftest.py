@@ -39,8 +39,30 @@ def tier_of(item: pytest.Item) -> str:
     return _DIRECTORY_TIERS.get(parts[0], "unit") if len(parts) > 1 else "unit"
 
 
+# Tests that share one PostgreSQL server (some stop and start it) or start a Ray cluster: under
+# parallel workers (`pytest -n`) one worker runs them all, one after another.
+_SHARED_SERVICE_FILES = {
+    "billing/test_chaos_e2e.py",
+    "billing/test_fronts_e2e.py",
+    "billing/test_postgres.py",
+    "billing/test_shared_fronts.py",
+    "fleet/test_fleet_e2e.py",
+}
+
+
+def worker_group(item: pytest.Item) -> str:
+    """Which tests one parallel worker runs together: the shared-service tests, else a file's
+    tests (so its module fixtures, often a server process, start once)."""
+    path = Path(str(item.path)).resolve().relative_to(_ROOT).as_posix()
+    if path in _SHARED_SERVICE_FILES or "pg_url" in getattr(item, "fixturenames", ()):
+        return "shared-services"
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:
             item.add_marker(tier)
+        item.add_marker(pytest.mark.xdist_group(worker_group(item)))

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenfactory.billing import Billing
+from tokenfactory.billing import cli as billing_cli
 from tokenfactory.cli import app
 
 from .conftest import settle_simple
@@ -22,7 +23,14 @@ runner = CliRunner()
 
 
 def cli(data_dir: Path, *args: str):
-    result = runner.invoke(app, [*args, "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
+    # Wide tables show whole ids. COLUMNS alone does not widen a console made while it was
+    # already set (pytest-xdist's workers set it to 80), so the width is set here too.
+    saved = billing_cli.out.width
+    billing_cli.out.width = 200
+    try:
+        result = runner.invoke(app, [*args, "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
+    finally:
+        billing_cli.out.width = saved
     assert "Traceback" not in result.output
     return result
 
