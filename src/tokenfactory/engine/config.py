@@ -29,6 +29,9 @@ class EngineConfig:
     # CPU decode steps read a GGUF's Q4_1 layer weights as stored (~2.7x fewer bytes than bf16,
     # same roundings) for as many rows as pays on this CPU (kernels.q4_linear.reads_q4).
     q4_decode: bool = True
+    # Such decode steps run every decoder layer in one native call (engine.cpu_decode_stack):
+    # the same kernels and results as the model's forward, without its per-op Python.
+    cpu_decode_stack: bool = True
     # GPU fast path (docs/engine.md). "auto": Triton kernels on CUDA when Triton imports,
     # else the portable torch ops; "triton" on CPU needs TRITON_INTERPRET=1 (tests only).
     attention_backend: str = "auto"  # "auto" | "torch" | "triton"

@@ -4,16 +4,21 @@ One path on every device: the step's inputs are built on the host with array ops
 (`step_inputs`), shipped in one copy, and run through the one model forward with the
 attention and small-ops backends chosen for the device (`backend_selection`). Decode-only
 steps may go through `cuda_graphs.DecodeGraphRunner` (static buffers, batch padded to a
-bucket, a captured graph replayed where CUDA allows), which calls the same forward.
+bucket, a captured graph replayed where CUDA allows), which calls the same forward. On the
+native CPU backend, decode steps whose linears read Q4_1 run the forward's layers as one
+native call (`cpu_decode_stack`): the same kernels and results, without the per-op Python.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from tokenfactory.engine.attention import AttentionMetadata, KVCache, StepAttention
 from tokenfactory.engine.backend_selection import Backends, make_backends, resolve_attention_backend
 from tokenfactory.engine.config import EngineConfig
+from tokenfactory.engine.cpu_decode_stack import CpuDecodeStack
 from tokenfactory.engine.scheduler import SchedulerOutput
 from tokenfactory.engine.step_inputs import build_step_inputs, ship
 from tokenfactory.models.llama import LlamaForCausalLM
@@ -38,6 +43,13 @@ class ModelRunner:
         self.backends = backends or make_backends(name, cache, model.config, self.device)
         self.attention = self.backends.attention
         self.ops = self.backends.ops
+        self.decode_stack: CpuDecodeStack | None = None
+        if name == "cpu" and config.cpu_decode_stack:
+            scale = self.attention.scale
+            head_dim = model.config.head_dim or 1
+            self.decode_stack = CpuDecodeStack.build(
+                model, cache, scale if scale is not None else 1.0 / math.sqrt(head_dim)
+            )
         self.graphs = None
         capture = self.device.type == "cuda" and config.cuda_graphs and name == "triton"
         static = config.static_decode if config.static_decode is not None else capture
@@ -66,6 +78,9 @@ class ModelRunner:
         decode: bool,
     ) -> torch.Tensor:
         """Hidden states [T, hidden] of the one model forward over this step's metadata."""
+        stack = self.decode_stack
+        if decode and stack is not None and stack.takes(input_ids.shape[0], meta):
+            return stack(input_ids, positions, meta)
         attention = StepAttention(self.attention, meta)
         return self.model(input_ids, positions, attention, decode, self.ops)
 

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #pragma GCC target("arch=x86-64-v3")
 
 #include "kernels.h"
@@ -90,6 +91,44 @@ int tf_add_rms_norm_bf16(const uint16_t *x, int64_t ldx, uint16_t *residual, int
                         _mm256_mul_ps(_mm256_mul_ps(load8_bf16(rr + i), sv), load8_bf16(weight + i)));
         for (int64_t i = nv; i < n; i++)
             orow[i] = f32_to_bf16(bf16_to_f32(rr[i]) * scale * bf16_to_f32(weight[i]));
+    }
+    return 0;
+}
+
+/* RoPE on the q and k heads of m decode rows of the fused q/k/v projection, with K and V
+ * written to their cache slots: the decode stack's (ops.cpp) replacement for PyTorch's
+ * x * cos + roll(x, d/2) * sin and two index_copy_ calls. qkv rows hold heads q heads, then
+ * kv_heads k heads, then kv_heads v heads, d wide each; cos and sin are [m, d] bf16 rows (sin
+ * carries the rotation's sign, as models.rope.cos_sin builds it). q goes to q_out [m, heads,
+ * d]; k and v to row slots[r] of caches laid out [slots, kv_heads, d]. Both products round to
+ * bf16, then their sum does, exactly as the three PyTorch ops on bf16 tensors do.
+ * Returns -2, with nothing written, for a slot outside [0, num_slots). */
+static inline void rope_row(const uint16_t *x, const uint16_t *cos, const uint16_t *sin,
+                            uint16_t *out, int64_t d) {
+    const int64_t half = d / 2;
+    for (int64_t i = 0; i < d; i += 8) {
+        /* roll(x, half)[i] = x[i - half] (mod d): the other half of the head */
+        const int64_t j = i < half ? i + half : i - half;
+        __m256 a = as_bf16(_mm256_mul_ps(load8_bf16(x + i), load8_bf16(cos + i)));
+        __m256 b = as_bf16(_mm256_mul_ps(load8_bf16(x + j), load8_bf16(sin + i)));
+        store8_bf16(out + i, _mm256_add_ps(a, b));
+    }
+}
+
+int tf_rope_kv_write_bf16(const uint16_t *qkv, int64_t ldqkv, const uint16_t *cos,
+                          const uint16_t *sin, int64_t m, int64_t heads, int64_t kv_heads,
+                          int64_t d, uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache,
+                          const int64_t *slots, int64_t num_slots) {
+    if (d % 16 || d < 16) return -1; /* whole vectors in each half */
+    for (int64_t r = 0; r < m; r++)
+        if (slots[r] < 0 || slots[r] >= num_slots) return -2;
+    const int64_t row = kv_heads * d; /* elements per cache slot */
+    for (int64_t r = 0; r < m; r++) {
+        const uint16_t *x = qkv + r * ldqkv, *c = cos + r * d, *s = sin + r * d;
+        for (int64_t h = 0; h < heads; h++) rope_row(x + h * d, c, s, q_out + (r * heads + h) * d, d);
+        uint16_t *kr = k_cache + slots[r] * row;
+        for (int64_t h = 0; h < kv_heads; h++) rope_row(x + (heads + h) * d, c, s, kr + h * d, d);
+        memcpy(v_cache + slots[r] * row, x + (heads + kv_heads) * d, (size_t)row * 2);
     }
     return 0;
 }

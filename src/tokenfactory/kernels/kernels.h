@@ -39,3 +39,10 @@ int tf_paged_decode_attention(const tf_paged_args *a);
 int tf_add_rms_norm_bf16(const uint16_t *x, int64_t ldx, uint16_t *residual, int64_t ldr,
                          const uint16_t *weight, uint16_t *out, int64_t ldo, int64_t m,
                          int64_t n, float eps, int add);
+/* fused_ops.cpp: RoPE on the q/k heads of m rows of the fused q/k/v projection; q to q_out
+ * [m, heads, d], k and v to their cache slots (caches [num_slots, kv_heads, d]). -2: a slot
+ * out of range. */
+int tf_rope_kv_write_bf16(const uint16_t *qkv, int64_t ldqkv, const uint16_t *cos,
+                          const uint16_t *sin, int64_t m, int64_t heads, int64_t kv_heads,
+                          int64_t d, uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache,
+                          const int64_t *slots, int64_t num_slots);

@@ -97,3 +97,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake(lib + "add_rms_norm")
     def _add_rms_norm(x, residual, weight, eps, add):  # type: ignore[no-untyped-def]
         return x.new_empty(x.shape)
+
+    @torch.library.register_fake(lib + "decode_layers")
+    def _decode_layers(  # type: ignore[no-untyped-def]
+        x, cos, sin, slots, block_tables, context_lens, k_caches, v_caches, norms, codes,
+        scales, heads, eps, attn_scale,
+    ):
+        return x.new_empty(x.shape), x.new_empty(x.shape)

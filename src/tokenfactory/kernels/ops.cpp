@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/silu.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -204,6 +205,100 @@ Tensor add_rms_norm(const Tensor &x, Tensor residual, const Tensor &weight, doub
   return out;
 }
 
+
+// Checks that t is a contiguous CPU tensor of this dtype and shape.
+void check_exact(const Tensor &t, at::ScalarType dtype, at::IntArrayRef sizes, const char *name) {
+  TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu() && t.is_contiguous() &&
+                  t.sizes() == sizes,
+              name, " must be a contiguous ", dtype, " CPU tensor of shape ", sizes, ", got ",
+              t.scalar_type(), " ", t.sizes());
+}
+
+void q4_into(const Tensor &x, const Tensor &codes, const Tensor &dm, Tensor &out, int nt) {
+  const int rc = tf_skinny_linear_q4_1(
+      bf16_ptr(x), x.size(0), x.stride(0), static_cast<const uint8_t *>(codes.data_ptr()),
+      static_cast<const float *>(dm.data_ptr()), codes.size(0), x.size(1), nullptr,
+      bf16_mut(out), out.stride(0), nt);
+  TORCH_CHECK(rc == 0, "decode_layers: the Q4_1 kernel did not take a linear");
+}
+
+// A decode step's decoder layers in one call: per layer add+RMSNorm, the fused q/k/v
+// projection (Q4_1), RoPE with K/V written to the cache, paged attention, the output
+// projection, add+RMSNorm, gate/up (Q4_1), SiLU * up, down (Q4_1). The same kernels and the
+// same roundings as the model's forward on the CPU backends, so the result is bit for bit
+// that forward's; what goes is the Python and dispatch between ~60 small ops per layer.
+// norms: each layer's input and post-attention norm weights; codes/scales: each layer's
+// q/k/v, o, gate/up and down Q4_1 weights. Returns (the last layer's output, the residual).
+std::tuple<Tensor, Tensor> decode_layers(
+    const Tensor &x_in, const Tensor &cos, const Tensor &sin, const Tensor &slots,
+    const Tensor &block_tables, const Tensor &context_lens, at::TensorList k_caches,
+    at::TensorList v_caches, at::TensorList norms, at::TensorList codes, at::TensorList scales,
+    int64_t heads, double eps, double attn_scale) {
+  const auto [m, hidden] = check_x(x_in);
+  const int64_t layers = static_cast<int64_t>(k_caches.size());
+  TORCH_CHECK(layers > 0 && static_cast<int64_t>(v_caches.size()) == layers &&
+                  static_cast<int64_t>(norms.size()) == 2 * layers &&
+                  static_cast<int64_t>(codes.size()) == 4 * layers &&
+                  static_cast<int64_t>(scales.size()) == 4 * layers,
+              "decode_layers: per layer one K and one V cache, two norms and four linears");
+  TORCH_CHECK(m >= 1 && m <= 1024 && hidden % 32 == 0, "decode_layers: 1 to 1024 rows, and a "
+              "hidden size that is a multiple of 32");
+  const int64_t kv_heads = k_caches[0].size(2), d = k_caches[0].size(3);
+  const int64_t q_size = heads * d, kv_size = kv_heads * d, qkv_size = q_size + 2 * kv_size;
+  const int64_t inter2 = codes[2].size(0), inter = inter2 / 2;
+  check_exact(cos, at::kBFloat16, {m, d}, "cos");
+  check_exact(sin, at::kBFloat16, {m, d}, "sin");
+  check_exact(slots, at::kLong, {m}, "slots");
+  for (int64_t l = 0; l < layers; l++) {
+    const Tensor &kc = k_caches[l];
+    check_exact(kc, at::kBFloat16, kc.sizes(), "k_cache");
+    check_exact(v_caches[l], at::kBFloat16, kc.sizes(), "v_cache");
+    TORCH_CHECK(kc.dim() == 4 && kc.sizes() == k_caches[0].sizes(), "decode_layers: every "
+                "layer's cache must have the first one's shape");
+    check_exact(norms[2 * l], at::kBFloat16, {hidden}, "input norm");
+    check_exact(norms[2 * l + 1], at::kBFloat16, {hidden}, "post-attention norm");
+    const int64_t shapes[4][2] = {{qkv_size, hidden}, {hidden, q_size}, {inter2, hidden},
+                                  {hidden, inter}};
+    for (int i = 0; i < 4; i++) {
+      const int64_t n = shapes[i][0], k = shapes[i][1];
+      TORCH_CHECK(k % 32 == 0, "decode_layers: a linear's input size must be a multiple of 32");
+      check_exact(codes[4 * l + i], at::kByte, {n, k / 2}, "Q4_1 codes");
+      check_exact(scales[4 * l + i], at::kFloat, {n, k / 32, 2}, "Q4_1 scales");
+    }
+  }
+  const auto opts = x_in.options();
+  Tensor x = x_in.clone(at::MemoryFormat::Contiguous);
+  Tensor residual = at::empty({m, hidden}, opts), h = at::empty({m, hidden}, opts);
+  Tensor qkv = at::empty({m, qkv_size}, opts), q = at::empty({m, heads, d}, opts);
+  Tensor attn = at::empty({m, heads, d}, opts), o = at::empty({m, hidden}, opts);
+  Tensor gate_up = at::empty({m, inter2}, opts);
+  const int nt = at::get_num_threads();
+  const float feps = static_cast<float>(eps);
+  for (int64_t l = 0; l < layers; l++) {
+    const Tensor &kc = k_caches[l], &vc = v_caches[l];
+    tf_add_rms_norm_bf16(bf16_ptr(x), hidden, bf16_mut(residual), hidden,
+                         bf16_ptr(norms[2 * l]), bf16_mut(h), hidden, m, hidden, feps, l > 0);
+    q4_into(h, codes[4 * l], scales[4 * l], qkv, nt);
+    const int rc = tf_rope_kv_write_bf16(
+        bf16_ptr(qkv), qkv_size, bf16_ptr(cos), bf16_ptr(sin), m, heads, kv_heads, d,
+        bf16_mut(q), static_cast<bf16_t *>(kc.data_ptr()), static_cast<bf16_t *>(vc.data_ptr()),
+        static_cast<const int64_t *>(slots.data_ptr()), kc.size(0) * kc.size(1));
+    TORCH_CHECK_VALUE(rc != -2, "decode_layers: a cache slot is out of range");
+    TORCH_CHECK(rc == 0, "decode_layers: RoPE needs a head size that is a multiple of 16");
+    paged_decode_attention_out(q, kc, vc, block_tables, context_lens, attn_scale, attn);
+    q4_into(attn.view({m, q_size}), codes[4 * l + 1], scales[4 * l + 1], o, nt);
+    tf_add_rms_norm_bf16(bf16_ptr(o), hidden, bf16_mut(residual), hidden,
+                         bf16_ptr(norms[2 * l + 1]), bf16_mut(h), hidden, m, hidden, feps, 1);
+    q4_into(h, codes[4 * l + 2], scales[4 * l + 2], gate_up, nt);
+    // PyTorch's own SiLU (its vectorised exp) and product, so each value rounds as the
+    // model's silu_mul rounds it.
+    Tensor act = at::silu(gate_up.narrow(1, 0, inter));
+    act.mul_(gate_up.narrow(1, inter, inter));
+    q4_into(act, codes[4 * l + 3], scales[4 * l + 3], x, nt);
+  }
+  return {x, residual};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenfactory, m) {
@@ -219,6 +314,10 @@ TORCH_LIBRARY(tokenfactory, m) {
         "Tensor block_tables, Tensor context_lens, float scale, Tensor(a!) out) -> ()");
   m.def("add_rms_norm(Tensor x, Tensor(a!) residual, Tensor weight, float eps, bool add) "
         "-> Tensor");
+  m.def("decode_layers(Tensor x, Tensor cos, Tensor sin, Tensor slots, Tensor block_tables, "
+        "Tensor context_lens, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, Tensor[] norms, "
+        "Tensor[] codes, Tensor[] scales, int heads, float eps, float attn_scale) "
+        "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tokenfactory, CPU, m) {
@@ -229,4 +328,5 @@ TORCH_LIBRARY_IMPL(tokenfactory, CPU, m) {
   m.impl("paged_decode_attention", &paged_decode_attention);
   m.impl("paged_decode_attention_out", &paged_decode_attention_out);
   m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("decode_layers", &decode_layers);
 }
