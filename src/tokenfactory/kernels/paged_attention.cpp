@@ -121,7 +121,6 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
     bf16_t qb[MAX_G][MAX_HD] __attribute__((aligned(64)));
     float acc[MAX_G][MAX_HD] __attribute__((aligned(64)));
     float kbuf[CHUNK][MAX_HD] __attribute__((aligned(64)));
-    float vbuf[CHUNK][MAX_HD] __attribute__((aligned(64)));
     float m[MAX_G], l[MAX_G];
 
     for (int64_t g = 0; g < G; g++) {
@@ -158,7 +157,8 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
         /* Row pointers of the chunk's tokens; rows past n repeat the last valid one (kept in
          * bounds, their scores are masked) so the dot-product loop has no branches. */
         const char *kr[CHUNK];
-        const float *vr[CHUNK];
+        const float *vr[CHUNK];   /* fp32 cache: V rows in place */
+        const bf16_t *vb[CHUNK];  /* bf16 cache: V rows in place, widened where they are used */
         for (int t = 0; t < CHUNK; t++) {
             const int64_t off = ((bt[blk] * bs + slot) * row + h * HD) * esz;
             if (t + 1 < n && ++slot == bs) {
@@ -168,13 +168,12 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
             const int tv = t < n ? t : n - 1;
             if (BF16) {
                 const bf16_t *kp = (const bf16_t *)(kbase + off), *vp = (const bf16_t *)(vbase + off);
-                if (t < n)
-                    for (int64_t i = 0; i < NV; i++) {
-                        if (!DOT) _mm512_store_ps(&kbuf[t][16 * i], bf16x16_to_ps(kp + 16 * i));
-                        _mm512_store_ps(&vbuf[t][16 * i], bf16x16_to_ps(vp + 16 * i));
-                    }
+                if (t < n && !DOT)
+                    for (int64_t i = 0; i < NV; i++)
+                        _mm512_store_ps(&kbuf[t][16 * i], bf16x16_to_ps(kp + 16 * i));
                 kr[t] = DOT ? (t < n ? (const char *)kp : kr[t - 1]) : (const char *)kbuf[tv];
-                vr[t] = vbuf[tv];
+                vb[t] = t < n ? vp : vb[t - 1];
+                vr[t] = NULL;
             } else {
                 kr[t] = t < n ? kbase + off : kr[t - 1];
                 vr[t] = t < n ? (const float *)(vbase + off) : vr[t - 1];
@@ -232,7 +231,9 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
                 for (int64_t i = 0; i < nv; i++) o[g][i] = _mm512_load_ps(&acc[g][16 * (i0 + i)]);
             for (int t = 0; t < n; t++) {
                 __m512 vv[4];
-                for (int64_t i = 0; i < nv; i++) vv[i] = _mm512_loadu_ps(vr[t] + 16 * (i0 + i));
+                for (int64_t i = 0; i < nv; i++)
+                    vv[i] = BF16 ? bf16x16_to_ps(vb[t] + 16 * (i0 + i))
+                                 : _mm512_loadu_ps(vr[t] + 16 * (i0 + i));
                 for (int64_t g = 0; g < G; g++) {
                     const __m512 pb = _mm512_set1_ps(pv[g][t]);
                     for (int64_t i = 0; i < nv; i++) o[g][i] = _mm512_fmadd_ps(pb, vv[i], o[g][i]);
