@@ -4,8 +4,11 @@
  *
  * Cache layout: [num_blocks, block_size, kv_heads, head_dim], bf16 or fp32, contiguous.
  * Work unit: one (sequence, kv head) pair. All G = heads / kv_heads query heads of the group
- * are handled together, so each K/V row is pulled from memory once per group and then reused
- * from L1 (converted to fp32 once into a small chunk buffer).
+ * are handled together, so each K/V row is pulled from memory once per group. A bf16 V row is
+ * widened to fp32 in registers where the accumulation reads it (once for all G heads): a chunk
+ * buffer in between cost a store and a reload per vector, about a third of the kernel's time
+ * at long contexts. K is read by bf16 dot products, or widened into a chunk buffer when q is
+ * fp32.
  *
  * Tokens go in chunks of 16 (chunks may straddle blocks: each row has its own pointer). Per
  * chunk and query head: 16 dot products, kept as 16 vectors and summed horizontally by one
