@@ -27,10 +27,10 @@ serve: $(STAMP)
 # depend on the machine's speed: they are benchmarks, run on demand by test-timing.
 # Parallel workers (pytest-xdist): much of the suite waits on server processes starting, so
 # two workers fit two cores. Each worker takes whole files; the tests that share PostgreSQL or
-# Ray run on one worker (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+# Ray run on one worker, as one unit (tests/conftest.py). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not timing" -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -m "not timing" -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m unit -q

@@ -17,7 +17,9 @@ else unit.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,21 +50,32 @@ _SHARED_SERVICE_FILES = {
     "billing/test_shared_fronts.py",
     "fleet/test_fleet_e2e.py",
 }
+SHARED_SERVICES = "shared-services"
 
 
-def worker_group(item: pytest.Item) -> str:
-    """Which tests one parallel worker runs together: the shared-service tests, else a file's
-    tests (so its module fixtures, often a server process, start once)."""
-    path = Path(str(item.path)).resolve().relative_to(_ROOT).as_posix()
-    if path in _SHARED_SERVICE_FILES or "pg_url" in getattr(item, "fixturenames", ()):
-        return "shared-services"
-    return path
+def work_unit(nodeid: str) -> str:
+    """What one parallel worker runs as a unit: the shared-service tests together, else one
+    file's tests (so its module fixtures, often a server process, start once)."""
+    path = nodeid.split("::", 1)[0]
+    return SHARED_SERVICES if path.removeprefix("tests/") in _SHARED_SERVICE_FILES else path
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+if importlib.util.find_spec("xdist") is not None:  # a hook pytest rejects without the plugin
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+        """pytest-xdist's file scheduling with the shared-service files as one unit. (Its
+        `xdist_group` marks do not take under pytest 9: the group never reaches the node id.)"""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class SharedServiceScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return work_unit(nodeid)
+
+        return SharedServiceScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:
             item.add_marker(tier)
-        item.add_marker(pytest.mark.xdist_group(worker_group(item)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.conftest import _SHARED_SERVICE_FILES
+from tests.conftest import _SHARED_SERVICE_FILES, SHARED_SERVICES, work_unit
 
 _ROOT = Path(__file__).resolve().parent
 # What marks a module as using the shared services.
@@ -26,3 +26,10 @@ def test_every_module_using_postgres_or_ray_is_in_the_shared_group():
 
 def test_the_shared_group_names_existing_modules():
     assert all((_ROOT / f).is_file() for f in _SHARED_SERVICE_FILES)
+
+
+def test_a_worker_takes_the_shared_services_as_one_unit_and_other_files_whole():
+    units = {work_unit(f"tests/{f}::test_x") for f in _SHARED_SERVICE_FILES}
+    assert units == {SHARED_SERVICES}
+    assert work_unit("tests/e2e/test_cli.py::test_a[1]") == "tests/e2e/test_cli.py"
+    assert work_unit("tests/e2e/test_cli.py::TestX::test_b") == "tests/e2e/test_cli.py"
