@@ -18,7 +18,9 @@
  * No torch headers here (ops.cpp registers the operator): this file compiles in about a
  * second. The instruction sets come from the target pragma (headers first, see
  * skinny_linear.cpp); AVX512-BF16 only where the CPU has it (TF_PAGED_BF16), as the fp32 -> bf16
- * output rounding and bf16 dot products are its only users.
+ * output rounding and bf16 dot products are its only users. Its code is guarded by
+ * TF_PAGED_BF16, not __AVX512BF16__: g++ does not define the feature macros for a target
+ * pragma, so that guard had left the bf16 dot products out of every build.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -49,7 +51,7 @@ AI __m512 bf16x16_to_ps(const bf16_t *p) {
 }
 
 AI __m256i ps_to_bf16x16(__m512 x) {
-#ifdef __AVX512BF16__
+#ifdef TF_PAGED_BF16
     return (__m256i)_mm512_cvtneps_pbh(x);
 #else
     /* round to nearest even on the bits (inputs are finite here) */
@@ -193,7 +195,7 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
             __m512 dots[CHUNK];
             for (int t = 0; t < CHUNK; t++) {
                 __m512 s = _mm512_setzero_ps();
-#ifdef __AVX512BF16__
+#ifdef TF_PAGED_BF16
                 if (DOT) {
                     const bf16_t *kp = (const bf16_t *)kr[t];
                     for (int64_t i = 0; i < HD / 32; i++)
@@ -277,7 +279,7 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
 static void pair_dispatch(const args_t *a, int64_t d, int64_t h) {
     const int64_t hd = a->head_dim;
     if (a->cache_bf16) {
-#ifdef __AVX512BF16__
+#ifdef TF_PAGED_BF16
         if (a->q_bf16 && hd % 32 == 0) { /* bf16 q: its values are exact in a bf16 dot */
             BY_HD(1, 1);
             return;
