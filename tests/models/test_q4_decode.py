@@ -1,4 +1,5 @@
-"""The embedded model's decode steps on its stored Q4_1 weights: same tokens, fewer bytes."""
+"""The embedded model's decode steps on its stored Q4_1 weights: the same text up to near ties,
+fewer bytes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.model_setup import build_model
+from tokenfactory.engine.outputs import RequestOutput
 from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.kernels import q4_linear
 from tokenfactory.kernels.q4_linear import Q4Weight
@@ -46,26 +48,47 @@ def test_the_embedded_gguf_has_every_layer_linear_as_q4_1(embedded_model: Loaded
     assert torch.equal(q4.dequantize(), embedded_model.state_dict[name])
 
 
+# Logits are bf16: at this model's logit sizes one rounding step is 0.125 nats.
+NEAR_TIE_NATS = 0.25
+
+
+def assert_same_until_a_near_tie(dense: RequestOutput, packed: RequestOutput) -> int:
+    """The Q4_1 route rounds activations to int8 per block, so its logits differ from the
+    bf16 weights' by about a rounding step: greedy text is the same until two candidates are
+    that close, where either may win. Returns how many tokens matched."""
+    for i, (a, b) in enumerate(zip(dense.logprobs, packed.logprobs, strict=False)):
+        if a.token_id != b.token_id:
+            top = dict(a.top)
+            assert b.token_id in top and top[b.token_id] >= a.logprob - NEAR_TIE_NATS, (
+                f"token {i}: {b.token_id} is no near tie of {a.top}"
+            )
+            return i
+        assert abs(a.logprob - b.logprob) <= NEAR_TIE_NATS, f"token {i}"
+    return len(dense.logprobs)
+
+
 @needs_kernel
-def test_one_sequence_decodes_the_same_tokens_and_logits(embedded_model: LoadedModel) -> None:
+def test_one_sequence_decodes_the_same_tokens_until_a_near_tie(
+    embedded_model: LoadedModel,
+) -> None:
     params = SamplingParams(max_tokens=24, temperature=0.0, logprobs=3)
-    prompt = "The three primary colours are"
-    dense = _engine(embedded_model, q4=False).generate(prompt, params)[0]
-    packed = _engine(embedded_model, q4=True).generate(prompt, params)[0]
-    assert packed.token_ids == dense.token_ids
-    assert packed.logprobs == dense.logprobs  # bit for bit: the same sums in the same order
+    prompts = ["The three primary colours are", "Name a prime number.", "Say hello."]
+    matched = []
+    for prompt in prompts:
+        dense = _engine(embedded_model, q4=False).generate(prompt, params)[0]
+        packed = _engine(embedded_model, q4=True).generate(prompt, params)[0]
+        matched.append(assert_same_until_a_near_tie(dense, packed))
+    assert min(matched) >= 5, matched
 
 
 @needs_kernel
 def test_a_few_sequences_decode_through_it_too(embedded_model: LoadedModel) -> None:
-    params = SamplingParams(max_tokens=16, temperature=0.0)
+    params = SamplingParams(max_tokens=16, temperature=0.0, logprobs=3)
     prompts = ["What is the capital of France?", "Name a prime number.", "Say hello."]
     dense = _engine(embedded_model, q4=False).generate(prompts, params)
     packed = _engine(embedded_model, q4=True).generate(prompts, params)
     for a, b in zip(dense, packed, strict=True):
-        # two rows take the AVX512 tiles here and AMX tiles on bf16, which round a few sums
-        # differently: on a greedy path that can show only as a late divergence
-        assert b.token_ids[:8] == a.token_ids[:8]
+        assert_same_until_a_near_tie(a, b)
 
 
 def test_float32_weights_keep_their_own_linears(embedded_model: LoadedModel) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenfactory.kernels import q4_linear, skinny
-from tokenfactory.kernels.q4_linear import Q4Weight
+from tokenfactory.kernels.q4_linear import Q4Weight, interleave_codes
 
 # SmolLM2-135M decode linears: fused qkv, o, fused gate/up, down, (tied) lm_head.
 SMOLLM2_SHAPES = "960x576,576x576,3072x576,576x1536,49152x576"
@@ -66,8 +66,9 @@ def random_q4(n: int, k: int, seed: int) -> tuple[Q4Weight, torch.Tensor, torch.
     d = (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).half().float()
     m = (-8 * d * (1 + 0.1 * torch.randn(n, k // 32, generator=g))).half().float()
     halves = q.view(n, k // 32, 2, 16).to(torch.uint8)
-    codes = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
-    dm = torch.stack((d, m), dim=-1).contiguous()
+    blocks = (halves[:, :, 0] | (halves[:, :, 1] << 4)).contiguous()  # GGUF's [N, K/32, 16]
+    codes = torch.from_numpy(interleave_codes(blocks.numpy()))
+    dm = torch.stack((d, m), dim=1).contiguous()
     return Q4Weight(codes, dm), q, torch.stack((d, m))
 
 

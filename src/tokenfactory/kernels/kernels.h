@@ -11,7 +11,8 @@ typedef uint16_t bf16_t;
 int tf_skinny_linear_bf16(const bf16_t *x, int64_t M, int64_t ldx, const bf16_t *w, int64_t N,
                           int64_t K, const bf16_t *bias, bf16_t *out, int64_t ldo,
                           int64_t nthreads, int64_t use_amx);
-/* The same with W as Q4_1 codes [N, K/2] and scales [N, K/32, 2], M <= 1024, K % 32 == 0. */
+/* The same with W as Q4_1 codes [N, K/2] and scales [N, 2, K/32] (skinny_linear.cpp's layout)
+ * on int8 activations (x quantized per block of 32), M <= 1024, K % 32 == 0. */
 int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t *codes,
                           const float *dm, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
                           int64_t ldo, int64_t nthreads);

@@ -84,8 +84,8 @@ Tensor skinny_linear_q4_1(const Tensor &x, const Tensor &codes, const Tensor &dm
               "codes must be a contiguous uint8 [N, K/2] CPU tensor");
   const int64_t n = codes.size(0);
   TORCH_CHECK(dm.scalar_type() == at::kFloat && dm.device().is_cpu() && dm.is_contiguous() &&
-                  dm.dim() == 3 && dm.size(0) == n && dm.size(1) == k / 32 && dm.size(2) == 2,
-              "dm must be a contiguous float32 [N, K/32, 2] CPU tensor");
+                  dm.dim() == 3 && dm.size(0) == n && dm.size(1) == 2 && dm.size(2) == k / 32,
+              "dm must be a contiguous float32 [N, 2, K/32] CPU tensor");
   check_bias(bias, n);
   Tensor out = at::empty({m, n}, x.options());
   const int rc = tf_skinny_linear_q4_1(
@@ -263,7 +263,7 @@ std::tuple<Tensor, Tensor> decode_layers(
       const int64_t n = shapes[i][0], k = shapes[i][1];
       TORCH_CHECK(k % 32 == 0, "decode_layers: a linear's input size must be a multiple of 32");
       check_exact(codes[4 * l + i], at::kByte, {n, k / 2}, "Q4_1 codes");
-      check_exact(scales[4 * l + i], at::kFloat, {n, k / 32, 2}, "Q4_1 scales");
+      check_exact(scales[4 * l + i], at::kFloat, {n, 2, k / 32}, "Q4_1 scales");
     }
   }
   const auto opts = x_in.options();

@@ -29,7 +29,8 @@ MAX_M = 256  # rows per call the kernel handles; past it oneDNN's GEMM is as fas
 # kernel (AMX-capable CPU and build, K % 32 == 0).
 _AVX_MAX_M = 8
 
-_REQUIRED_CPU = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
+# VNNI: the Q4_1 kernel's int8 dot products (every CPU with AVX512-BF16 has it).
+_REQUIRED_CPU = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"})
 # From this many rows on, AMX tiles take over where the CPU has them: the AVX512 path does M
 # dot products per weight load and turns compute bound (measured: AMX equal or faster from
 # M = 2, up to 3x at M = 8; AVX512 slightly faster at M = 1).
@@ -63,7 +64,7 @@ def _load_locked() -> bool:
     if _build.native_disabled():
         return False
     if not _REQUIRED_CPU <= _build.cpu_flags():
-        log.info("skinny_linear: CPU lacks AVX512-BF16, using F.linear")
+        log.info("skinny_linear: CPU lacks AVX512-BF16 or VNNI, using F.linear")
         return False
     if not native.load():
         return False
@@ -215,11 +216,10 @@ def skinny_linear_q4_1(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """``x @ W.T (+ bias)`` with W as Q4_1 codes and scales (layout: ``kernels.q4_linear``):
-    x [M, K] bf16 with rows contiguous, M <= MAX_M; codes [N, K/2] uint8 and dm [N, K/32, 2]
-    float32, contiguous. Each row of the result is bit for bit ``skinny_linear``'s AVX512 path
-    on the dequantized bf16 weight for that row alone (its path for one row; several rows take
-    AMX tiles there where the CPU has them, or oneDNN past 8 rows without AMX, which round a
-    few sums differently), whatever M. None when the native kernel does not take the call."""
+    x [M, K] bf16 with rows contiguous, M <= MAX_M; codes [N, K/2] uint8 and dm [N, 2, K/32]
+    float32, contiguous. x is rounded to int8 per block of 32 (llama.cpp's Q8_1), so the
+    result is close to, not equal to, the product on bf16 weights; each row of it depends on
+    that row alone, whatever M. None when the native kernel does not take the call."""
     if _q4_fn is None and not _load():
         return None
     n, half = codes.shape
@@ -228,7 +228,7 @@ def skinny_linear_q4_1(
         not _quantized_call_ok(x, n, k, bias)
         or codes.dtype is not torch.uint8
         or dm.dtype is not torch.float32
-        or dm.shape != (n, k // 32, 2)
+        or dm.shape != (n, 2, k // 32)
         or not (codes.is_contiguous() and dm.is_contiguous())
     ):
         return None

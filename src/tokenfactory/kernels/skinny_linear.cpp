@@ -10,11 +10,10 @@
  * a full reduce per output. The result is rounded to bf16 once (round-to-nearest-even), as
  * F.linear does.
  *
- * The same products also run on weights kept in GGUF's Q4_1 form (per 32 weights of a row a
- * scale d, a minimum m and 32 4-bit codes, w = d*q + m) for M <= 8: a decode step then reads
- * ~2.7x fewer weight bytes. Each block is expanded in registers exactly as the loader
- * dequantizes it, and the dot products and their order are the bf16 AVX512 tile's, so the
- * results are bit for bit that kernel's on the dequantized weights.
+ * Weights kept in GGUF's Q8_0 form (the tied lm_head) run the same tiles, each block expanded
+ * in registers exactly as the loader dequantizes it. Weights in Q4_1 form (every layer linear
+ * of the embedded model) run an int8 kernel instead: x is quantized per block of 32 and the
+ * products are integer dot products (see "Q4_1 weights against int8 activations" below).
  *
  * No torch headers here (ops.cpp registers the operators): this file compiles in about a
  * second. The instruction sets come from the target pragma below, not from global flags, so
@@ -29,9 +28,9 @@
 #ifdef TF_WITH_AMX
 #include <sys/syscall.h>
 #include <unistd.h>
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,fma,amx-tile,amx-bf16")
 #else
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,fma")
 #endif
 
 #include "kernels.h"
@@ -158,26 +157,6 @@ typedef void (*run_fn)(const bf16_t *, int64_t, const bf16_t *, int64_t, int64_t
                        bf16_t *, int64_t, int64_t, int64_t);
 static const run_fn RUNS[9] = {0, run_m1, run_m2, run_m3, run_m4, run_m5, run_m6, run_m7, run_m8};
 
-/* ---------------------------------------------------------------------------------------------
- * Q4_1 weights. Layout (built at load time, kernels/q4_linear.py): codes [N, K/2] bytes, block b
- * of a row at byte 16 b (byte j: code j in the low nibble, code j + 16 in the high one, as in
- * GGUF); dm [N, K/32, 2] fp32 (each block's d and m). K % 32 == 0.
- * ------------------------------------------------------------------------------------------- */
-
-/* The 32 bf16 weights of one block. Its 16 possible values are computed once (d*q is exact in
- * fp32, 11 x 4 significant bits, so the fma rounds exactly where the loader's (d * q) + m
- * does; then bf16, round-to-nearest-even) and the codes look them up (vpermw): far fewer
- * instructions than converting all 32 codes, which keeps the expansion behind the memory reads.
- * vpermw reads the low 5 bits of each index and the table holds its 16 values twice, so a code
- * byte as a whole (low nibble plus bit 4) indexes its low nibble's value. */
-AI __m512bh q4_block(const uint8_t *codes, const float *dm) {
-    const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)codes));
-    const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(w), _mm256_srli_epi16(w, 4), 1);
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(dm[0]), iota, _mm512_set1_ps(dm[1]));
-    return (__m512bh)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(v, v));
-}
-
 /* The 32 bf16 weights of one Q8_0 block (GGUF: per 32 weights a scale d and 32 int8 codes q,
  * w = d*q): d*q is exact in fp32 (11 x 8 significant bits), then bf16, round-to-nearest-even,
  * exactly the loader's float32 dequantization cast to bf16. */
@@ -191,39 +170,34 @@ AI __m512bh q8_block(const int8_t *codes, const float *d) {
     return _mm512_cvtne2ps_pbh(hi, lo);
 }
 
-/* `tile` on quantized rows: the same accumulators, dot products and order. Q8 (a compile-time
- * constant at every call) picks the layout: 0 = Q4_1 (16 code bytes and d, m per block),
- * 1 = Q8_0 (32 code bytes and d per block). */
-AI void tile_q(const int Q8, const int M, const int R, const bf16_t *x, int64_t ldx,
-               const uint8_t *codes, const float *dm, int64_t K, int64_t n0, int nv,
-               const bf16_t *bias, bf16_t *out, int64_t ldo, int64_t pf) {
+/* `tile` on Q8_0 rows: the same accumulators, dot products and order. */
+AI void tile_q8(const int M, const int R, const bf16_t *x, int64_t ldx, const uint8_t *codes,
+                const float *dm, int64_t K, int64_t n0, int nv, const bf16_t *bias, bf16_t *out,
+                int64_t ldo, int64_t pf) {
     __m512 acc[16];
     for (int s = 0; s < 16; s++) acc[s] = _mm512_setzero_ps();
     const int64_t nb = K / 32;
-    const int64_t cb = Q8 ? 32 : 16, db = Q8 ? 1 : 2; /* code bytes, floats per block */
     const uint8_t *cr[16];
     const float *dr[16];
     for (int r = 0; r < R; r++) {
         const int64_t n = n0 + (r < nv ? r : nv - 1);
-        cr[r] = codes + n * nb * cb;
-        dr[r] = dm + n * nb * db;
+        cr[r] = codes + n * nb * 32;
+        dr[r] = dm + n * nb;
     }
     /* The tile's codes and scales are two contiguous regions (R rows each), consumed at
-     * R * cb and R * db * 4 bytes per block step: prefetch both `pf` tiles ahead, at the same
+     * R * 32 and R * 4 bytes per block step: prefetch both `pf` tiles ahead, at the same
      * rate (rows are short, so the hardware prefetchers never lock on to them). */
-    const char *pc = (const char *)(codes + n0 * nb * cb) + pf * nb * cb;
-    const char *pd = (const char *)(dm + n0 * nb * db) + pf * nb * db * 4;
+    const char *pc = (const char *)(codes + n0 * nb * 32) + pf * nb * 32;
+    const char *pd = (const char *)(dm + n0 * nb) + pf * nb * 4;
     for (int64_t b = 0; b < nb; b++) {
         if (pf) {
-            for (int64_t off = 0; off < R * cb; off += 64)
-                _mm_prefetch(pc + b * R * cb + off, PF_HINT);
-            _mm_prefetch(pd + b * R * db * 4, PF_HINT);
+            for (int64_t off = 0; off < R * 32; off += 64) _mm_prefetch(pc + b * R * 32 + off, PF_HINT);
+            _mm_prefetch(pd + b * R * 4, PF_HINT);
         }
         __m512bh xv[16];
         for (int m = 0; m < M; m++) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * ldx + 32 * b);
         for (int r = 0; r < R; r++) {
-            const __m512bh wv = Q8 ? q8_block((const int8_t *)cr[r] + cb * b, dr[r] + db * b)
-                                   : q4_block(cr[r] + cb * b, dr[r] + db * b);
+            const __m512bh wv = q8_block((const int8_t *)cr[r] + 32 * b, dr[r] + b);
             for (int m = 0; m < M; m++)
                 acc[m * R + r] = _mm512_dpbf16_ps(acc[m * R + r], wv, xv[m]);
         }
@@ -231,47 +205,214 @@ AI void tile_q(const int Q8, const int M, const int R, const bf16_t *x, int64_t 
     store_tile(M, R, reduce16(acc), nv, bias, out, ldo, n0);
 }
 
-/* R for quantized rows: 8 rows per tile at M = 1 (16 measured slower: the expansion needs
+/* R for Q8_0 rows: 8 rows per tile at M = 1 (16 measured slower: the expansion needs
  * registers too); accumulators of different rows never mix, so R does not change any result. */
-#ifndef PF_ROWS_Q4
-#define PF_ROWS_Q4 64 /* prefetch distance in rows of W (~18-48 KiB of codes here) */
+#ifndef PF_ROWS_Q8
+#define PF_ROWS_Q8 64 /* prefetch distance in rows of W */
 #endif
-#define DEFINE_RUN_Q(NAME, Q8, M_, R_)                                                          \
-    static void NAME##_m##M_(const bf16_t *x, int64_t ldx, const uint8_t *codes,                \
+#define DEFINE_RUN_Q8(M_, R_)                                                                   \
+    static void run_q8_m##M_(const bf16_t *x, int64_t ldx, const uint8_t *codes,                \
                              const float *dm, int64_t N, int64_t K, const bf16_t *bias,         \
                              bf16_t *out, int64_t ldo, int64_t nb, int64_t ne) {                \
-        const int64_t pf = (PF_ROWS_Q4 + (R_) - 1) / (R_) * (R_);                               \
+        const int64_t pf = (PF_ROWS_Q8 + (R_) - 1) / (R_) * (R_);                               \
         int64_t n0 = nb;                                                                        \
         /* prefetch while the rows it touches exist */                                          \
         for (; n0 + (R_) <= ne && n0 + pf + (R_) <= N; n0 += (R_))                              \
-            tile_q(Q8, M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, pf);               \
+            tile_q8(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, pf);                  \
         for (; n0 + (R_) <= ne; n0 += (R_))                                                     \
-            tile_q(Q8, M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, 0);                \
+            tile_q8(M_, R_, x, ldx, codes, dm, K, n0, R_, bias, out, ldo, 0);                   \
         if (n0 < ne)                                                                            \
-            tile_q(Q8, M_, R_, x, ldx, codes, dm, K, n0, (int)(ne - n0), bias, out, ldo, 0);    \
+            tile_q8(M_, R_, x, ldx, codes, dm, K, n0, (int)(ne - n0), bias, out, ldo, 0);       \
     }
-/* 9..16 rows: one W row per tile, so each block is expanded once for up to 16 rows of x (two
- * 8-row passes would expand it twice); the x vectors then come from L1 as memory operands. */
-#define DEFINE_RUNS_Q(NAME, Q8)                                                                 \
-    DEFINE_RUN_Q(NAME, Q8, 1, 8) DEFINE_RUN_Q(NAME, Q8, 2, 8) DEFINE_RUN_Q(NAME, Q8, 3, 5)      \
-    DEFINE_RUN_Q(NAME, Q8, 4, 4) DEFINE_RUN_Q(NAME, Q8, 5, 3) DEFINE_RUN_Q(NAME, Q8, 6, 2)      \
-    DEFINE_RUN_Q(NAME, Q8, 7, 2) DEFINE_RUN_Q(NAME, Q8, 8, 2) DEFINE_RUN_Q(NAME, Q8, 9, 1)      \
-    DEFINE_RUN_Q(NAME, Q8, 10, 1) DEFINE_RUN_Q(NAME, Q8, 11, 1) DEFINE_RUN_Q(NAME, Q8, 12, 1)   \
-    DEFINE_RUN_Q(NAME, Q8, 13, 1) DEFINE_RUN_Q(NAME, Q8, 14, 1) DEFINE_RUN_Q(NAME, Q8, 15, 1)   \
-    DEFINE_RUN_Q(NAME, Q8, 16, 1)                                                               \
-    static const run_q_fn NAME##_runs[Q_PASS + 1] = {                                           \
-        0,            NAME##_m1,  NAME##_m2,  NAME##_m3,  NAME##_m4,  NAME##_m5,                \
-        NAME##_m6,    NAME##_m7,  NAME##_m8,  NAME##_m9,  NAME##_m10, NAME##_m11,               \
-        NAME##_m12,   NAME##_m13, NAME##_m14, NAME##_m15, NAME##_m16};
-
 /* Rows of x one pass of the quantized tiles takes; more rows run in passes of this many. */
 #define Q_PASS 16
-static const int ROWS_Q[Q_PASS + 1] = {0, 8, 8, 5, 4, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1};
+/* 9..16 rows: one W row per tile, so each block is expanded once for up to 16 rows of x (two
+ * 8-row passes would expand it twice); the x vectors then come from L1 as memory operands. */
+static const int ROWS_Q8[Q_PASS + 1] = {0, 8, 8, 5, 4, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1};
+DEFINE_RUN_Q8(1, 8) DEFINE_RUN_Q8(2, 8) DEFINE_RUN_Q8(3, 5) DEFINE_RUN_Q8(4, 4)
+DEFINE_RUN_Q8(5, 3) DEFINE_RUN_Q8(6, 2) DEFINE_RUN_Q8(7, 2) DEFINE_RUN_Q8(8, 2)
+DEFINE_RUN_Q8(9, 1) DEFINE_RUN_Q8(10, 1) DEFINE_RUN_Q8(11, 1) DEFINE_RUN_Q8(12, 1)
+DEFINE_RUN_Q8(13, 1) DEFINE_RUN_Q8(14, 1) DEFINE_RUN_Q8(15, 1) DEFINE_RUN_Q8(16, 1)
+typedef void (*run_q8_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
+                          int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
+static const run_q8_fn run_q8_runs[Q_PASS + 1] = {
+    0,          run_q8_m1,  run_q8_m2,  run_q8_m3,  run_q8_m4,  run_q8_m5,
+    run_q8_m6,  run_q8_m7,  run_q8_m8,  run_q8_m9,  run_q8_m10, run_q8_m11,
+    run_q8_m12, run_q8_m13, run_q8_m14, run_q8_m15, run_q8_m16};
 
-typedef void (*run_q_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
-                         int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
-DEFINE_RUNS_Q(run_q4, 0)
-DEFINE_RUNS_Q(run_q8, 1)
+/* ---------------------------------------------------------------------------------------------
+ * Q4_1 weights against int8 activations (the scheme llama.cpp runs on Q4_1: its Q8_1 x).
+ * Q4_1 keeps per block of 32 weights a scale d, a minimum m and 4-bit codes q: w = d*q + m.
+ * Each row of x is quantized per block: dx = max|x| / 127, qx = x / dx rounded to the nearest
+ * (even) int8, and then
+ *     w . x = sum over blocks of d * dx * (q . qx) + m * sx,   sx = dx * sum(qx),
+ * where q . qx is an exact integer sum that AVX512-VNNI computes 64 products at a time
+ * (vpdpbusd: unsigned bytes times signed bytes, summed in groups of 4 into 32-bit lanes).
+ * The bf16 route instead expands every code to bf16 and was bound by that expansion (~10 vector
+ * operations per block); this is ~1.5 per block at one row, so a decode step is bound by its
+ * memory reads. The results are not the bf16 products' (x is rounded to 8 bits per block), but
+ * each row's outputs depend on that row alone, whatever M.
+ *
+ * Layout (built at load time, kernels/q4_linear.py), per row of W: whole groups of 16 blocks,
+ * then a tail of t = nb % 16 blocks. A group's codes are 4 chunks of 64 bytes; lane b (4 bytes)
+ * of chunk j holds bytes 4j .. 4j+3 of block b's 16 code bytes, whose low nibbles are codes
+ * 4j .. 4j+3 and high nibbles codes 4j+16 .. 4j+19 (GGUF's order). So each 32-bit lane of a
+ * group's dot products belongs to one block, and its scale is one float of d, loaded 16 at a
+ * time. The tail keeps GGUF's order (16 code bytes per block): lanes 4k .. 4k+3 of a vector of
+ * 4 blocks belong to block k, and its scales are spread to them with a permute. (The embedded
+ * model's K = 576 is 18 blocks: one group and a tail of 2.) Scales: d of all blocks of the
+ * row, then m: dm [N, 2, K/32] fp32.
+ * Quantized x, per row: per group, 8 vectors of 64 bytes (chunk j's activations for the low
+ * codes, then for the high ones), then dx and sx per lane (16 floats each); per tail vector of
+ * up to 4 blocks, the activations for the low codes (16 per block), for the high ones, then dx
+ * and sx per lane (sx on one lane per block). Zero where no block is.
+ * ------------------------------------------------------------------------------------------- */
+#define QX_GROUP_BYTES (8 * 64 + 2 * 64)
+#define QX_TAIL_BYTES (2 * 64 + 2 * 64)
+
+static inline int64_t qx_row_bytes(int64_t K) {
+    const int64_t nb = K / 32;
+    return nb / 16 * QX_GROUP_BYTES + (nb % 16 + 3) / 4 * QX_TAIL_BYTES;
+}
+
+/* Row x[0, K) -> one quantized row of qx_row_bytes(K) bytes (layout above). */
+static void quantize_row_q8(const bf16_t *x, int64_t K, int8_t *qrow) {
+    const int64_t nb = K / 32, full = nb / 16 * 16;
+    memset(qrow, 0, (size_t)qx_row_bytes(K));
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + 32 * b))), 16));
+        const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + 32 * b + 16))), 16));
+        const float amax =
+            _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+        const float dx = amax / 127.0f, id = dx != 0.0f ? 1.0f / dx : 0.0f;
+        /* cvtps_epi32 rounds to nearest even (the default MXCSR mode) */
+        const __m512i ql = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(id)));
+        const __m512i qh = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(id)));
+        const float sx = dx * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(ql, qh));
+        int8_t l8[16], h8[16];
+        _mm_storeu_si128((__m128i *)l8, _mm512_cvtsepi32_epi8(ql));
+        _mm_storeu_si128((__m128i *)h8, _mm512_cvtsepi32_epi8(qh));
+        if (b < full) {
+            int8_t *g = qrow + b / 16 * QX_GROUP_BYTES;
+            const int lane = (int)(b % 16);
+            for (int j = 0; j < 4; j++) {
+                memcpy(g + 128 * j + 4 * lane, l8 + 4 * j, 4);
+                memcpy(g + 128 * j + 64 + 4 * lane, h8 + 4 * j, 4);
+            }
+            float *f = (float *)(g + 512);
+            f[lane] = dx;
+            f[16 + lane] = sx;
+        } else {
+            const int64_t k = b - full;
+            int8_t *v = qrow + full / 16 * QX_GROUP_BYTES + k / 4 * QX_TAIL_BYTES;
+            const int slot = (int)(k % 4);
+            memcpy(v + 16 * slot, l8, 16);
+            memcpy(v + 64 + 16 * slot, h8, 16);
+            float *f = (float *)(v + 128);
+            for (int l = 0; l < 4; l++) f[4 * slot + l] = dx;
+            f[16 + 4 * slot] = sx;
+        }
+    }
+}
+
+/* One tile: R rows of W against M quantized rows of x (row m at qx + m * ldq bytes).
+ * Accumulator s = m * R + r; its lanes sum their blocks' terms. */
+AI void tile_q4(const int M, const int R, const int8_t *qx, int64_t ldq, const uint8_t *codes,
+                const float *dm, int64_t K, int64_t n0, int nv, const bf16_t *bias,
+                bf16_t *out, int64_t ldo) {
+    __m512 acc[16];
+    for (int s = 0; s < 16; s++) acc[s] = _mm512_setzero_ps();
+    const int64_t nb = K / 32, row_bytes = nb * 16, full = nb / 16 * 16;
+    const uint8_t *cr[16];
+    const float *dr[16];
+    for (int r = 0; r < R; r++) {
+        const int64_t n = n0 + (r < nv ? r : nv - 1);
+        cr[r] = codes + n * row_bytes;
+        dr[r] = dm + n * nb * 2;
+    }
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < full; b += 16) {
+        for (int r = 0; r < R; r++) {
+            __m512i lo[4], hi[4];
+            for (int j = 0; j < 4; j++) {
+                const __m512i c = _mm512_loadu_si512(cr[r] + 16 * b + 64 * j);
+                lo[j] = _mm512_and_si512(c, nib);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16(c, 4), nib);
+            }
+            const __m512 d = _mm512_loadu_ps(dr[r] + b), mn = _mm512_loadu_ps(dr[r] + nb + b);
+            for (int m = 0; m < M; m++) {
+                const int8_t *g = qx + m * ldq + b / 16 * QX_GROUP_BYTES;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                for (int j = 0; j < 4; j++) {
+                    s0 = _mm512_dpbusd_epi32(s0, lo[j], _mm512_loadu_si512(g + 128 * j));
+                    s1 = _mm512_dpbusd_epi32(s1, hi[j], _mm512_loadu_si512(g + 128 * j + 64));
+                }
+                const __m512 dx = _mm512_loadu_ps((const float *)(g + 512));
+                const __m512 sx = _mm512_loadu_ps((const float *)(g + 576));
+                const __m512 q = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                const __m512 a = _mm512_fmadd_ps(q, _mm512_mul_ps(d, dx), acc[m * R + r]);
+                acc[m * R + r] = _mm512_fmadd_ps(mn, sx, a);
+            }
+        }
+    }
+    /* the tail, up to 4 blocks per vector: lanes 4k .. 4k+3 are block k's */
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (int64_t b = full; b < nb; b += 4) {
+        const int64_t t = nb - b < 4 ? nb - b : 4;
+        const __mmask64 cm = t == 4 ? ~(__mmask64)0 : (((__mmask64)1 << (16 * t)) - 1);
+        const __mmask16 fm = (__mmask16)((1u << t) - 1);
+        const int8_t *v0 = qx + full / 16 * QX_GROUP_BYTES + (b - full) / 4 * QX_TAIL_BYTES;
+        for (int r = 0; r < R; r++) {
+            const __m512i c = _mm512_maskz_loadu_epi8(cm, cr[r] + 16 * b);
+            const __m512i lo = _mm512_and_si512(c, nib);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), nib);
+            const __m512 d = _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(fm, dr[r] + b));
+            const __m512 mn =
+                _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(fm, dr[r] + nb + b));
+            for (int m = 0; m < M; m++) {
+                const int8_t *v = v0 + m * ldq;
+                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(v));
+                s = _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(v + 64));
+                const __m512 dx = _mm512_loadu_ps((const float *)(v + 128));
+                const __m512 sx = _mm512_loadu_ps((const float *)(v + 192));
+                const __m512 a =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, dx), acc[m * R + r]);
+                acc[m * R + r] = _mm512_fmadd_ps(mn, sx, a);
+            }
+        }
+    }
+    store_tile(M, R, reduce16(acc), nv, bias, out, ldo, n0);
+}
+
+/* No software prefetch here: each tile reads its rows front to back and the tiles follow each
+ * other in memory, which the hardware prefetchers follow (prefetching as the Q8_0 tiles do
+ * measured slower). */
+#define DEFINE_RUN_Q4(M_, R_)                                                                   \
+    static void run_q4_m##M_(const int8_t *qx, int64_t ldq, const uint8_t *codes,               \
+                             const float *dm, int64_t N, int64_t K, const bf16_t *bias,         \
+                             bf16_t *out, int64_t ldo, int64_t nb, int64_t ne) {                \
+        (void)N;                                                                                \
+        for (int64_t n0 = nb; n0 < ne; n0 += (R_))                                              \
+            tile_q4(M_, R_, qx, ldq, codes, dm, K, n0, ne - n0 < (R_) ? (int)(ne - n0) : (R_),  \
+                    bias, out, ldo);                                                            \
+    }
+/* R for Q4_1 rows, measured on the embedded model's linears (tools/q4_decode_check.py, 2-core
+ * EPYC): with one row the loads bound the kernel and R hardly matters; from 3 rows, one W row
+ * per tile was fastest (its 8 expanded code vectors stay in registers for all M rows; with
+ * more W rows per tile they spilled: 8 rows took 9.0 ms with R = 2 and 6.5 with R = 1). */
+static const int ROWS_Q4[Q_PASS + 1] = {0, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+DEFINE_RUN_Q4(1, 4) DEFINE_RUN_Q4(2, 2) DEFINE_RUN_Q4(3, 1) DEFINE_RUN_Q4(4, 1)
+DEFINE_RUN_Q4(5, 1) DEFINE_RUN_Q4(6, 1) DEFINE_RUN_Q4(7, 1) DEFINE_RUN_Q4(8, 1)
+DEFINE_RUN_Q4(9, 1) DEFINE_RUN_Q4(10, 1) DEFINE_RUN_Q4(11, 1) DEFINE_RUN_Q4(12, 1)
+DEFINE_RUN_Q4(13, 1) DEFINE_RUN_Q4(14, 1) DEFINE_RUN_Q4(15, 1) DEFINE_RUN_Q4(16, 1)
+typedef void (*run_q4_fn)(const int8_t *, int64_t, const uint8_t *, const float *, int64_t,
+                          int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
+static const run_q4_fn run_q4_runs[Q_PASS + 1] = {
+    0,           run_q4_m1,  run_q4_m2,  run_q4_m3,  run_q4_m4,  run_q4_m5,
+    run_q4_m6,   run_q4_m7,  run_q4_m8,  run_q4_m9,  run_q4_m10, run_q4_m11,
+    run_q4_m12,  run_q4_m13, run_q4_m14, run_q4_m15, run_q4_m16};
 
 /* ---------------------------------------------------------------------------------------------
  * AMX path. With several activation rows the AVX512 kernel becomes compute bound (M dot
@@ -518,9 +659,11 @@ static void amx_run_big(const bf16_t *xp, int64_t M, const bf16_t *w, int64_t N,
 
 typedef struct {
     const bf16_t *x, *xp, *w, *bias;
-    const uint8_t *codes; /* quantized weights (codes, dm) instead of w when not NULL */
+    const uint8_t *codes; /* quantized weights (codes, dm) instead of w when not NULL: Q4_1
+                           * with qx, Q8_0 without */
     const float *dm;
-    int q8;               /* codes are Q8_0, not Q4_1 */
+    const int8_t *qx;     /* Q4_1: x quantized (see above), ldq bytes a row */
+    int64_t ldq;
     bf16_t *out;
     int64_t M, ldx, K, N, ldo;
     int64_t n_main;  /* rows done by the main kernel; AVX512 does [n_main, N) as a last unit */
@@ -532,14 +675,17 @@ typedef struct {
 
 /* x rows m0 .. M-1 for W rows [nb, ne) on AVX512, at most 8 rows of x per pass. */
 static void run_avx(const job_t *j, int64_t nb, int64_t ne) {
-    if (j->codes) { /* passes of Q_PASS rows: each row's sums never depend on the others */
-        for (int64_t m0 = 0; m0 < j->M; m0 += Q_PASS) {
-            const int64_t mr = j->M - m0 < Q_PASS ? j->M - m0 : Q_PASS;
-            (j->q8 ? run_q8_runs : run_q4_runs)[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->N, j->K, j->bias,
-                        j->out + m0 * j->ldo, j->ldo, nb, ne);
-        }
-        return;
+    /* quantized: passes of Q_PASS rows; each row's sums never depend on the others */
+    for (int64_t m0 = 0; j->codes && m0 < j->M; m0 += Q_PASS) {
+        const int64_t mr = j->M - m0 < Q_PASS ? j->M - m0 : Q_PASS;
+        if (j->qx)
+            run_q4_runs[mr](j->qx + m0 * j->ldq, j->ldq, j->codes, j->dm, j->N, j->K, j->bias,
+                            j->out + m0 * j->ldo, j->ldo, nb, ne);
+        else
+            run_q8_runs[mr](j->x + m0 * j->ldx, j->ldx, j->codes, j->dm, j->N, j->K, j->bias,
+                            j->out + m0 * j->ldo, j->ldo, nb, ne);
     }
+    if (j->codes) return;
     for (int64_t m0 = 0; m0 < j->M; m0 += 8) {
         const int64_t mr = j->M - m0 < 8 ? j->M - m0 : 8;
         RUNS[mr](j->x + m0 * j->ldx, j->ldx, j->w, j->N, j->K, j->bias, j->out + m0 * j->ldo,
@@ -604,19 +750,23 @@ int tf_skinny_linear_bf16(const bf16_t *x, int64_t M, int64_t ldx, const bf16_t 
     return run_job(&j, K * 2, nthreads, use_amx);
 }
 
-/* The same product with W as Q4_1 (codes, dm: see above), K % 32 == 0, on the AVX512 tiles
- * (up to 16 rows of x per pass over W): each output is bit for bit what
- * tf_skinny_linear_bf16's AVX512 path gives for that row alone on the dequantized weight, for
- * any M (the accumulators, their dot products and their reduction never mix rows).
- * (Expanding codes into AMX tiles was measured no faster than bf16 tiles on the 2-core AMX
- * VM.) */
+/* The same product with W as Q4_1 (codes, dm: layout in "Q4_1 weights against int8
+ * activations" above), K % 32 == 0, on int8 activations: x's rows are quantized per block of 32
+ * first, once per call. Each row's outputs depend on that row alone, for any M (up to 16 rows
+ * share each loaded block, more go in passes of 16). */
 int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t *codes,
                           const float *dm, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
                           int64_t ldo, int64_t nthreads) {
     if (M < 1 || M > MAX_ROWS || N < 1 || K < 32 || K % 32) return -1;
-    job_t j = {.x = x, .bias = bias, .codes = codes, .dm = dm, .out = out, .M = M, .ldx = ldx,
-               .K = K, .N = N, .ldo = ldo};
-    return run_job(&j, K / 2 + K / 32 * 8, nthreads, 0);
+    const int64_t ldq = qx_row_bytes(K);
+    int8_t *qx = (int8_t *)aligned_alloc(64, (size_t)(M * ldq));
+    if (!qx) return -1;
+    for (int64_t m = 0; m < M; m++) quantize_row_q8(x + m * ldx, K, qx + m * ldq);
+    job_t j = {.x = x, .bias = bias, .codes = codes, .dm = dm, .qx = qx, .ldq = ldq, .out = out,
+               .M = M, .ldx = ldx, .K = K, .N = N, .ldo = ldo};
+    const int rc = run_job(&j, K / 2 + K / 32 * 8, nthreads, 0);
+    free(qx);
+    return rc;
 }
 
 /* The same with W as Q8_0: codes [N, K] int8 (block b of a row at byte 32 b), d [N, K/32] fp32
@@ -626,7 +776,7 @@ int tf_skinny_linear_q8_0(const bf16_t *x, int64_t M, int64_t ldx, const int8_t 
                           const float *d, int64_t N, int64_t K, const bf16_t *bias, bf16_t *out,
                           int64_t ldo, int64_t nthreads) {
     if (M < 1 || M > MAX_ROWS || N < 1 || K < 32 || K % 32) return -1;
-    job_t j = {.x = x, .bias = bias, .codes = (const uint8_t *)codes, .dm = d, .q8 = 1,
+    job_t j = {.x = x, .bias = bias, .codes = (const uint8_t *)codes, .dm = d,
                .out = out, .M = M, .ldx = ldx, .K = K, .N = N, .ldo = ldo};
     return run_job(&j, K + K / 32 * 4, nthreads, 0);
 }
@@ -637,8 +787,8 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
     const int64_t M = j.M, N = j.N, K = j.K, ldx = j.ldx;
     const bf16_t *x = j.x;
     const int64_t bytes = N * row_bytes;
-    /* per-thread work grows with the number of 16-row tiles of x once past 8 rows; Q4_1 rows
-     * count as the bf16 rows they expand to (the expansion is most of their cost) */
+    /* per-thread work grows with the number of 16-row tiles of x once past 8 rows; quantized
+     * rows count as the bf16 rows they stand for (their per-block work costs about that) */
     const int64_t work_bytes = j.codes  ? N * K * 2 * ((M + Q_PASS - 1) / Q_PASS)
                                : M > 8 ? bytes * ((M + 15) / 16)
                                        : bytes;
@@ -670,7 +820,8 @@ static int run_job(job_t *jp, int64_t row_bytes, int64_t nthreads, int64_t use_a
      * the < 16 leftover rows */
     const int64_t step = j.amx == 2 ? 32
                          : j.amx    ? 16
-                         : j.codes  ? ROWS_Q[M < Q_PASS ? M : Q_PASS]
+                         : j.qx     ? ROWS_Q4[M < Q_PASS ? M : Q_PASS]
+                         : j.codes  ? ROWS_Q8[M < Q_PASS ? M : Q_PASS]
                                     : ROWS[M];
     j.n_main = j.amx ? N / 16 * 16 : N;
     j.chunk = j.n_main;
