@@ -48,8 +48,11 @@ def test_the_embedded_gguf_has_every_layer_linear_as_q4_1(embedded_model: Loaded
     assert torch.equal(q4.dequantize(), embedded_model.state_dict[name])
 
 
-# Logits are bf16: at this model's logit sizes one rounding step is 0.125 nats.
+# Logits are bf16: at this model's logit sizes one rounding step is 0.125 nats. Two candidates
+# within two steps are a near tie; the chosen token's log-probability may move by a few steps
+# (its logit and the normalizer both move; measured up to 0.26 nats).
 NEAR_TIE_NATS = 0.25
+SAME_TOKEN_NATS = 0.5
 
 
 def assert_same_until_a_near_tie(dense: RequestOutput, packed: RequestOutput) -> int:
@@ -63,7 +66,7 @@ def assert_same_until_a_near_tie(dense: RequestOutput, packed: RequestOutput) ->
                 f"token {i}: {b.token_id} is no near tie of {a.top}"
             )
             return i
-        assert abs(a.logprob - b.logprob) <= NEAR_TIE_NATS, f"token {i}"
+        assert abs(a.logprob - b.logprob) <= SAME_TOKEN_NATS, f"token {i}"
     return len(dense.logprobs)
 
 

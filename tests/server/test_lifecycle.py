@@ -47,10 +47,12 @@ def test_the_step_log_records_each_served_step_and_not_the_probe(fcfs_server):
 
 @pytest.mark.parametrize("policy", ["tier", "fcfs"])
 def test_32_concurrent_streams_all_correct_and_ledger_matches(policy, request):
-    # The default server runs `tier`. Greedy text equals the request made alone under fcfs;
-    # tier computes the same tokens in other step compositions (prompt chunks, skipped
-    # steps), and the engine's numerics are not batch-invariant (decode-only and mixed steps
-    # take different matmul paths), so greedy near-ties on this small quantized model can flip.
+    # The default server runs `tier`. Greedy text is not compared with the request made alone:
+    # under either policy, requests arriving together share steps in other compositions than
+    # alone, and a token decoded in a mixed step (alongside prompt tokens) reads the bf16
+    # weights, one in a decode-only step the Q4_1 weights with int8 activations, so a near tie
+    # on this small quantized model can flip (docs/engine.md). Decode-only batches are
+    # row-exact: tests/e2e/test_embedded_engine.py compares them with requests made alone.
     name = "factory_server" if policy == "tier" else "fcfs_server"
     factory_server = request.getfixturevalue(name)
     client = openai.AsyncOpenAI(
@@ -78,13 +80,6 @@ def test_32_concurrent_streams_all_correct_and_ledger_matches(policy, request):
         return await asyncio.gather(*(one(i) for i in range(32)))
 
     results = asyncio.run(run())
-    # each stream equals the same request made alone (greedy)
-    alone = factory_server.openai("super").chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count to 3."}], max_tokens=12,
-        temperature=0,
-    )
-    if policy == "fcfs":
-        assert results[0][1] == alone.choices[0].message.content
     rows = ledger_rows(factory_server.data_dir)
     for rid, text, usage in results:
         assert text and usage is not None

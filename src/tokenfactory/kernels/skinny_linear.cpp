@@ -233,12 +233,13 @@ DEFINE_RUN_Q8(1, 8) DEFINE_RUN_Q8(2, 8) DEFINE_RUN_Q8(3, 5) DEFINE_RUN_Q8(4, 4)
 DEFINE_RUN_Q8(5, 3) DEFINE_RUN_Q8(6, 2) DEFINE_RUN_Q8(7, 2) DEFINE_RUN_Q8(8, 2)
 DEFINE_RUN_Q8(9, 1) DEFINE_RUN_Q8(10, 1) DEFINE_RUN_Q8(11, 1) DEFINE_RUN_Q8(12, 1)
 DEFINE_RUN_Q8(13, 1) DEFINE_RUN_Q8(14, 1) DEFINE_RUN_Q8(15, 1) DEFINE_RUN_Q8(16, 1)
+/* The runs for 1 .. Q_PASS rows of x, indexed by the row count. */
+#define RUNS_BY_ROWS(P)                                                                         \
+    {0,       P##_m1,  P##_m2,  P##_m3,  P##_m4,  P##_m5,  P##_m6,  P##_m7,  P##_m8,            \
+     P##_m9,  P##_m10, P##_m11, P##_m12, P##_m13, P##_m14, P##_m15, P##_m16}
 typedef void (*run_q8_fn)(const bf16_t *, int64_t, const uint8_t *, const float *, int64_t,
                           int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
-static const run_q8_fn run_q8_runs[Q_PASS + 1] = {
-    0,          run_q8_m1,  run_q8_m2,  run_q8_m3,  run_q8_m4,  run_q8_m5,
-    run_q8_m6,  run_q8_m7,  run_q8_m8,  run_q8_m9,  run_q8_m10, run_q8_m11,
-    run_q8_m12, run_q8_m13, run_q8_m14, run_q8_m15, run_q8_m16};
+static const run_q8_fn run_q8_runs[Q_PASS + 1] = RUNS_BY_ROWS(run_q8);
 
 /* ---------------------------------------------------------------------------------------------
  * Q4_1 weights against int8 activations (the scheme llama.cpp runs on Q4_1: its Q8_1 x).
@@ -409,10 +410,7 @@ DEFINE_RUN_Q4(9, 1) DEFINE_RUN_Q4(10, 1) DEFINE_RUN_Q4(11, 1) DEFINE_RUN_Q4(12, 
 DEFINE_RUN_Q4(13, 1) DEFINE_RUN_Q4(14, 1) DEFINE_RUN_Q4(15, 1) DEFINE_RUN_Q4(16, 1)
 typedef void (*run_q4_fn)(const int8_t *, int64_t, const uint8_t *, const float *, int64_t,
                           int64_t, const bf16_t *, bf16_t *, int64_t, int64_t, int64_t);
-static const run_q4_fn run_q4_runs[Q_PASS + 1] = {
-    0,           run_q4_m1,  run_q4_m2,  run_q4_m3,  run_q4_m4,  run_q4_m5,
-    run_q4_m6,   run_q4_m7,  run_q4_m8,  run_q4_m9,  run_q4_m10, run_q4_m11,
-    run_q4_m12,  run_q4_m13, run_q4_m14, run_q4_m15, run_q4_m16};
+static const run_q4_fn run_q4_runs[Q_PASS + 1] = RUNS_BY_ROWS(run_q4);
 
 /* ---------------------------------------------------------------------------------------------
  * AMX path. With several activation rows the AVX512 kernel becomes compute bound (M dot
