@@ -27,7 +27,7 @@ class EngineConfig:
     num_threads: int | None = None  # None: every core
     seed: int = 0  # for random weights and unseeded sampling
     # CPU decode steps read a GGUF's Q4_1 layer weights as stored (~2.7x fewer bytes than bf16,
-    # same roundings) for as many rows as pays on this CPU (kernels.q4_linear.reads_q4).
+    # int8 activations as llama.cpp) for as many rows as pays here (kernels.q4_linear.reads_q4).
     q4_decode: bool = True
     # Such decode steps run every decoder layer in one native call (engine.cpu_decode_stack):
     # the same kernels and results as the model's forward, without its per-op Python.

@@ -757,13 +757,16 @@ int tf_skinny_linear_q4_1(const bf16_t *x, int64_t M, int64_t ldx, const uint8_t
                           int64_t ldo, int64_t nthreads) {
     if (M < 1 || M > MAX_ROWS || N < 1 || K < 32 || K % 32) return -1;
     const int64_t ldq = qx_row_bytes(K);
-    int8_t *qx = (int8_t *)aligned_alloc(64, (size_t)(M * ldq));
+    /* a decode step's rows fit on the stack (1.9 KB a row at K = 1536); the threads read it
+     * while this call waits for them */
+    int8_t local[16384] __attribute__((aligned(64)));
+    int8_t *qx = M * ldq <= (int64_t)sizeof local ? local : (int8_t *)aligned_alloc(64, (size_t)(M * ldq));
     if (!qx) return -1;
     for (int64_t m = 0; m < M; m++) quantize_row_q8(x + m * ldx, K, qx + m * ldq);
     job_t j = {.x = x, .bias = bias, .codes = codes, .dm = dm, .qx = qx, .ldq = ldq, .out = out,
                .M = M, .ldx = ldx, .K = K, .N = N, .ldo = ldo};
     const int rc = run_job(&j, K / 2 + K / 32 * 8, nthreads, 0);
-    free(qx);
+    if (qx != local) free(qx);
     return rc;
 }
 
