@@ -9,7 +9,10 @@ from rich.console import Console
 from tests.engine.engine_fixtures import prompts as random_prompts
 from tests.engine.engine_fixtures import tiny_engine
 from tokenfactory.bench.spec_bench import (
+    RunStats,
     SpecBenchOptions,
+    cell_rounds,
+    combine_runs,
     compare_outputs,
     first_difference,
     lookup_potential,
@@ -53,6 +56,22 @@ def test_first_difference() -> None:
     assert [(m.prompt, m.index, m.first_difference) for m in out] == [("b", 1, 1)]
 
 
+def test_cell_rounds_cover_the_whole_workload() -> None:
+    assert cell_rounds(10, 1) == [[i] for i in range(10)]
+    assert cell_rounds(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+    assert cell_rounds(3, 8) == [[0, 1, 2, 0, 1, 2, 0, 1]]
+    with pytest.raises(ValueError):
+        cell_rounds(0, 1)
+
+
+def test_combine_runs_adds_rounds() -> None:
+    a = RunStats(1.0, 10, 10, 9, 9, 4, 3, 0.5, 12)
+    b = RunStats(2.0, 20, 15, 14, 14, 8, 5, 1.5, 19)
+    both = combine_runs([a, b])
+    assert both == RunStats(3.0, 30, 25, 23, 23, 12, 8, 2.0, 31)
+    assert both.acceptance == 8 / 12 and both.decode_tokens_per_s == 31 / 2.0
+
+
 def test_lookup_potential_on_copied_and_fresh_text() -> None:
     context = list(range(100, 140))
     copied = lookup_potential([context], [context[:30]], k=4)
@@ -67,9 +86,8 @@ def test_speculation_part_structure_and_identity() -> None:
     # Prompts that repeat themselves, so prompt lookup has drafts to verify.
     base = random_prompts(4, seed=3, lo=8, hi=16)
 
-    def source(workload: str, batch: int) -> tuple[list[list[int]], list[str]]:
-        chosen = [base[i % len(base)] * 3 for i in range(batch)]
-        return chosen, [f"{workload}-{i % len(base)}" for i in range(batch)]
+    def source(workload: str) -> tuple[list[list[int]], list[str]]:
+        return [p * 3 for p in base], [f"{workload}-{i}" for i in range(len(base))]
 
     cells: list[int] = []
     opts = SpecBenchOptions(batch_sizes=[1, 3], max_tokens=12, warmup_tokens=2)
@@ -84,10 +102,14 @@ def test_speculation_part_structure_and_identity() -> None:
     assert len(result["cells"]) == len(WORKLOADS) * 2 == cells[-1]
     assert result["mismatches"] == 0
     for cell in result["cells"]:
+        # batch 1: the 4 prompts one at a time; batch 3: two rounds (the last wraps around)
+        assert cell["requests"] == {1: 4, 3: 6}[cell["batch"]]
+        assert cell["ngram_potential"]["steps"] >= cell["requests"]
         assert cell["identical"] and cell["mismatches"] == []
         for side in ("baseline", "speculative"):
             run = cell[side]
-            assert 0 < run["output_tokens"] <= cell["batch"] * 12  # EOS may end one early
+            # EOS may end one early, but every request of every round ran
+            assert cell["requests"] <= run["output_tokens"] <= cell["requests"] * 12
             assert run["tokens_per_step"] >= 1.0
         assert cell["baseline"]["output_tokens"] == cell["speculative"]["output_tokens"]
         assert cell["baseline"]["draft_tokens"] == 0

@@ -1,5 +1,6 @@
 """The speculation part of `tokenfactory bench engine`: the same greedy requests with
-speculative decoding off and on, on the chat and agent workloads, at several batch sizes.
+speculative decoding off and on, on the chat and agent workloads, at several batch sizes. A
+cell runs every prompt of its workload, in rounds of `batch` requests at once.
 
 The engines share one loaded model (and the proposer the engine was built with); in each cell
 they run the same requests in lockstep, one step of each in turn, so load from elsewhere on
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from rich.console import Console
@@ -201,22 +202,38 @@ def speculation_engines(engine: Engine) -> tuple[Engine, dict[str, Engine]]:
     return baseline, engines
 
 
-PromptSource = Callable[[str, int], tuple[list[list[int]], list[str]]]
+PromptSource = Callable[[str], tuple[list[list[int]], list[str]]]
 
 
 def workload_prompts(engine: Engine) -> PromptSource:
-    """(workload, batch) -> `batch` prompts of the workload (its prompts in turn, repeated as
-    needed) as token ids under the model's chat template, and their names."""
+    """workload -> its prompts as token ids under the model's chat template, and their names."""
     assert engine.tokenizer is not None
     tokenizer = engine.tokenizer
 
-    def source(workload: str, batch: int) -> tuple[list[list[int]], list[str]]:
+    def source(workload: str) -> tuple[list[list[int]], list[str]]:
         items = load_workload(workload)
-        chosen = [items[i % len(items)] for i in range(batch)]
-        ids = [tokenizer.encode(engine.chat_prompt(p.messages)) for p in chosen]
-        return ids, [p.name for p in chosen]
+        ids = [tokenizer.encode(engine.chat_prompt(p.messages)) for p in items]
+        return ids, [p.name for p in items]
 
     return source
+
+
+def cell_rounds(num_prompts: int, batch: int) -> list[list[int]]:
+    """The prompt indices a cell runs, in rounds of `batch` requests at once: every prompt of
+    the workload at least once (a batch-1 cell is the whole workload one request at a time,
+    not its first prompt), the prompts in turn and repeated to fill the last round."""
+    if num_prompts < 1 or batch < 1:
+        raise ValueError("need at least one prompt and a batch of at least one")
+    rounds = -(-num_prompts // batch)
+    order = [i % num_prompts for i in range(rounds * batch)]
+    return [order[r * batch : (r + 1) * batch] for r in range(rounds)]
+
+
+def combine_runs(runs: list[RunStats]) -> RunStats:
+    """Rounds run one after another, as one run: their times and counts added."""
+    return RunStats(
+        **{f.name: sum(getattr(r, f.name) for r in runs) for f in fields(RunStats)}
+    )
 
 
 @dataclass(frozen=True)
@@ -284,9 +301,10 @@ def run_speculation_bench(
         "cells": [],
         "mismatches": 0,
     }
+    all_prompts = {workload: prompts(workload) for workload in opts.workloads}
     with console.status("speculation: warming up..."):
         for workload in opts.workloads:
-            warm, _ = prompts(workload, len(load_workload(workload)))
+            warm, _ = all_prompts[workload]
             lockstep_run([baseline, *spec.values()], warm, opts.warmup_tokens)
     total = len(opts.workloads) * len(opts.batch_sizes)
     progress = Progress(
@@ -301,9 +319,10 @@ def run_speculation_bench(
         task = progress.add_task("speculation", total=total)
         for workload in opts.workloads:
             for batch in opts.batch_sizes:
-                ids, names = prompts(workload, batch)
                 progress.update(task, description=f"{workload} batch {batch}")
-                runs = lockstep_run([baseline, *spec.values()], ids, opts.max_tokens)
+                ids, names, runs = run_cell(
+                    [baseline, *spec.values()], all_prompts[workload], batch, opts.max_tokens
+                )
                 progress.advance(task)
                 base, base_tokens = runs[0]
                 potential = lookup_potential(ids, base_tokens, result["num_speculative_tokens"])
@@ -318,7 +337,9 @@ def run_speculation_bench(
                             f"(first: {m.prompt!r} at token {m.first_difference})"
                         )
                     result["cells"].append(
-                        cell_result(workload, batch, name, base, stats, mismatches, potential)
+                        cell_result(
+                            workload, batch, len(ids), name, base, stats, mismatches, potential
+                        )
                     )
                 if on_cell:
                     on_cell(result)
@@ -340,9 +361,33 @@ def run_speculation_bench(
     return result
 
 
+def run_cell(
+    engines: list[Engine],
+    workload: tuple[list[list[int]], list[str]],
+    batch: int,
+    max_tokens: int,
+) -> tuple[list[list[int]], list[str], list[tuple[RunStats, list[list[int]]]]]:
+    """One cell: the workload's prompts in rounds of `batch` (`cell_rounds`), each round in
+    lockstep on every engine. The prompts and names in the order run, and per engine its
+    rounds combined and its outputs in that order."""
+    prompt_ids, prompt_names = workload
+    ids: list[list[int]] = []
+    names: list[str] = []
+    stats: list[list[RunStats]] = [[] for _ in engines]
+    outputs: list[list[list[int]]] = [[] for _ in engines]
+    for chosen in cell_rounds(len(prompt_ids), batch):
+        ids += [prompt_ids[i] for i in chosen]
+        names += [prompt_names[i] for i in chosen]
+        for i, (run, tokens) in enumerate(lockstep_run(engines, ids[-batch:], max_tokens)):
+            stats[i].append(run)
+            outputs[i] += tokens
+    return ids, names, [(combine_runs(s), o) for s, o in zip(stats, outputs, strict=True)]
+
+
 def cell_result(
     workload: str,
     batch: int,
+    requests: int,
     proposer: str,
     base: RunStats,
     spec: RunStats,
@@ -352,6 +397,7 @@ def cell_result(
     return {
         "workload": workload,
         "batch": batch,
+        "requests": requests,  # in rounds of `batch`: the whole workload at least once
         "proposer": proposer,
         "baseline": base.to_dict(),
         "speculative": spec.to_dict(),
