@@ -129,3 +129,45 @@ def test_engine_config_switches_it(
 def test_q4_weights_are_kept_only_when_asked_for(embedded_path: Path) -> None:
     plain = load_model_files(embedded_path, dtype=torch.bfloat16, check_memory=False)
     assert plain.q4_weights == {}
+
+
+@needs_kernel
+def test_a_token_decoded_beside_prompt_tokens_is_computed_as_in_a_decode_only_step(
+    embedded_model: LoadedModel,
+) -> None:
+    """Greedy text does not depend on other requests' arrivals: a decode that shares its step
+    with prompt chunks reads the Q4_1 route as a decode-only step would (ModelRunner
+    `_decodes_apart`), so its log-probabilities are the same to the last bit."""
+    params = SamplingParams(max_tokens=20, temperature=0.0, logprobs=3)
+    prompt = "The three primary colours are"
+    others = [
+        f"Request {i}: tell me about the history of the printing press in Europe. " * 6
+        for i in range(3)
+    ]
+
+    def decode(arrivals: list[str]) -> tuple[list[tuple[int, float]], int]:
+        config = EngineConfig(num_kv_blocks=512, max_num_batched_tokens=48)
+        model = build_model(embedded_model.config, config, embedded_model.state_dict)
+        model.attach_q4_weights(embedded_model.q4_weights)
+        engine = Engine(model, embedded_model.tokenizer, config, model_name="smollm2")
+        rid = engine.add_request(prompt, params)
+        got: list[tuple[int, float]] = []
+        # Its prompt runs alone in both cases; the others arrive once it decodes.
+        while not got:
+            got += [(lp.token_id, lp.logprob) for o in engine.step() for lp in o.logprobs or []]
+        for text in arrivals:
+            engine.add_request(text, SamplingParams(max_tokens=2, temperature=0.0))
+        before = engine.stats.total_steps
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.request_id == rid:
+                    got += [(lp.token_id, lp.logprob) for lp in out.logprobs or []]
+        steps = engine.stats.recent(engine.stats.total_steps - before)
+        mixed = sum(1 for s in steps if s.num_decode_tokens and s.num_prefill_tokens)
+        return got, mixed
+
+    alone, none_mixed = decode([])
+    beside, mixed = decode(others)
+    assert none_mixed == 0 and mixed >= 5  # the prompts ran in chunks beside its decodes
+    assert len(alone) == len(beside) == params.max_tokens
+    assert beside == alone

@@ -21,6 +21,7 @@ from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.cpu_decode_stack import CpuDecodeStack
 from tokenfactory.engine.scheduler import SchedulerOutput
 from tokenfactory.engine.step_inputs import build_step_inputs, ship
+from tokenfactory.kernels import q4_linear
 from tokenfactory.models.llama import LlamaForCausalLM
 
 
@@ -44,6 +45,12 @@ class ModelRunner:
         self.attention = self.backends.attention
         self.ops = self.backends.ops
         self.decode_stack: CpuDecodeStack | None = None
+        # Decode steps read stored Q4_1 weights here (on int8 activations): a token decoded
+        # beside prompt tokens must read them too, or its rounding would depend on the step.
+        # So a step with prompt tokens runs its decodes apart (`_decodes_apart`).
+        self.decodes_apart = (
+            self.device.type == "cpu" and model.row_exact_decode_rows() is not None
+        )
         if name == "cpu" and config.cpu_decode_stack:
             scale = self.attention.scale
             head_dim = model.config.head_dim or 1
@@ -88,6 +95,9 @@ class ModelRunner:
     def execute(self, step: SchedulerOutput) -> torch.Tensor:
         """Run one step; logits [N, vocab] for the rows that sample, in chunk order (one per
         sampling chunk, 1 + its draft for a chunk that verifies one)."""
+        apart = self._decodes_apart(step)
+        if apart is not None:
+            return torch.cat([self.execute(part) for part in apart])
         inputs = build_step_inputs(step, self.block_size)
         if (
             inputs.is_decode_only
@@ -106,3 +116,23 @@ class ModelRunner:
         if len(inputs.sample_rows) != hidden.shape[0]:
             hidden = hidden.index_select(0, dev["sample_rows"])
         return self.model.compute_logits(hidden, decode)
+
+    def _decodes_apart(self, step: SchedulerOutput) -> tuple[SchedulerOutput, ...] | None:
+        """A step of decodes and prompt chunks, as two steps run one after the other: its
+        decodes alone (the decode path a decode-only step of them takes), then its prompt
+        chunks. Only where decode steps read the Q4_1 route: each decoded token is then
+        computed with the same kernels and roundings whatever prompt tokens share its step, so
+        greedy text does not depend on when other requests arrive. Sequences never read each
+        other's K/V, so the split changes nothing else. The logits keep the step's order
+        (decodes lead it)."""
+        if not self.decodes_apart or step.num_prefill_tokens == 0:
+            return None
+        n = 0
+        while n < len(step.chunks) and (step.chunks[n].is_decode or step.chunks[n].draft):
+            n += 1
+        rows = sum(1 + len(c.draft) for c in step.chunks[:n])
+        if n == 0 or n == len(step.chunks) or not q4_linear.reads_q4(rows):
+            return None
+        decodes = SchedulerOutput(step.chunks[:n], [], 0, rows)
+        prompts = SchedulerOutput(step.chunks[n:], [], step.num_prefill_tokens, 0)
+        return decodes, prompts
