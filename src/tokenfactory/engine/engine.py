@@ -367,10 +367,11 @@ class Engine:
         row costs about what a decode does."""
         room = None
         if self.max_exact_rows is not None:
-            if plan.num_prefill_tokens:
-                # A step with prompt tokens runs every row through the prompt path, where a
-                # row's result depends on how many rows there are: drafts would change how
-                # the prompt's K/V round.
+            if plan.num_prefill_tokens and not self.runner.decodes_apart:
+                # Every row of this step would run through the prompt path, where a row's
+                # result depends on how many rows there are: drafts would change how the
+                # prompt's K/V round. (Where the runner runs a step's decodes apart, as a
+                # decode-only step, its prompt chunks round the same with or without them.)
                 return []
             room = self.max_exact_rows - sum(1 for c in plan.chunks if c.is_decode)
         requests = []
