@@ -49,10 +49,9 @@ def test_the_step_log_records_each_served_step_and_not_the_probe(fcfs_server):
 def test_32_concurrent_streams_all_correct_and_ledger_matches(policy, request):
     # The default server runs `tier`. Greedy text is not compared with the request made alone:
     # under either policy, requests arriving together share steps in other compositions than
-    # alone, and a token decoded in a mixed step (alongside prompt tokens) reads the bf16
-    # weights, one in a decode-only step the Q4_1 weights with int8 activations, so a near tie
-    # on this small quantized model can flip (docs/engine.md). Decode-only batches are
-    # row-exact: tests/e2e/test_embedded_engine.py compares them with requests made alone.
+    # alone, and a prompt's own tokens round differently with the rows beside them (and on a
+    # prefix-cache hit), so a near tie on this small quantized model can flip (docs/engine.md).
+    # Decodes are row-exact whatever shares their step: tests/models/test_q4_decode.py.
     name = "factory_server" if policy == "tier" else "fcfs_server"
     factory_server = request.getfixturevalue(name)
     client = openai.AsyncOpenAI(

@@ -13,8 +13,8 @@ What it costs: the embedded model's perplexity on the shipped text is 0.6% highe
 layer linear on this route than on the bf16 weights (docs/performance.md). Every row of a call
 is computed alone: M rows give bit for bit what M one-row calls give, whatever M (up to 16
 rows share each loaded block, more go in passes of 16).
-The bf16 weights stay too: prompt and mixed steps, and decode steps of more than
-`decode_max_rows()` rows, run on them.
+The bf16 weights stay too: prompt chunks, and decode steps of more than `decode_max_rows()`
+rows, run on them (a step with both runs its decodes apart: engine.runner).
 
 `Q4Weight.from_gguf_blocks` builds the kernel's layout from a tensor's raw GGUF blocks;
 `LlamaForCausalLM.attach_q4_weights` hands them to the linears.
