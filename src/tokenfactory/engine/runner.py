@@ -7,6 +7,8 @@ steps may go through `cuda_graphs.DecodeGraphRunner` (static buffers, batch padd
 bucket, a captured graph replayed where CUDA allows), which calls the same forward. On the
 native CPU backend, decode steps whose linears read Q4_1 run the forward's layers as one
 native call (`cpu_decode_stack`): the same kernels and results, without the per-op Python.
+There, a step that also computes prompt tokens runs its decodes apart first, as a decode-only
+step (`_decodes_apart`), so a decoded token rounds the same whatever shares its step.
 """
 
 from __future__ import annotations
