@@ -56,6 +56,18 @@ def test_first_difference() -> None:
     assert [(m.prompt, m.index, m.first_difference) for m in out] == [("b", 1, 1)]
 
 
+def test_lookup_potential_drafts_deeper_after_a_whole_draft_was_accepted() -> None:
+    context = list(range(100, 140))
+    shallow = lookup_potential([context], [context[:30]], k=1)
+    rule = lookup_potential([context], [context[:30]], k=1, k_after_full=6)
+    assert rule.tokens == shallow.tokens == 29
+    assert shallow.steps == 15 and rule.steps < shallow.steps
+    assert rule.acceptance == 1.0
+    # No whole draft accepted: the rule never applies.
+    fresh = lookup_potential([context], [list(range(500, 530))], k=1, k_after_full=6)
+    assert fresh == lookup_potential([context], [list(range(500, 530))], k=1)
+
+
 def test_cell_rounds_cover_the_whole_workload() -> None:
     assert cell_rounds(10, 1) == [[i] for i in range(10)]
     assert cell_rounds(10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]

@@ -255,16 +255,25 @@ class LookupPotential:
         return self.tokens / self.steps if self.steps else 0.0
 
 
-def lookup_potential(prompts: list[list[int]], outputs: list[list[int]], k: int) -> LookupPotential:
+def lookup_potential(
+    prompts: list[list[int]],
+    outputs: list[list[int]],
+    k: int,
+    k_after_full: int | None = None,
+) -> LookupPotential:
     """Replay each output step by step with an n-gram draft of up to k tokens (the proposer's
-    own lookup), keeping the drafted tokens the output really continues with."""
+    own lookup), keeping the drafted tokens the output really continues with. With
+    `k_after_full`, a step right after one whose whole draft was accepted drafts up to that
+    many instead (a depth rule that follows the last step's outcome)."""
     ngram = NgramProposer()
     drafted = accepted = steps = tokens = 0
     for prompt, output in zip(prompts, outputs, strict=True):
         t = 1  # the first output token comes from the prompt's step
+        full = False  # the last step's draft was accepted whole
         while t < len(output):
+            depth = k_after_full if full and k_after_full is not None else k
             context = prompt + output[:t]
-            draft = lookup(context, min(k, len(output) - t - 1), ngram.max_n, ngram.min_n)
+            draft = lookup(context, min(depth, len(output) - t - 1), ngram.max_n, ngram.min_n)
             a = 0
             while a < len(draft) and draft[a] == output[t + a]:
                 a += 1
@@ -273,6 +282,7 @@ def lookup_potential(prompts: list[list[int]], outputs: list[list[int]], k: int)
             steps += 1
             tokens += a + 1
             t += a + 1
+            full = bool(draft) and a == len(draft)
     return LookupPotential(drafted, accepted, steps, tokens)
 
 
