@@ -64,40 +64,28 @@ def round_blocks(weight: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
 
 
 def block_weights(fp8_model: LlamaForCausalLM, bf16_model: LlamaForCausalLM) -> int:
-    """`weights_only`, but each weight rounded per block from `bf16_model`'s weight (scaled
-    as the smoothing scaled the FP8 one: the FP8 model's norms carry the inverse factor)."""
+    """`weights_only`, but each weight rounded per block from `bf16_model`'s weight, scaled
+    as the smoothing scaled the FP8 one. Its factor per input column is the norm that feeds
+    the linear: its bf16 weight over the smoothed one (none where nothing was smoothed)."""
     source = dict(bf16_model.named_modules())
+    target = dict(fp8_model.named_modules())
+    norm_of = {"qkv_proj": "input_layernorm", "gate_up_proj": "post_attention_layernorm"}
     count = 0
-    for name, m in fp8_model.named_modules():
+    for name, m in target.items():
         if not (isinstance(m, llama.Linear) and m.fp8 is not None):
             continue
-        plain = source[name]
-        assert isinstance(plain, llama.Linear)
-        factor = input_factor(fp8_model, bf16_model, name)
-        weight = plain.weight.detach().float()
-        if factor is not None:
-            weight = weight * factor[None, :]
+        weight = source[name].weight.detach().float()
+        prefix, _, leaf = name.rpartition(".")
+        if leaf in norm_of:
+            norm = f"{prefix}.{norm_of[leaf]}" if prefix else norm_of[leaf]
+            before = source[norm].weight.detach().float()
+            after = target[norm].weight.detach().float()
+            if not torch.equal(before, after):
+                weight = weight * (before / after)[None, :]
         m.weight = torch.nn.Parameter(round_blocks(weight).to(fp8_model.dtype), requires_grad=False)
         m.fp8 = None
         count += 1
     return count
-
-
-def input_factor(
-    fp8_model: LlamaForCausalLM, bf16_model: LlamaForCausalLM, linear_name: str
-) -> torch.Tensor | None:
-    """The smoothing factor of a linear's inputs: its RMSNorm's bf16 weight over the smoothed
-    one (None where no norm feeds it, or nothing was smoothed)."""
-    norm_of = {"qkv_proj": "input_layernorm", "gate_up_proj": "post_attention_layernorm"}
-    prefix, _, leaf = linear_name.rpartition(".")
-    if leaf not in norm_of:
-        return None
-    norm = f"{prefix}.{norm_of[leaf]}" if prefix else norm_of[leaf]
-    before = dict(bf16_model.named_modules())[norm].weight.detach().float()
-    after = dict(fp8_model.named_modules())[norm].weight.detach().float()
-    if torch.equal(before, after):
-        return None
-    return before / after
 
 
 def main() -> None:

@@ -52,8 +52,8 @@ class Linear(nn.Linear):
     """nn.Linear, plus optionally the same weight as stored in a GGUF file (Q4_1), which
     decode steps of the row counts `q4_linear.reads_q4` names read instead: ~2.7x fewer
     bytes, on int8 activations (`kernels.q4_linear`), each row's result independent of the
-    others. Or, after `use_fp8`, the
-    weight in FP8 (e4m3 codes and per-channel scales) for every step."""
+    others. Or, after `use_fp8`, the weight in FP8 (e4m3 codes and per-channel scales) for
+    every step."""
 
     q4: q4_linear.Q4Weight | None = None
     fp8: fp8_linear.Fp8Weight | None = None
