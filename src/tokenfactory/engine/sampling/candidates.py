@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenfactory.engine.sampling.blocks import _topk
-from tokenfactory.engine.sampling.workspace import _index, _scratch
+from tokenfactory.engine.sampling.workspace import _index, _scratch, to_device
 from tokenfactory.engine.sampling_params import SamplingParams
 
 # Candidate-set sizes tried in turn for top-k / top-p rows before a full sort of the row.
@@ -39,7 +39,7 @@ class _Filters:
             for p in params
         ]
         # One host->device copy for all per-row settings.
-        table = torch.tensor(rows, dtype=torch.float32, device=device).view(-1, 4)
+        table = to_device(rows, torch.float32, device).view(-1, 4)
         inv_temp, top_k, top_p, min_p = table.split(1, dim=1)
         return cls(inv_temp, top_k.squeeze(1).long(), top_p, min_p)
 

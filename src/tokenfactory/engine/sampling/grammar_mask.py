@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tokenfactory.engine.sampling.workspace import to_device
+
 _BITS_PER_WORD = 32
 
 
@@ -60,5 +62,5 @@ def apply_grammar_masks(logits: torch.Tensor, masks: GrammarMasks) -> None:
     if n == logits.shape[0]:
         logits.add_(bias)
     else:
-        index = torch.tensor(masks.rows, dtype=torch.long, device=logits.device)
+        index = to_device(masks.rows, torch.long, logits.device)
         logits.index_add_(0, index, bias)

@@ -29,15 +29,26 @@ class SamplerOutput:
     logprobs: list[TokenLogprob | None]  # None where the row's params.logprobs is None
 
 
-def _build_output(
+@dataclass
+class DeviceOutput:
+    """One call's sampled ids as the device holds them, and everything the host needs of it
+    packed in one tensor (`flat`), so a single transfer brings it over (`host_output`)."""
+
+    token_ids: torch.Tensor  # [n] on the device
+    flat: torch.Tensor  # the ids (int64), or ids, chosen and top logprobs (float64)
+    params: list[SamplingParams]
+    lp_rows: list[int]  # rows that want logprobs
+    k: int  # top alternatives carried per logprob row
+
+
+def device_output(
     ids: torch.Tensor, raw: torch.Tensor, params: list[SamplingParams], ws: _Workspace
-) -> SamplerOutput:
-    n = len(params)
+) -> DeviceOutput:
+    """The logprobs the rows ask for, computed on the device; nothing waits for it here."""
     lp_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
     if not lp_rows:
-        return SamplerOutput(token_ids=ids.tolist(), logprobs=[None] * n)
-
-    if len(lp_rows) == n:
+        return DeviceOutput(ids, ids, params, lp_rows, 0)
+    if len(lp_rows) == len(params):
         sub, lp_ids = raw, ids
     else:
         index = _index(lp_rows, raw.device)
@@ -56,10 +67,16 @@ def _build_output(
     parts = [ids.double(), chosen.double()]
     if k:
         parts += [(top_vals - m - log_z).double().flatten(), top_ids.double().flatten()]
-    # One device->host transfer; float64 holds token ids exactly.
-    flat = torch.cat(parts).tolist()
+    # float64 holds token ids exactly.
+    return DeviceOutput(ids, torch.cat(parts), params, lp_rows, k)
 
+
+def host_output(out: DeviceOutput, flat: list) -> SamplerOutput:
+    """The SamplerOutput of `out`, from its `flat` tensor brought to the host as a list."""
+    n, k, lp_rows, params = len(out.params), out.k, out.lp_rows, out.params
     token_ids = [int(t) for t in flat[:n]]
+    if not lp_rows:
+        return SamplerOutput(token_ids=token_ids, logprobs=[None] * n)
     chosen_lp = flat[n : n + len(lp_rows)]
     top_vals_flat = flat[n + len(lp_rows) : n + len(lp_rows) * (1 + k)]
     top_ids_flat = flat[n + len(lp_rows) * (1 + k) :]

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tokenfactory.engine.sampling.blocks import _argmax
 from tokenfactory.engine.sampling.candidates import CANDIDATE_TIERS, _candidate_groups, _Filters
 from tokenfactory.engine.sampling.grammar_mask import GrammarMasks, apply_grammar_masks
-from tokenfactory.engine.sampling.logprobs import SamplerOutput, _build_output
+from tokenfactory.engine.sampling.logprobs import DeviceOutput, SamplerOutput, device_output
 from tokenfactory.engine.sampling.penalties import _apply_penalties
+from tokenfactory.engine.sampling.pending import PendingSample
 from tokenfactory.engine.sampling.race import _log_noise, _race_blocks
 from tokenfactory.engine.sampling.row import SamplingRow
 from tokenfactory.engine.sampling.workspace import _index, _Workspace
@@ -77,6 +78,16 @@ class Sampler:
     ) -> SamplerOutput:
         """`grammar_masks`: constrained rows' masks, applied to `logits` in place first (so
         logprobs describe the model's distribution over the tokens the grammar allows)."""
+        return self.launch(logits, seqs, grammar_masks).result()
+
+    def launch(
+        self,
+        logits: torch.Tensor,
+        seqs: Sequence[SamplingRow],
+        grammar_masks: GrammarMasks | None = None,
+    ) -> PendingSample:
+        """As `__call__`, with the result left on the device until asked for: on CUDA nothing
+        here waits for the device (the rows' kinds and parameters are host data)."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(
                 f"logits must be [num_seqs={len(seqs)}, vocab], got {tuple(logits.shape)}"
@@ -84,19 +95,15 @@ class Sampler:
         with self._lock, _intra_op_threads(self._num_threads):
             if grammar_masks is not None:
                 apply_grammar_masks(logits, grammar_masks)
-            if len(seqs) <= CHUNK_ROWS:
-                return self._sample_chunk(logits, seqs)
             # Row chunks keep each pass's working set in cache: one pass over 256 x 49152
             # float32 logits streams 50 MB, and the pipeline makes several.
-            out = SamplerOutput(token_ids=[], logprobs=[])
-            for start in range(0, len(seqs), CHUNK_ROWS):
-                end = start + CHUNK_ROWS
-                part = self._sample_chunk(logits[start:end], seqs[start:end])
-                out.token_ids += part.token_ids
-                out.logprobs += part.logprobs
-            return out
+            parts = [
+                self._sample_chunk(logits[i : i + CHUNK_ROWS], seqs[i : i + CHUNK_ROWS])
+                for i in range(0, len(seqs), CHUNK_ROWS)
+            ]
+            return PendingSample(parts)
 
-    def _sample_chunk(self, logits: torch.Tensor, seqs: Sequence[SamplingRow]) -> SamplerOutput:
+    def _sample_chunk(self, logits: torch.Tensor, seqs: Sequence[SamplingRow]) -> DeviceOutput:
         params = [s.params for s in seqs]
         # `raw` may alias the caller's tensor: nothing below writes to it.
         raw = logits.float()
@@ -108,7 +115,7 @@ class Sampler:
             ids = _argmax(x)
         else:
             ids = self._sample(x, seqs)
-        return _build_output(ids, raw, params, self._ws)
+        return device_output(ids, raw, params, self._ws)
 
     def _take(self, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """Rows of x (x itself when that is all of them: then read-only)."""

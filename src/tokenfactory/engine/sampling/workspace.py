@@ -25,8 +25,18 @@ class _Workspace:
         return buf[: rows * cols].view(rows, cols)
 
 
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values as a tensor on `device`. To CUDA through pinned memory without blocking:
+    a plain copy would wait for all the work queued before it (the step's forward, or with
+    asynchronous scheduling the next step's too)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def _index(rows: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.long, device=device)
+    return to_device(rows, torch.long, device)
 
 
 def _scratch(work: torch.Tensor | None, rows: int) -> torch.Tensor | None:
