@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one go, about 9 minutes on one H100/H200, no network. Parts, most wanted
+# The GPU check in one go, about 10 minutes on one H100/H200, no network. Parts, most wanted
 # first, each with its own time limit and JSON in the output directory; a part that fails or
 # runs out of time is recorded in parts.json and the next one runs anyway:
 #
@@ -8,17 +8,20 @@
 #                   measured in the same run, prefill of 2k-token prompts, offline 256
 #                   requests with input and output uniform in 100..1024 (engine-cuda.json,
 #                   bench/gpu_check.json)
-#   2. fp8_decode   single-user decode, FP8 weights against bf16, and both weight sizes
+#   2. async        asynchronous scheduling against steps one at a time: 96 offline
+#                   requests (input and output 100..512) in each mode on one engine, and
+#                   greedy tokens compared (tools/async_scheduling_check.py; async_check.json)
+#   3. fp8_decode   single-user decode, FP8 weights against bf16, and both weight sizes
 #                   (fp8_decode.json; aim 1.7x)
-#   3. tier_check   fcfs, priority and tier on one engine in process, gpu tier preset
+#   4. tier_check   fcfs, priority and tier on one engine in process, gpu tier preset
 #                   (gpu_tier_check.json)
-#   4. correctness  the CUDA engine's logits against CPU float32, batch invariance, prefix
+#   5. correctness  the CUDA engine's logits against CPU float32, batch invariance, prefix
 #                   cache, CUDA graphs against eager (correctness/gpu_check.json)
-#   5. pytest_gpu   the GPU tests (pytest/gpu_check.json, pytest/pytest_gpu.log)
+#   6. pytest_gpu   the GPU tests (pytest/gpu_check.json, pytest/pytest_gpu.log)
 #
 # Needs only PyTorch with CUDA, Triton and numpy/rich/pydantic (none of the server's
 # dependencies). Limits in seconds can be changed through the environment (BENCH_8B_S,
-# FP8_DECODE_S, TIER_CHECK_S, CORRECTNESS_S, PYTEST_GPU_S), and FP8_DECODE_ARGS /
+# ASYNC_S, FP8_DECODE_S, TIER_CHECK_S, CORRECTNESS_S, PYTEST_GPU_S), and FP8_DECODE_ARGS /
 # TIER_CHECK_ARGS add arguments to those parts (e.g. "--model embedded --device cpu" for a
 # dry run on a CPU).
 #
@@ -70,6 +73,9 @@ run_part bench_8b "$((bench_s + 20))" \
     "$PY" -m tokenfactory.bench.gpu_check --out "$out" --skip small --skip real \
     --skip pytest --budget-s "$bench_s"
 mkdir -p "$out/bench" && mv -f "$out/gpu_check.json" "$out/bench/" 2>/dev/null
+run_part async "${ASYNC_S:-75}" \
+    "$PY" tools/async_scheduling_check.py --random-weights llama-3.1-8b --device cuda \
+    --requests 96 --input-len 100..512 --output-len 100..512 --out "$out"
 run_part fp8_decode "${FP8_DECODE_S:-80}" \
     "$PY" tools/fp8_decode_check.py --out "$out" --context 1024 --steps 32 \
     ${FP8_DECODE_ARGS:-}

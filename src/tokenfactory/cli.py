@@ -79,6 +79,15 @@ DraftModelOpt = Annotated[
                  "sharing the model's tokenizer"),
 ]
 
+AsyncOpt = Annotated[
+    bool,
+    typer.Option(
+        "--async-scheduling",
+        help="Plan and queue each step before the last one's tokens reach the host, so a "
+        "GPU's step overlaps the host's work (not with --speculation)",
+    ),
+]
+
 
 def _quantization(value: str | None) -> str | None:
     from tokenfactory.engine.config import QUANTIZATIONS
@@ -99,11 +108,18 @@ QuantizationOpt = Annotated[
 
 
 def _speculation(
-    speculation: str | None, num_tokens: int, draft_model: str | None
+    speculation: str | None,
+    num_tokens: int,
+    draft_model: str | None,
+    async_scheduling: bool = False,
 ) -> dict[str, object]:
-    """EngineConfig fields for the speculation options (a draft model implies `draft`)."""
+    """EngineConfig fields for the speculation and scheduling options (a draft model implies
+    `draft`)."""
     if draft_model and speculation is None:
         speculation = "draft"
+    if async_scheduling and (speculation or draft_model):
+        err.print("[red]error:[/red] --async-scheduling does not combine with --speculation yet")
+        raise typer.Exit(2)
     if speculation is not None and speculation not in ("ngram", "draft"):
         err.print(f"[red]error:[/red] --speculation must be ngram or draft, not {speculation!r}")
         raise typer.Exit(2)
@@ -114,6 +130,7 @@ def _speculation(
         "speculation": speculation,
         "num_speculative_tokens": num_tokens,
         "draft_model": draft_model,
+        "async_scheduling": async_scheduling,
     }
 
 
@@ -350,6 +367,7 @@ def serve(
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
     quantization: QuantizationOpt = None,
+    async_scheduling: AsyncOpt = False,
     replicas: Annotated[
         int,
         typer.Option(
@@ -388,7 +406,7 @@ def serve(
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=max_num_seqs,
         policy=policy, quantization=quantization,
-        **_speculation(speculation, num_speculative_tokens, draft_model),
+        **_speculation(speculation, num_speculative_tokens, draft_model, async_scheduling),
     )
     opts = ServeOptions(
         model=model,
@@ -458,6 +476,7 @@ def bench_engine(
     num_speculative_tokens: SpecTokensOpt = 4,
     draft_model: DraftModelOpt = None,
     quantization: QuantizationOpt = None,
+    async_scheduling: AsyncOpt = False,
 ) -> None:
     """Offline throughput, a decode sweep over batch sizes, prefill speed, against the roofline;
     with --speculation, the chat and agent workloads with speculation off and on."""
@@ -466,7 +485,8 @@ def bench_engine(
 
     config = _engine_config(
         device, dtype, kv_cache_gb, max_model_len, threads, max_num_seqs=512, seed=seed,
-        quantization=quantization, **_speculation(speculation, num_speculative_tokens, draft_model),
+        quantization=quantization,
+        **_speculation(speculation, num_speculative_tokens, draft_model, async_scheduling),
     )
     engine = _load_engine(model, random_weights, config)
     cpu = engine.device.type == "cpu"

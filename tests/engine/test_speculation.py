@@ -334,9 +334,9 @@ def test_verify_rows_run_through_the_static_decode_buffers():
     seen: list[int] = []
     run = graphs.run
 
-    def counting(inputs):
+    def counting(inputs, fill=None):
         seen.append(inputs.num_decodes)
-        return run(inputs)
+        return run(inputs, fill)
 
     graphs.run = counting
     _check_same(ref, engine.generate(batch, params))

@@ -78,3 +78,34 @@ def test_decode_kernel_splits_agree(batch):
     for s in (2, 8, 16):
         torch.testing.assert_close(paged_decode(q, k, v, bt, lens, 0.125, splits=s), one,
                                    atol=2e-2, rtol=2e-2)  # fmt: skip
+
+
+def test_async_scheduling_on_cuda_changes_no_token():
+    """The next step queued before this one's tokens reach the host (pinned copies, an event
+    per step, decode inputs from the device, captured graphs): the same tokens and logprobs."""
+    from tests.engine.engine_fixtures import prompts, tiny_engine
+    from tokenfactory.engine.sampling_params import SamplingParams
+
+    batch = prompts(8, seed=4)
+    params = [
+        SamplingParams(
+            temperature=0.8 if i % 2 else 0.0,
+            seed=i,
+            max_tokens=6 + 3 * i,
+            ignore_eos=True,
+            logprobs=1,
+        )
+        for i in range(8)
+    ]
+    weights = {k: v.cuda() for k, v in tiny_engine().model.state_dict().items()}
+    results = []
+    for mode in (False, True):
+        engine = tiny_engine(device="cuda", async_scheduling=mode)
+        engine.model.load_state_dict(weights)
+        results.append(engine.generate(batch, params))
+        assert sum(s.ran_ahead for s in engine.stats.recent()) > (10 if mode else -1)
+    for a, b in zip(*results, strict=True):
+        assert a.token_ids == b.token_ids
+        assert [x.logprob for x in a.logprobs] == pytest.approx(
+            [x.logprob for x in b.logprobs], abs=1e-4
+        )

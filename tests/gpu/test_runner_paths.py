@@ -148,3 +148,27 @@ def test_gpu_check_script_dry_run_on_cpu(monkeypatch):
     assert gpu_check._verdict(
         {"small_random": {**out, "graphs_vs_eager": {**g, "graphs_captured": True}}}
     )
+
+
+@needs_triton
+@interpreted
+def test_async_scheduling_through_triton_and_the_static_buffers():
+    """Decodes reading the step before's sampled ids on the device (`TokenFill`), written into
+    the static input buffers the CUDA graphs replay."""
+    batch = prompts(4, seed=6, lo=5, hi=40)
+    params = [
+        SamplingParams(
+            temperature=0.8 if i % 2 else 0.0,
+            seed=i,
+            max_tokens=5 + 2 * i,
+            ignore_eos=True,
+            logprobs=0,
+        )
+        for i in range(4)
+    ]
+    ref = tiny_engine(attention_backend="triton", static_decode=True).generate(batch, params)
+    engine = tiny_engine(attention_backend="triton", static_decode=True, async_scheduling=True)
+    got = engine.generate(batch, params)
+    _same(got, ref)
+    assert sum(s.ran_ahead for s in engine.stats.recent()) > 5
+    assert_no_leaks(engine)

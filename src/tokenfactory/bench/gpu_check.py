@@ -63,11 +63,11 @@ class LogitRecorder:
         self.rows: dict[str, list[torch.Tensor]] = {}
         engine.sampler = self  # type: ignore[assignment]
 
-    def __call__(self, logits: torch.Tensor, seqs: list) -> Any:
+    def launch(self, logits: torch.Tensor, seqs: list, grammar_masks: Any = None) -> Any:
         cpu = logits.detach().to("cpu", torch.float32, copy=True)  # graph buffers get reused
         for i, seq in enumerate(seqs):
             self.rows.setdefault(seq.request_id, []).append(cpu[i])
-        return self.inner(logits, seqs)
+        return self.inner.launch(logits, seqs, grammar_masks)
 
 
 # A dry run on CPU (tests) swaps these for the torch backend over the same static buffers.

@@ -49,6 +49,10 @@ class EngineConfig:
     speculation: str | None = None
     num_speculative_tokens: int = 4
     draft_model: str | None = None  # a GGUF file or Hugging Face directory, like --model
+    # Asynchronous scheduling (docs/engine.md): plan and queue the next step before this one's
+    # tokens reach the host, so on a GPU the host's work overlaps the device's. Not with
+    # speculation (a draft's accepted count is needed to plan on).
+    async_scheduling: bool = False
     # Weight quantization at load (docs/engine.md): None keeps the dtype's weights; "fp8" stores
     # the layer linears (and an untied lm_head) as float8 e4m3 with per-channel scales.
     quantization: str | None = None
@@ -74,5 +78,7 @@ class EngineConfig:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError("quantization must be fp8 (or None: the dtype's weights)")
+        if self.async_scheduling and self.speculation is not None:
+            raise ValueError("async_scheduling does not combine with speculation yet")
         if self.speculation == "draft" and not self.draft_model:
             raise ValueError("speculation='draft' needs draft_model (a model path)")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tokenfactory.engine.attention import AttentionMetadata
-from tokenfactory.engine.step_inputs import StepInputs, ship
+from tokenfactory.engine.step_inputs import StepInputs, TokenFill, ship
 
 if TYPE_CHECKING:
     from tokenfactory.engine.runner import ModelRunner
@@ -108,8 +108,9 @@ class DecodeGraphRunner:
             len(self.graphs), self.buckets, self.capture_seconds,
         )  # fmt: skip
 
-    def run(self, inputs: StepInputs) -> torch.Tensor:
-        """Logits [n, vocab] of a decode-only step (valid until the next step)."""
+    def run(self, inputs: StepInputs, fill: TokenFill | None = None) -> torch.Tensor:
+        """Logits [n, vocab] of a decode-only step (valid until the next step); `fill`: input
+        tokens still on the device (`ModelRunner.execute`)."""
         n = inputs.num_decodes
         b = self.bucket(n)
         w = inputs.decode_width
@@ -128,6 +129,8 @@ class DecodeGraphRunner:
             self.runner.device,
         )
         self.ids[:b].copy_(dev["ids"])
+        if fill is not None:
+            fill.apply(self.ids)
         self.positions[:b].copy_(dev["positions"])
         self.slots[:b].copy_(dev["slots"])
         self.context_lens[:b].copy_(dev["context_lens"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import torch
+import numpy as np
 
 from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.block_manager import BlockManager
@@ -28,15 +28,17 @@ from tokenfactory.engine.hardware import resolve_device
 from tokenfactory.engine.model_setup import build_model, fp8_calibration_ids, kv_cache_blocks
 from tokenfactory.engine.outputs import Completion, RequestOutput
 from tokenfactory.engine.runner import ModelRunner
-from tokenfactory.engine.sampling.logprobs import TokenLogprob
+from tokenfactory.engine.sampling.logprobs import SamplerOutput, TokenLogprob
+from tokenfactory.engine.sampling.pending import PendingSample
 from tokenfactory.engine.sampling.sampler import Sampler
 from tokenfactory.engine.sampling_params import SamplingParams
-from tokenfactory.engine.scheduler import Scheduler, SchedulerOutput
+from tokenfactory.engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from tokenfactory.engine.sequence import FinishReason, Sequence
 from tokenfactory.engine.speculation.factory import make_proposer
 from tokenfactory.engine.speculation.proposer import DraftRequest, Proposer
 from tokenfactory.engine.speculation.verify import DraftRow, accepted_length, sample_rows
 from tokenfactory.engine.stats import StatsLog
+from tokenfactory.engine.step_inputs import TokenFill
 from tokenfactory.engine.stop_checker import CONTINUE, StopChecker, StopDecision
 from tokenfactory.models.config import ModelConfig
 from tokenfactory.models.llama import LlamaForCausalLM
@@ -60,6 +62,33 @@ class _RequestState:
     # seq.output_token_ids, so preemption and recompute need no replay).
     matcher: GrammarMatcher | None = None
 
+
+@dataclass
+class _NewTokens:
+    """Tokens a step appended to one request, from output index `base` on."""
+
+    seq: Sequence
+    tokens: list[int]
+    logprobs: list[TokenLogprob | None]
+    base: int
+
+
+@dataclass
+class _LaunchedStep:
+    """A step whose model work and sampling are queued; its tokens come to the host at
+    `Engine._resolve`. `ahead`: its progress was advanced at launch and each sampling
+    request holds a placeholder for its token (asynchronous scheduling)."""
+
+    plan: SchedulerOutput
+    sample: PendingSample | None  # None: no row sampled
+    started: float
+    planned: float
+    ahead: bool
+
+
+# Stands for a token a step in flight sampled, until it reaches the host: never a real id,
+# and a decode that would read it reads the sampled id on the device (`TokenFill`).
+PLACEHOLDER_TOKEN = -1
 
 # A grammar that can take no more text ends its request as EOS would.
 _GRAMMAR_COMPLETE = StopDecision(finished=True, reason=FinishReason.STOP, stop_reason=None)
@@ -113,6 +142,7 @@ class Engine:
         self._grammars: GrammarCache | None = None
         self._grammar_masks: MaskBuilder | None = None
         self.step_prior: StepCoefficients | None = None  # see set_step_prior
+        self._in_flight: _LaunchedStep | None = None  # asynchronous scheduling: see step
 
     # -- construction ----------------------------------------------------------------------
 
@@ -172,6 +202,7 @@ class Engine:
             self.num_kv_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
         self.scheduler = self._make_scheduler(policy)
+        self._in_flight = None  # nothing is unfinished: its requests were all aborted
         if self.step_prior is not None:
             policy.set_step_prior(self.step_prior)
 
@@ -288,35 +319,130 @@ class Engine:
     # -- the step --------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one iteration: schedule, compute, sample, detokenize, stop. Returns deltas."""
+        """Run one iteration: schedule, compute, sample, detokenize, stop. Returns deltas.
+
+        With `config.async_scheduling` a step whose tokens the next plan does not need on the
+        host stays in flight: the next call plans and queues its successor first (whose
+        decodes read those tokens on the device), then brings its tokens over and returns
+        their deltas. So deltas come one call later, and on a GPU the host's planning and
+        input building overlap the device's step."""
+        outputs: list[RequestOutput | None] = []
+        ahead, self._in_flight = self._in_flight, None
         started = time.monotonic()
         plan = self.scheduler.schedule(started)
         planned = time.monotonic()
-        outputs = [self._finished_by_scheduler(seq, started) for seq in plan.finished]
+        launched = None if plan.is_empty else self._launch(plan, started, planned, ahead)
+        if ahead is not None:
+            outputs += self._resolve(ahead)
+        # After `ahead`: a request it ended is reported once, with its last tokens.
+        outputs += [self._finished_by_scheduler(seq, started) for seq in plan.finished]
         outputs += [self._finished_by_scheduler(s.seq, started, s.retry_after_s) for s in plan.shed]
-        if plan.is_empty:
-            return outputs
+        if launched is not None:
+            if launched.ahead:
+                self._in_flight = launched
+            else:
+                outputs += self._resolve(launched)
+        return [o for o in outputs if o is not None]
+
+    def _launch(
+        self,
+        plan: SchedulerOutput,
+        started: float,
+        planned: float,
+        ahead: _LaunchedStep | None,
+    ) -> _LaunchedStep:
+        """Queue the step's model work and sampling; a step that may run ahead (see
+        `_runs_ahead`) advances its progress now, its new tokens held by placeholders."""
         if self.proposer is not None and plan.speculating:
             plan.attach_drafts(self.proposer.propose(self._draft_requests(plan)))
         masks = self._start_grammar_masks(plan)
+        fill = self._token_fill(plan, ahead)
         try:
-            logits = self.runner.execute(plan)
+            logits = self.runner.execute(plan, fill)
         except BaseException:
             if masks is not None:
                 masks.result()  # the worker must be done with the matchers before they move on
             raise
-        emitted = self._sample(plan, logits, masks)
-        self.scheduler.on_step_done(plan)
+        sampled = self._sampling_rows(plan)
+        pending = None
+        if sampled:
+            rows: list[Sequence | DraftRow] = []
+            for c in sampled:
+                rows += sample_rows(c.seq, c.draft) if c.draft else [c.seq]
+            grammar = None if masks is None else masks.result()
+            pending = self.sampler.launch(logits, rows, grammar)
+        runs_ahead = pending is not None and self._runs_ahead(plan)
+        if runs_ahead:
+            for c in sampled:
+                c.seq.output_token_ids.append(PLACEHOLDER_TOKEN)
+            self.scheduler.on_step_launched(plan)
+        return _LaunchedStep(plan, pending, started, planned, runs_ahead)
+
+    def _runs_ahead(self, plan: SchedulerOutput) -> bool:
+        """Whether the next plan may be made before this step's tokens reach the host: with
+        asynchronous scheduling, unless a request needs them there first (a grammar's mask
+        or penalties read them) or a draft makes the count of new tokens unknown."""
+        if not self.config.async_scheduling:
+            return False
+        for c in plan.chunks:
+            if c.draft:
+                return False
+            if c.samples:
+                state = self._requests.get(c.seq.request_id)
+                if state is None or state.matcher is not None or c.seq.params.has_penalties:
+                    return False
+        return True
+
+    @staticmethod
+    def _sampling_rows(plan: SchedulerOutput) -> list[ScheduledChunk]:
+        return [c for c in plan.chunks if c.samples]
+
+    def _token_fill(self, plan: SchedulerOutput, ahead: _LaunchedStep | None) -> TokenFill | None:
+        """Decodes of `plan` whose input token `ahead` sampled and the host does not hold
+        yet: they read it from `ahead`'s sampled ids on the device."""
+        if ahead is None or ahead.sample is None:
+            return None
+        source = {c.seq: i for i, c in enumerate(self._sampling_rows(ahead.plan))}
+        rows, source_rows = [], []
+        for row, c in enumerate(plan.chunks):  # decodes lead a step, one row each
+            if not c.is_decode or c.draft:
+                break
+            i = source.get(c.seq)
+            if i is not None and c.seq.output_token_ids[-1] == PLACEHOLDER_TOKEN:
+                rows.append(row)
+                source_rows.append(i)
+        if not rows:
+            return None
+        return TokenFill(
+            np.array(rows, dtype=np.int64),
+            np.array(source_rows, dtype=np.int64),
+            ahead.sample.token_ids,
+        )
+
+    def _resolve(self, launched: _LaunchedStep) -> list[RequestOutput]:
+        """Bring a launched step's tokens to the host: append them (for a step that ran
+        ahead, in place of its placeholders), advance progress, stop checks, text, stats."""
+        plan = launched.plan
+        emitted = []
+        if launched.sample is not None:
+            emitted = self._accept(plan, launched.sample.result(), launched.ahead)
+        if launched.ahead:
+            self.scheduler.on_step_resolved(plan)
+        else:
+            self.scheduler.on_step_done(plan)
         now = time.monotonic()
-        for seq, tokens, logprobs in emitted:
-            outputs.append(self._postprocess(seq, tokens, logprobs, now))
+        outputs = [self._postprocess(new, now) for new in emitted]
         if self.proposer is not None:
             self.proposer.retain(self._requests)
         kv_read = sum(c.start + c.num_tokens for c in plan.chunks)
-        sampled = [c for c in plan.chunks if c.samples]
+        sampled = self._sampling_rows(plan)
+        ended = time.monotonic()
+        if launched.ahead and launched.sample is not None:
+            # Not when its successor was planned and run: when its tokens were ready.
+            ended = launched.sample.ready_at or ended
         step_stats = StepStats(
-            started_at=started,
-            duration_s=time.monotonic() - started,
+            started_at=launched.started,
+            duration_s=ended - launched.started,
             num_seqs=len(plan.chunks),
             num_decode_tokens=plan.num_decode_tokens,
             num_prefill_tokens=plan.num_prefill_tokens,
@@ -326,9 +452,10 @@ class Engine:
             num_waiting=self.scheduler.num_waiting,
             num_running=self.scheduler.num_running,
             kv_usage=self.block_manager.usage,
-            schedule_s=planned - started,
+            schedule_s=launched.planned - launched.started,
             num_draft_tokens=plan.num_draft_tokens,
             num_accepted_tokens=sum(c.num_accepted for c in sampled),
+            ran_ahead=launched.ahead,
         )
         self.stats.record(step_stats)
         self.scheduler.record_step(step_stats)
@@ -336,10 +463,13 @@ class Engine:
 
     def _finished_by_scheduler(
         self, seq: Sequence, now: float, retry_after_s: float | None = None
-    ) -> RequestOutput:
+    ) -> RequestOutput | None:
         """A request the scheduler ended itself: it cannot fit in the whole KV cache, or the
-        policy refused it (shed, with a Retry-After)."""
-        state = self._requests.pop(seq.request_id)
+        policy refused it (shed, with a Retry-After). None: its last token, arriving from a
+        step in flight, ended it first."""
+        state = self._requests.pop(seq.request_id, None)
+        if state is None:
+            return None
         seq.finished_time = now
         return RequestOutput(
             request_id=seq.request_id,
@@ -398,57 +528,52 @@ class Engine:
             row += 1 + len(c.draft)
         return self.grammar_masks.start(rows) if rows else None
 
-    def _sample(
-        self, plan: SchedulerOutput, logits: torch.Tensor, masks: PendingMasks | None = None
-    ) -> list[tuple[Sequence, list[int], list[TokenLogprob | None]]]:
-        """Sample the step's rows and append each request's new tokens: one for a decode or
-        a prompt's last chunk; for a verified draft, its accepted tokens and the next one.
-        Constrained rows sample within their grammar's mask, and their matchers advance."""
-        chunks = [c for c in plan.chunks if c.samples]
-        if not chunks:
-            return []
-        rows: list[Sequence | DraftRow] = []
-        for c in chunks:
-            rows += sample_rows(c.seq, c.draft) if c.draft else [c.seq]
-        if masks is None:
-            sampled = self.sampler(logits, rows)
-        else:
-            sampled = self.sampler(logits, rows, masks.result())
+    def _accept(
+        self, plan: SchedulerOutput, sampled: SamplerOutput, ahead: bool
+    ) -> list[_NewTokens]:
+        """Append each request's new tokens: one for a decode or a prompt's last chunk; for a
+        verified draft, its accepted tokens and the next one (`ahead`: in place of the
+        placeholder `_launch` appended). Constrained requests' matchers advance. Requests
+        that ended (or were aborted) while the step was in flight are left out."""
         now = time.monotonic()
         emitted = []
         i = 0
-        for c in chunks:
+        for c in self._sampling_rows(plan):
             seq, n = c.seq, 1 + len(c.draft)
             tokens = sampled.token_ids[i : i + n]
+            logprobs = sampled.logprobs[i : i + n]
+            i += n
+            state = self._requests.get(seq.request_id)
+            if state is None or state.seq is not seq:
+                continue
             if c.draft:
                 c.num_accepted = accepted_length(tokens, c.draft)
                 tokens = tokens[: c.num_accepted + 1]
                 seq.num_draft_tokens += len(c.draft)
                 seq.num_accepted_draft_tokens += c.num_accepted
-            seq.output_token_ids += tokens
-            matcher = self._requests[seq.request_id].matcher
-            if matcher is not None:
+            base = c.seq_len - seq.num_prompt_tokens  # output index of its first new token
+            if ahead:
+                # A placeholder after this one belongs to the step still in flight.
+                seq.output_token_ids[base] = tokens[0]
+            else:
+                seq.output_token_ids += tokens
+            if state.matcher is not None:
                 # A masked sample is always allowed; should one not be, the matcher stops in
                 # error and `_postprocess` ends the request.
-                if not matcher.accept_all(tokens):
-                    log.warning("request %s left its grammar: %s", seq.request_id, matcher.error)
+                if not state.matcher.accept_all(tokens):
+                    error = state.matcher.error
+                    log.warning("request %s left its grammar: %s", seq.request_id, error)
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            emitted.append((seq, tokens, sampled.logprobs[i : i + len(tokens)]))
-            i += n
+            emitted.append(_NewTokens(seq, tokens, logprobs[: len(tokens)], base))
         return emitted
 
-    def _postprocess(
-        self,
-        seq: Sequence,
-        tokens: list[int],
-        logprobs: list[TokenLogprob | None],
-        now: float,
-    ) -> RequestOutput:
-        """Stop checks and text for the tokens a step appended to `seq` (several when a draft
-        was accepted); tokens after the one that ends the request are dropped."""
+    def _postprocess(self, new: _NewTokens, now: float) -> RequestOutput:
+        """Stop checks and text for the tokens a step appended to a request (several when a
+        draft was accepted); tokens after the one that ends the request are dropped, and so
+        is a placeholder of a step still in flight."""
+        seq, tokens, logprobs, base = new.seq, new.tokens, new.logprobs, new.base
         state = self._requests[seq.request_id]
-        base = seq.num_output_tokens - len(tokens)
         text = ""
         decision = CONTINUE
         kept = 0
@@ -468,7 +593,7 @@ class Engine:
                 break
         if not decision.finished and state.matcher is not None and state.matcher.is_finished:
             decision = _GRAMMAR_COMPLETE
-        if kept < len(tokens):
+        if kept < len(tokens) or decision.finished:
             del seq.output_token_ids[base + kept :]  # generated past the end: not delivered
         if decision.finished:
             if not isinstance(decision.stop_reason, str):
@@ -490,7 +615,7 @@ class Engine:
             stop_reason=decision.stop_reason if decision.finished else None,
             prompt_tokens=seq.num_prompt_tokens,
             cached_tokens=seq.num_cached_tokens,
-            completion_tokens=seq.num_output_tokens,
+            completion_tokens=base + kept,
             arrival_time=seq.arrival_time,
             first_token_time=seq.first_token_time,
             finished_time=seq.finished_time,

@@ -22,7 +22,7 @@ from tokenfactory.engine.backend_selection import Backends, make_backends, resol
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.cpu_decode_stack import CpuDecodeStack
 from tokenfactory.engine.scheduler import SchedulerOutput
-from tokenfactory.engine.step_inputs import build_step_inputs, ship
+from tokenfactory.engine.step_inputs import TokenFill, build_step_inputs, ship
 from tokenfactory.kernels import q4_linear
 from tokenfactory.models.llama import LlamaForCausalLM
 
@@ -94,19 +94,22 @@ class ModelRunner:
         return self.model(input_ids, positions, attention, decode, self.ops)
 
     @torch.inference_mode()
-    def execute(self, step: SchedulerOutput) -> torch.Tensor:
+    def execute(self, step: SchedulerOutput, fill: TokenFill | None = None) -> torch.Tensor:
         """Run one step; logits [N, vocab] for the rows that sample, in chunk order (one per
-        sampling chunk, 1 + its draft for a chunk that verifies one)."""
+        sampling chunk, 1 + its draft for a chunk that verifies one). `fill`: decode inputs
+        that come from the previous step's sampled ids on the device (decodes lead a step,
+        so they are rows of its first part when it runs apart)."""
         apart = self._decodes_apart(step)
         if apart is not None:
-            return torch.cat([self.execute(part) for part in apart])
+            decodes, prompts = apart
+            return torch.cat([self.execute(decodes, fill), self.execute(prompts)])
         inputs = build_step_inputs(step, self.block_size)
         if (
             inputs.is_decode_only
             and self.graphs is not None
             and inputs.num_decodes <= self.graphs.max_batch
         ):
-            return self.graphs.run(inputs)
+            return self.graphs.run(inputs, fill)
         # Decodes and the drafts they verify are a few rows each: the linears' decode path
         # (the skinny kernels, Q4_1 weights on CPU) suits them; prompt chunks take the other.
         decode = step.num_prefill_tokens == 0
@@ -114,6 +117,8 @@ class ModelRunner:
         dev = ship(inputs.arrays() | extra, self.device)
         splits = self.attention.decode_splits(inputs.num_decodes)
         meta = AttentionMetadata.for_step(inputs, dev, splits, extra)
+        if fill is not None:
+            fill.apply(dev["token_ids"])
         hidden = self.forward(dev["token_ids"], dev["positions"], meta, decode)
         if len(inputs.sample_rows) != hidden.shape[0]:
             hidden = hidden.index_select(0, dev["sample_rows"])

@@ -251,6 +251,22 @@ class Scheduler:
                 sum(len(c.draft) for c in drafted), sum(c.num_accepted for c in drafted)
             )
 
+    def on_step_launched(self, output: SchedulerOutput) -> None:
+        """Advance progress of a step whose sampled tokens are still on the device
+        (asynchronous scheduling; its sampling chunks each yield one token, no drafts): the
+        next plan then sees each of them one token further. `on_step_resolved` finishes."""
+        for chunk in output.chunks:
+            seq = chunk.seq
+            if seq.status is SequenceStatus.RUNNING and seq.num_computed_tokens == chunk.start:
+                seq.num_computed_tokens += chunk.num_tokens
+
+    def on_step_resolved(self, output: SchedulerOutput) -> None:
+        """The tokens of a step `on_step_launched` advanced are on the host now: its full
+        blocks enter the prefix cache, as `on_step_done` would have entered them."""
+        for chunk in output.chunks:
+            if chunk.seq.status is SequenceStatus.RUNNING:
+                self.block_manager.commit(chunk.seq, chunk.start + chunk.num_tokens)
+
     # ---- internals ------------------------------------------------------------------------
 
     def _plan(self, now: float) -> StepPlan:
@@ -316,6 +332,10 @@ class Scheduler:
             if self._too_long(seq):
                 self.finish(seq, FinishReason.LENGTH)
                 finished.append(seq)
+                continue
+            if seq.has_last_token(self.max_model_len):
+                # Its last token is still on the device (a step in flight): the engine ends
+                # it when that token arrives. (Never the case when steps run one at a time.)
                 continue
             n = self._chunk_len(seq, budget, step_empty=not chunks)
             if caps:

@@ -91,6 +91,14 @@ class Sequence:
         """True while more than one token is pending (prompt, or recompute after preemption)."""
         return self.num_uncomputed_tokens > 1
 
+    def has_last_token(self, max_model_len: int | None) -> bool:
+        """No token may follow the ones it has: max_tokens reached or the context window
+        full (what the stop checker ends a request for, with FinishReason.LENGTH)."""
+        max_tokens = self.params.max_tokens
+        if max_tokens is not None and self.num_output_tokens >= max_tokens:
+            return True
+        return max_model_len is not None and self.num_tokens >= max_model_len
+
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED

@@ -67,6 +67,22 @@ class StepInputs:
         }
 
 
+@dataclass(frozen=True)
+class TokenFill:
+    """Input tokens the host does not hold yet (asynchronous scheduling): the decodes at
+    `rows` of this step read the tokens the step before sampled, at `source_rows` of
+    `source`, which is still on the device."""
+
+    rows: np.ndarray  # [F] rows of this step's flat token batch
+    source_rows: np.ndarray  # [F] rows of `source`
+    source: torch.Tensor  # the previous step's sampled ids, on the device
+
+    def apply(self, token_ids: torch.Tensor) -> None:
+        """Write the tokens into `token_ids` (on the device), without waiting for them."""
+        index = ship({"rows": self.rows, "source": self.source_rows}, token_ids.device)
+        token_ids.index_copy_(0, index["rows"], self.source.index_select(0, index["source"]))
+
+
 def _span_tokens(prompt: list[int], output: list[int], start: int, end: int) -> list[int]:
     """Tokens [start, end) of prompt + output, as list slices (no per-token loop)."""
     n = len(prompt)

@@ -26,6 +26,9 @@ class StepStats:
     # token, not in num_decode_tokens), and how many of them were accepted.
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
+    # Asynchronous scheduling: the next step was planned and queued before this one's tokens
+    # reached the host (duration_s then ends when they could first be read there).
+    ran_ahead: bool = False
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
