@@ -157,7 +157,12 @@ class AsyncEngine:
         return await asyncio.wrap_future(fut)
 
     def abort(self, request_id: str) -> None:
-        """Cancel a request from any thread; its blocks are freed on the next loop turn."""
+        """Cancel a request from any thread: its stream ends now (after the deltas already
+        handed to it), and its blocks are freed on the next loop turn, which may be a long
+        step away (a shutdown's grace period must not wait for it)."""
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put(_END)
         with contextlib.suppress(EngineClosedError):  # the loop ended every request already
             self._submit("abort", request_id, None)
 
