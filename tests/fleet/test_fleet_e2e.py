@@ -39,7 +39,9 @@ def fleet(tmp_path_factory) -> ServerProcess:
     server.stop()
 
 
-def chat(client: openai.OpenAI, content: str, max_tokens: int = 8) -> dict:
+def chat(
+    client: openai.OpenAI, content: str, max_tokens: int = 8, ignore_eos: bool = False
+) -> dict:
     """Stream one chat completion; what the client saw, or the error that ended it."""
     seen: dict = {"id": None, "chunks": 0, "finish": None, "usage": None, "error": None}
     try:
@@ -50,6 +52,7 @@ def chat(client: openai.OpenAI, content: str, max_tokens: int = 8) -> dict:
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True} if ignore_eos else None,
         )
         for chunk in stream:
             seen["id"] = chunk.id
@@ -168,15 +171,17 @@ def test_a_killed_replica_retries_or_ends_streams_cleanly_and_comes_back(fleet):
     client = fleet.openai("super")
     pids = replica_pids(fleet)
     assert set(pids) == {"0", "1"}
-    # Streams long enough to still run when the replica dies: with 48 tokens a fast replica
-    # had finished them all within the half second before the kill.
+    # Streams that still run when the replica dies: 160 tokens each, past any EOS (with 48
+    # tokens, or an early EOS, a fast replica had finished them before the kill).
     longest = 160
     prompts = [
         (f"Count slowly from {n} to {n + 100}, one number per line.", longest) for n in range(8)
     ]
     results: list = []
     worker = threading.Thread(
-        target=lambda: results.extend(in_parallel(lambda p, m: chat(client, p, m), prompts))
+        target=lambda: results.extend(
+            in_parallel(lambda p, m: chat(client, p, m, ignore_eos=True), prompts)
+        )
     )
     worker.start()
     deadline = time.monotonic() + 60
