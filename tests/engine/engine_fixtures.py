@@ -7,6 +7,7 @@ import torch
 from tokenfactory.engine.config import EngineConfig
 from tokenfactory.engine.engine import Engine
 from tokenfactory.engine.model_setup import build_model
+from tokenfactory.engine.sampling_params import SamplingParams
 from tokenfactory.models.config import ModelConfig
 
 TINY = ModelConfig(
@@ -42,6 +43,21 @@ def prompts(n: int, seed: int = 0, lo: int = 5, hi: int = 60) -> list[list[int]]
         length = int(torch.randint(lo, hi, (1,), generator=g))
         out.append(torch.randint(1, TINY.vocab_size, (length,), generator=g).tolist())
     return out
+
+
+def alternating_params(n: int, first: int, step: int, logprobs: int) -> list[SamplingParams]:
+    """Greedy and seeded sampled rows in turn, max_tokens first, first + step, ..., EOS
+    ignored: outputs that any correct schedule reproduces exactly."""
+    return [
+        SamplingParams(
+            temperature=0.8 if i % 2 else 0.0,
+            seed=i,
+            max_tokens=first + step * i,
+            ignore_eos=True,
+            logprobs=logprobs,
+        )
+        for i in range(n)
+    ]
 
 
 def assert_no_leaks(engine: Engine) -> None:

@@ -83,20 +83,10 @@ def test_decode_kernel_splits_agree(batch):
 def test_async_scheduling_on_cuda_changes_no_token():
     """The next step queued before this one's tokens reach the host (pinned copies, an event
     per step, decode inputs from the device, captured graphs): the same tokens and logprobs."""
-    from tests.engine.engine_fixtures import prompts, tiny_engine
-    from tokenfactory.engine.sampling_params import SamplingParams
+    from tests.engine.engine_fixtures import alternating_params, prompts, tiny_engine
 
     batch = prompts(8, seed=4)
-    params = [
-        SamplingParams(
-            temperature=0.8 if i % 2 else 0.0,
-            seed=i,
-            max_tokens=6 + 3 * i,
-            ignore_eos=True,
-            logprobs=1,
-        )
-        for i in range(8)
-    ]
+    params = alternating_params(8, first=6, step=3, logprobs=1)
     weights = {k: v.cuda() for k, v in tiny_engine().model.state_dict().items()}
     results = []
     for mode in (False, True):

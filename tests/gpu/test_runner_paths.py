@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.engine_fixtures import TINY, assert_no_leaks, prompts, tiny_engine
+from tests.engine.engine_fixtures import (
+    TINY,
+    alternating_params,
+    assert_no_leaks,
+    prompts,
+    tiny_engine,
+)
 from tests.gpu.conftest import HAS_CUDA, needs_triton
 from tokenfactory.engine.cuda_graphs import batch_buckets
 from tokenfactory.engine.sampling_params import SamplingParams
@@ -156,16 +162,7 @@ def test_async_scheduling_through_triton_and_the_static_buffers():
     """Decodes reading the step before's sampled ids on the device (`TokenFill`), written into
     the static input buffers the CUDA graphs replay."""
     batch = prompts(4, seed=6, lo=5, hi=40)
-    params = [
-        SamplingParams(
-            temperature=0.8 if i % 2 else 0.0,
-            seed=i,
-            max_tokens=5 + 2 * i,
-            ignore_eos=True,
-            logprobs=0,
-        )
-        for i in range(4)
-    ]
+    params = alternating_params(4, first=5, step=2, logprobs=0)
     ref = tiny_engine(attention_backend="triton", static_decode=True).generate(batch, params)
     engine = tiny_engine(attention_backend="triton", static_decode=True, async_scheduling=True)
     got = engine.generate(batch, params)

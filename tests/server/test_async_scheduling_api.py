@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from tests.server.conftest import MODEL, ledger_rows, open_reservations, start_server
+from tests.server.conftest import (
+    MODEL,
+    assert_same_chat,
+    ledger_rows,
+    open_reservations,
+    start_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,38 +28,10 @@ def async_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def plain_server(tmp_path_factory):
-    """The same server with steps one at a time; both get the same requests in the same order,
-    so their prefix caches hold the same blocks (a cache hit rounds a prompt's tail in a span
-    of another length)."""
-    server = start_server(tmp_path_factory.mktemp("plain"))
-    yield server
-    server.stop()
-
-
 def test_same_text_stream_and_usage(async_server, plain_server):
     kw = dict(model=MODEL, messages=MSG, max_tokens=60, temperature=0)
-    plain = plain_server.openai("standard").chat.completions.create(**kw)
-    client = async_server.openai("standard")
-    whole = client.chat.completions.create(**kw)
-    assert whole.choices[0].message.content == plain.choices[0].message.content
-    assert whole.usage.completion_tokens == plain.usage.completion_tokens
-    assert whole.choices[0].finish_reason == plain.choices[0].finish_reason
-
-    stream = dict(kw, stream=True, stream_options={"include_usage": True}, stop=["."])
-    plain_chunks = list(plain_server.openai("standard").chat.completions.create(**stream))
-    chunks = list(client.chat.completions.create(**stream))
-
-    def text(chunks: list) -> str:
-        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-    assert text(chunks) == text(plain_chunks)
-    assert "." not in text(chunks)
-    assert chunks[-1].usage.completion_tokens == plain_chunks[-1].usage.completion_tokens
-    rows = ledger_rows(async_server.data_dir)
-    assert rows[whole.id]["completion_tokens"] == whole.usage.completion_tokens
-    assert rows[chunks[0].id]["completion_tokens"] == chunks[-1].usage.completion_tokens
+    assert_same_chat(async_server, plain_server, "standard", **kw)
+    assert_same_chat(async_server, plain_server, "standard", **kw, stop=["."])
 
 
 def test_a_client_leaving_mid_stream_is_billed_what_it_was_sent(async_server):

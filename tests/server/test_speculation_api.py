@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.server.conftest import MODEL, ledger_rows, start_server
+from tests.server.conftest import MODEL, assert_same_chat, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -24,37 +24,10 @@ def spec_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def plain_server(tmp_path_factory):
-    """The same server without speculation, for like-for-like comparisons: a request that hits
-    the prefix cache recomputes the prompt's tail in a span of another length, which may round
-    differently in bf16 and flip a near tie (as batch size may), so each comparison sends the
-    same requests to both servers in the same order, and their caches hold the same blocks."""
-    server = start_server(tmp_path_factory.mktemp("plain"))
-    yield server
-    server.stop()
-
-
 def test_same_text_stream_and_usage_as_without_speculation(spec_server, plain_server):
     kw = dict(model=MODEL, messages=COPY, max_tokens=60, temperature=0)
-    plain = plain_server.openai("super").chat.completions.create(**kw)
+    assert_same_chat(spec_server, plain_server, "super", **kw)
     client = spec_server.openai("super")
-    whole = client.chat.completions.create(**kw)
-    assert whole.choices[0].message.content == plain.choices[0].message.content
-    assert whole.usage.completion_tokens == plain.usage.completion_tokens
-    assert whole.choices[0].finish_reason == plain.choices[0].finish_reason
-    stream = dict(kw, stream=True, stream_options={"include_usage": True})
-    plain_chunks = list(plain_server.openai("super").chat.completions.create(**stream))
-    chunks = list(client.chat.completions.create(**stream))
-
-    def text(chunks: list) -> str:
-        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-    assert text(chunks) == text(plain_chunks)
-    assert chunks[-1].usage.completion_tokens == plain_chunks[-1].usage.completion_tokens
-    rows = ledger_rows(spec_server.data_dir)
-    assert rows[whole.id]["completion_tokens"] == whole.usage.completion_tokens
-    assert rows[chunks[0].id]["completion_tokens"] == chunks[-1].usage.completion_tokens
     # A stop string inside what a draft covers ends the text exactly where it would.
     stop = dict(kw, stop=["item.qty"])
     a = plain_server.openai("super").chat.completions.create(**stop)
