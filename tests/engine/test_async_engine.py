@@ -71,6 +71,48 @@ def test_leaving_a_stream_early_aborts_the_request():
     assert_no_leaks(aengine.engine)
 
 
+def test_an_abort_ends_its_stream_while_the_engine_is_busy():
+    """A shutdown aborts in-flight requests shortly before its grace period ends: their streams
+    must end then, not after whatever step the engine thread is in the middle of."""
+    aengine = AsyncEngine(tiny_engine())
+    long = SamplingParams(temperature=0.0, max_tokens=500, ignore_eos=True)
+    busy = threading.Event()
+    release = threading.Event()
+
+    def hold(engine: Engine) -> None:  # stands for a long step on the engine thread
+        busy.set()
+        release.wait(10)
+
+    try:
+
+        async def main() -> float:
+            rid = await aengine.add_request(prompts(1)[0], long)
+            stream = aengine.outputs(rid)
+            await stream.__anext__()  # it is running
+            worker = threading.Thread(target=aengine.call, args=(hold,))
+            worker.start()
+            await asyncio.to_thread(busy.wait, 10)
+            started = time.monotonic()
+            aengine.abort(rid)
+            async for _ in stream:  # deltas made before the abort, then the end
+                pass
+            took = time.monotonic() - started
+            release.set()
+            await asyncio.to_thread(worker.join, 10)
+            return took
+
+        assert asyncio.run(main()) < 1.0  # the engine thread was held for up to 10 s
+        for _ in range(100):  # the engine frees the request at its next turn
+            if not aengine.engine.has_unfinished():
+                break
+            time.sleep(0.01)
+        assert not aengine.engine.has_unfinished()
+    finally:
+        release.set()
+        aengine.shutdown()
+    assert_no_leaks(aengine.engine)
+
+
 def test_bad_request_raises_at_submission():
     aengine = AsyncEngine(tiny_engine())
     try:
