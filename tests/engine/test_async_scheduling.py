@@ -1,7 +1,7 @@
 """Asynchronous scheduling on a tiny random model: planning a step before the last one's
 tokens reach the host changes no token, logprob, finish reason or usage count, under
 preemption, prefix-cache hits, chunked prompts, aborts and context-window limits; requests
-whose next step needs their tokens on the host (penalties, grammars) run steps one at a time."""
+whose next step needs their tokens on the host (penalties, grammars) are sampled once they are."""
 
 from __future__ import annotations
 
@@ -162,17 +162,50 @@ def test_requests_that_fill_the_context_window_stop_at_its_end():
     assert computed[0] == computed[1]
 
 
-def test_penalties_keep_their_steps_one_at_a_time():
-    ps = prompts(4, seed=10)
+def test_penalties_see_every_token_so_far():
+    """A step's sampling waits for the step in flight to reach the host, so penalties count
+    its token, and the steps still run ahead."""
+    ps = prompts(8, seed=10)
+    # Strong enough that leaving out the newest token changes what comes next.
     params = [
-        SamplingParams(temperature=0.0, max_tokens=12, repetition_penalty=1.3, ignore_eos=True),
-        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
-    ] * 2
+        SamplingParams(temperature=0.0, max_tokens=40, repetition_penalty=2.0, ignore_eos=True),
+        SamplingParams(
+            temperature=0.9,
+            seed=4,
+            max_tokens=40,
+            frequency_penalty=2.0,
+            presence_penalty=2.0,
+            ignore_eos=True,
+        ),
+    ] * 4
     sync = tiny_engine()
     ahead = tiny_engine(async_scheduling=True)
     _assert_same(_run(ahead, ps, params), _run(sync, ps, params))
-    # While a penalised request runs (the whole run here), no step runs ahead.
-    assert _ran_ahead(ahead) == 0
+    assert _ran_ahead(ahead) > 10
+
+
+def test_grammar_masks_see_every_token_so_far():
+    """Constrained requests beside plain ones: each step's masks are made once the step in
+    flight has advanced their grammars, and the outputs are those of steps one at a time."""
+    from tests.engine.test_constraints_engine import _check, constrained, engine
+
+    ps = prompts(6, seed=12)
+    params = [
+        constrained(),
+        SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True),
+        constrained(temperature=1.0, seed=3),
+    ] * 2
+    sync = engine()
+    ahead = engine(async_scheduling=True)
+    a, b = sync.generate(ps, params), ahead.generate(ps, params)
+    assert [(c.token_ids, c.finish_reason) for c in b] == [
+        (c.token_ids, c.finish_reason) for c in a
+    ]
+    for out, sp in zip(b, params, strict=True):
+        if sp.grammar is not None:
+            _check(out.text)
+    assert _ran_ahead(ahead) > 10
+    assert_no_leaks(ahead)
 
 
 def test_async_scheduling_does_not_combine_with_speculation():

@@ -32,6 +32,11 @@ def test_same_text_stream_and_usage(async_server, plain_server):
     kw = dict(model=MODEL, messages=MSG, max_tokens=60, temperature=0)
     assert_same_chat(async_server, plain_server, "standard", **kw)
     assert_same_chat(async_server, plain_server, "standard", **kw, stop=["."])
+    # A grammar's masks are made once the step in flight has advanced it.
+    json_kw = dict(kw, messages=[{"role": "user", "content": "A JSON object about rivers."}])
+    assert_same_chat(
+        async_server, plain_server, "standard", **json_kw, response_format={"type": "json_object"}
+    )
 
 
 def test_a_client_leaving_mid_stream_is_billed_what_it_was_sent(async_server):

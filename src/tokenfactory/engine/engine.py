@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import torch
 
 from tokenfactory.engine.attention import KVCache
 from tokenfactory.engine.block_manager import BlockManager
@@ -321,77 +322,85 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one iteration: schedule, compute, sample, detokenize, stop. Returns deltas.
 
-        With `config.async_scheduling` a step whose tokens the next plan does not need on the
-        host stays in flight: the next call plans and queues its successor first (whose
-        decodes read those tokens on the device), then brings its tokens over and returns
-        their deltas. So deltas come one call later, and on a GPU the host's planning and
-        input building overlap the device's step."""
+        With `config.async_scheduling` a step (without drafts) stays in flight: the next call
+        plans its successor and queues the successor's model work first (its decodes read
+        the tokens still in flight on the device), then brings those tokens over and
+        returns their deltas, then samples the successor (grammar masks, penalties and seeds
+        see every token so far). So deltas come one call later, and on a GPU the host's
+        planning, input building and text work overlap the device's step."""
         outputs: list[RequestOutput | None] = []
         ahead, self._in_flight = self._in_flight, None
         started = time.monotonic()
         plan = self.scheduler.schedule(started)
         planned = time.monotonic()
-        launched = None if plan.is_empty else self._launch(plan, started, planned, ahead)
+        queued = None if plan.is_empty else self._execute(plan, ahead)
         if ahead is not None:
             outputs += self._resolve(ahead)
         # After `ahead`: a request it ended is reported once, with its last tokens.
         outputs += [self._finished_by_scheduler(seq, started) for seq in plan.finished]
         outputs += [self._finished_by_scheduler(s.seq, started, s.retry_after_s) for s in plan.shed]
-        if launched is not None:
+        if queued is not None:
+            launched = self._launch_sampling(plan, *queued, started, planned)
             if launched.ahead:
                 self._in_flight = launched
             else:
                 outputs += self._resolve(launched)
         return [o for o in outputs if o is not None]
 
-    def _launch(
-        self,
-        plan: SchedulerOutput,
-        started: float,
-        planned: float,
-        ahead: _LaunchedStep | None,
-    ) -> _LaunchedStep:
-        """Queue the step's model work and sampling; a step that may run ahead (see
-        `_runs_ahead`) advances its progress now, its new tokens held by placeholders."""
+    def _execute(
+        self, plan: SchedulerOutput, ahead: _LaunchedStep | None
+    ) -> tuple[torch.Tensor, PendingMasks | None]:
+        """Queue the step's model work: logits of its sampling rows, and the grammar masks
+        begun beside it. With a step `ahead` in flight, decodes of its requests read their
+        input tokens from its sampled ids."""
         if self.proposer is not None and plan.speculating:
             plan.attach_drafts(self.proposer.propose(self._draft_requests(plan)))
-        masks = self._start_grammar_masks(plan)
-        fill = self._token_fill(plan, ahead)
+        # Masks are filled during the forward, unless a step in flight still holds tokens
+        # their grammars must see first (`_launch_sampling` makes them then).
+        masks = self._start_grammar_masks(plan) if ahead is None else None
         try:
-            logits = self.runner.execute(plan, fill)
+            logits = self.runner.execute(plan, self._token_fill(plan, ahead))
         except BaseException:
             if masks is not None:
                 masks.result()  # the worker must be done with the matchers before they move on
             raise
+        return logits, masks
+
+    def _launch_sampling(
+        self,
+        plan: SchedulerOutput,
+        logits: torch.Tensor,
+        masks: PendingMasks | None,
+        started: float,
+        planned: float,
+    ) -> _LaunchedStep:
+        """Queue the step's sampling (making its grammar masks now if `_execute` did not);
+        a step that may run ahead (see `_runs_ahead`) advances its progress now, its new
+        tokens held by placeholders."""
         sampled = self._sampling_rows(plan)
         pending = None
         if sampled:
+            if masks is None:
+                masks = self._start_grammar_masks(plan)
             rows: list[Sequence | DraftRow] = []
             for c in sampled:
                 rows += sample_rows(c.seq, c.draft) if c.draft else [c.seq]
             grammar = None if masks is None else masks.result()
             pending = self.sampler.launch(logits, rows, grammar)
+        elif masks is not None:
+            masks.result()
         runs_ahead = pending is not None and self._runs_ahead(plan)
         if runs_ahead:
             for c in sampled:
-                c.seq.output_token_ids.append(PLACEHOLDER_TOKEN)
+                if self._requests.get(c.seq.request_id) is not None:  # not ended meanwhile
+                    c.seq.output_token_ids.append(PLACEHOLDER_TOKEN)
             self.scheduler.on_step_launched(plan)
         return _LaunchedStep(plan, pending, started, planned, runs_ahead)
 
     def _runs_ahead(self, plan: SchedulerOutput) -> bool:
         """Whether the next plan may be made before this step's tokens reach the host: with
-        asynchronous scheduling, unless a request needs them there first (a grammar's mask
-        or penalties read them) or a draft makes the count of new tokens unknown."""
-        if not self.config.async_scheduling:
-            return False
-        for c in plan.chunks:
-            if c.draft:
-                return False
-            if c.samples:
-                state = self._requests.get(c.seq.request_id)
-                if state is None or state.matcher is not None or c.seq.params.has_penalties:
-                    return False
-        return True
+        asynchronous scheduling, unless a draft makes the count of new tokens unknown."""
+        return self.config.async_scheduling and not any(c.draft for c in plan.chunks)
 
     @staticmethod
     def _sampling_rows(plan: SchedulerOutput) -> list[ScheduledChunk]:
