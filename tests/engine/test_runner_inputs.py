@@ -147,3 +147,12 @@ def test_ship(packed):
     assert list(dev) == ["a", "b", "empty"]
     for name, a in arrays.items():
         assert dev[name].dtype == torch.int64 and dev[name].tolist() == a.tolist()
+
+
+def test_token_fill_writes_the_rows_from_the_source_on_the_device():
+    from tokenfactory.engine.step_inputs import TokenFill
+
+    token_ids = torch.tensor([-1, 7, -1, 9])
+    sampled = torch.tensor([40, 41, 42])  # the step before's ids, in its row order
+    TokenFill(np.array([0, 2]), np.array([2, 0]), sampled).apply(token_ids)
+    assert token_ids.tolist() == [42, 7, 40, 9]

@@ -631,3 +631,24 @@ def test_num_threads_applies_during_the_call_only() -> None:
     out = Sampler(num_threads=1)(logits, seqs)
     assert torch.get_num_threads() == before
     assert out == Sampler()(logits, seqs)
+
+
+def test_launch_holds_the_ids_on_the_device_and_the_result_on_request() -> None:
+    """`launch` is `__call__` with the host copy deferred: the same ids and logprobs, the ids
+    also as a tensor (what the next step's decodes read), over several row chunks."""
+    n = 150  # three chunks of CHUNK_ROWS
+    logits = rand_logits(n, seed=3)
+    rows = [
+        seq(temperature=0.0 if i % 3 else 0.9, seed=i, logprobs=2 if i % 5 == 0 else None)
+        for i in range(n)
+    ]
+    want = Sampler(seed=1)(logits.clone(), rows)
+    pending = Sampler(seed=1).launch(logits.clone(), rows)
+    assert pending.ready_at is not None  # on the CPU the work is done when launch returns
+    assert pending.token_ids.tolist() == want.token_ids
+    got = pending.result()
+    assert got.token_ids == want.token_ids
+    assert [lp and (lp.token_id, lp.logprob, lp.top) for lp in got.logprobs] == [
+        lp and (lp.token_id, lp.logprob, lp.top) for lp in want.logprobs
+    ]
+    assert pending.result() is got  # brought over once
